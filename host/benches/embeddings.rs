@@ -1,0 +1,356 @@
+//! Embeddings throughput, side by side in one run:
+//!
+//! - (a) the `mesh-host exec` path: the embeddings component (wasm tokenizer + batching +
+//!   pooling) calling `wasi:nn`, on every available backend;
+//! - (b) the floor: the same backend called from native Rust on pre-tokenised input;
+//! - (c) Python `tokenizers` + `onnxruntime` (the fastembed pipeline);
+//! - (d) sentence-transformers, when installed.
+//!
+//! Same model file, threads, corpus (the reference corpus repeated to 2,000 sentences) and
+//! batch size (32, length-sorted) for all. Each pipeline runs in its own child process so its
+//! peak RSS can be reported; the parent prints sentences/s, the ratios a/c and a/b, cold-start
+//! figures and peak RSS.
+//!
+//! `cargo bench -p mesh-host --bench embeddings` (env: `MESH_BENCH_SENTENCES`,
+//! `MESH_BENCH_THREADS`).
+
+use mesh_host::backend::{self, BackendConfig, BackendKind};
+use mesh_host::models::ModelStore;
+use mesh_host::{Executor, ExecutorConfig, Limits};
+use mesh_tokenizer::{Tokenizer, Vocab};
+use serde_json::{Value, json};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use wasmtime_wasi_nn::backend::NamedTensor;
+use wasmtime_wasi_nn::wit::TensorType;
+
+const BATCH: usize = 32;
+const CHILD_ENV: &str = "MESH_BENCH_CHILD";
+
+fn sentences() -> usize {
+    std::env::var("MESH_BENCH_SENTENCES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000)
+}
+
+fn threads() -> usize {
+    std::env::var("MESH_BENCH_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+fn corpus() -> Vec<String> {
+    let path = std::env::var_os("MESH_REFERENCE_DATA").map_or_else(
+        || {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../shared/data/embeddings-reference.jsonl")
+        },
+        std::path::PathBuf::from,
+    );
+    let texts: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    texts.iter().cycle().take(sentences()).cloned().collect()
+}
+
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|v| v.parse().unwrap_or(0)))
+        })
+        .unwrap_or(0)
+}
+
+fn backend_config() -> BackendConfig {
+    BackendConfig {
+        threads: threads(),
+        ..BackendConfig::default()
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore arguments.
+    match std::env::var(CHILD_ENV) {
+        Ok(pipeline) => child(&pipeline),
+        Err(_) => parent(),
+    }
+}
+
+/// Run one pipeline and print one JSON line with its figures.
+fn child(pipeline: &str) {
+    let (kind, backend) = pipeline.split_once(':').expect("kind:backend");
+    let backend: BackendKind = backend.parse().unwrap();
+    let result = match kind {
+        "wasm" => wasm_pipeline(backend),
+        "bare" => bare_pipeline(backend),
+        other => panic!("unknown pipeline {other}"),
+    };
+    let mut result = result;
+    result["peak_rss_kb"] = json!(peak_rss_kb());
+    println!("{result}");
+}
+
+fn executor(backend: BackendKind, data_dir: &std::path::Path) -> Executor {
+    Executor::new(ExecutorConfig {
+        backend: Some(backend),
+        backend_config: backend_config(),
+        limits: Limits {
+            job_time: Duration::from_secs(3600),
+            ..Limits::default()
+        },
+        data_dir: data_dir.to_path_buf(),
+        ..ExecutorConfig::default()
+    })
+    .expect("executor (run scripts/setup.sh first)")
+}
+
+fn wasm_pipeline(backend: BackendKind) -> Value {
+    let component = std::fs::read(mesh_test_artifacts::EMBEDDINGS).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let executor = executor(backend, data.path());
+    let hash = executor.add_component(&component).unwrap().component;
+
+    // Cold start: compile from scratch, deserialize from the artifact cache, instantiate.
+    let cold = executor.cold_start(&hash).unwrap();
+    let echo = executor
+        .add_component(&std::fs::read(mesh_test_artifacts::ECHO).unwrap())
+        .unwrap()
+        .component;
+    let mut instantiate: Vec<u64> = (0..50)
+        .map(|_| {
+            executor
+                .run(&echo, b"x")
+                .unwrap()
+                .receipt
+                .timings
+                .instantiate_us
+        })
+        .collect();
+    instantiate.sort_unstable();
+
+    let texts = corpus();
+    let input = serde_json::to_vec(&json!({ "texts": texts, "batch_size": BATCH })).unwrap();
+    executor.run(&hash, &input).unwrap(); // warm-up
+    let started = Instant::now();
+    let run = executor.run(&hash, &input).unwrap();
+    let elapsed = started.elapsed();
+    json!({
+        "pipeline": format!("mesh-host exec ({backend})"),
+        "sentences_per_s": texts.len() as f64 / elapsed.as_secs_f64(),
+        "inference_share": run.receipt.timings.inference_us as f64 / run.receipt.timings.run_us as f64,
+        "compile_ms": cold.compile.as_secs_f64() * 1e3,
+        "cached_deserialize_ms": cold.cached_load.as_secs_f64() * 1e3,
+        "instantiate_median_us": instantiate[instantiate.len() / 2],
+    })
+}
+
+fn bare_pipeline(backend: BackendKind) -> Value {
+    let store = ModelStore::open(&ModelStore::default_dir()).unwrap();
+    let entry = store
+        .select("all-minilm-l6-v2", "fp32", backend)
+        .unwrap()
+        .clone();
+    let engine = backend::create(backend, &backend_config()).unwrap();
+    let model = engine
+        .load_model(&store.read_verified(&entry).unwrap())
+        .unwrap();
+    let graph = model.graph(std::sync::Arc::new(backend::InferenceBudget::unlimited()));
+    let mut context = graph.init_execution_context().unwrap();
+
+    // Pre-tokenise and pre-batch exactly as the component does, outside the timed region.
+    let tokenizer = Tokenizer::new(
+        Vocab::from_text(include_str!("../../workloads/embeddings/vocab.txt")).unwrap(),
+    );
+    let texts = corpus();
+    let mut encoded: Vec<Vec<u32>> = texts.iter().map(|t| tokenizer.encode(t)).collect();
+    encoded.sort_by_key(Vec::len);
+    let batches: Vec<Vec<NamedTensor>> = encoded.chunks(BATCH).map(batch_tensors).collect();
+
+    let mut run_all = || {
+        for batch in &batches {
+            let inputs = batch
+                .iter()
+                .map(|t| NamedTensor {
+                    name: t.name.clone(),
+                    tensor: t.tensor.clone(),
+                })
+                .collect();
+            std::hint::black_box(context.compute_with_io(inputs).unwrap());
+        }
+    };
+    run_all(); // warm-up
+    let started = Instant::now();
+    run_all();
+    let elapsed = started.elapsed();
+    json!({
+        "pipeline": format!("bare {backend} call (pre-tokenised)"),
+        "sentences_per_s": texts.len() as f64 / elapsed.as_secs_f64(),
+    })
+}
+
+fn batch_tensors(batch: &[Vec<u32>]) -> Vec<NamedTensor> {
+    let cols = batch.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = vec![0i64; batch.len() * cols];
+    let mut mask = vec![0i64; batch.len() * cols];
+    for (row, seq) in batch.iter().enumerate() {
+        for (col, &id) in seq.iter().enumerate() {
+            ids[row * cols + col] = i64::from(id);
+            mask[row * cols + col] = 1;
+        }
+    }
+    let types = vec![0i64; batch.len() * cols];
+    let tensor = |name: &str, values: &[i64]| NamedTensor {
+        name: name.into(),
+        tensor: wasmtime_wasi_nn::Tensor::new(
+            vec![batch.len() as u32, cols as u32],
+            TensorType::I64,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+    };
+    vec![
+        tensor("input_ids", &ids),
+        tensor("attention_mask", &mask),
+        tensor("token_type_ids", &types),
+    ]
+}
+
+fn run_child(pipeline: &str) -> Option<Value> {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, pipeline)
+        .output()
+        .unwrap();
+    if !output.status.success() {
+        eprintln!(
+            "{pipeline} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return None;
+    }
+    serde_json::from_slice(output.stdout.trim_ascii()).ok()
+}
+
+fn python_pipeline(args: &[&str]) -> Option<Value> {
+    let python = mesh_host::cache_dir().join("venv/bin/python");
+    let store = ModelStore::open(&ModelStore::default_dir()).unwrap();
+    let entry = store
+        .select("all-minilm-l6-v2", "fp32", BackendKind::OnnxRuntime)
+        .ok()?;
+    let model = ModelStore::default_dir().join(&entry.file);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench_python.py");
+    let output = Command::new(python)
+        .arg(script)
+        .arg("--model")
+        .arg(model)
+        .args([
+            "--threads",
+            &threads().to_string(),
+            "--batch",
+            &BATCH.to_string(),
+        ])
+        .args(["--sentences", &sentences().to_string()])
+        .args(args)
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        eprintln!(
+            "python baseline failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return None;
+    }
+    serde_json::from_slice(output.stdout.trim_ascii()).ok()
+}
+
+fn parent() {
+    println!(
+        "embeddings benchmark: {} sentences, batch {BATCH}, {} threads, model all-minilm-l6-v2 fp32\n",
+        sentences(),
+        threads()
+    );
+    let available: Vec<BackendKind> = backend::probe(&backend_config())
+        .into_iter()
+        .filter(|s| s.available)
+        .map(|s| s.backend)
+        .collect();
+    let python = python_pipeline(&[]);
+    let sentence_transformers = python_pipeline(&["--sentence-transformers"]);
+
+    println!(
+        "{:<44} {:>10} {:>8} {:>8} {:>12}",
+        "pipeline", "sent/s", "a/b", "a/c", "peak RSS MB"
+    );
+    let rate = |v: &Value| v["sentences_per_s"].as_f64().unwrap_or(0.0);
+    let rss = |v: &Value| v["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0;
+    let mut cold = Vec::new();
+    for backend in available {
+        let (Some(a), Some(b)) = (
+            run_child(&format!("wasm:{backend}")),
+            run_child(&format!("bare:{backend}")),
+        ) else {
+            continue;
+        };
+        let ac = python
+            .as_ref()
+            .map(|c| format!("{:.3}", rate(&a) / rate(c)))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<44} {:>10.1} {:>8.3} {:>8} {:>12.1}",
+            a["pipeline"].as_str().unwrap(),
+            rate(&a),
+            rate(&a) / rate(&b),
+            ac,
+            rss(&a)
+        );
+        println!(
+            "{:<44} {:>10.1} {:>8} {:>8} {:>12.1}",
+            b["pipeline"].as_str().unwrap(),
+            rate(&b),
+            "",
+            "",
+            rss(&b)
+        );
+        cold.push((backend, a));
+    }
+    for baseline in [&python, &sentence_transformers].into_iter().flatten() {
+        match baseline.get("skipped") {
+            Some(reason) => println!(
+                "{:<44} skipped: {}",
+                baseline["pipeline"].as_str().unwrap_or("?"),
+                reason
+            ),
+            None => println!(
+                "{:<44} {:>10.1} {:>8} {:>8} {:>12.1}",
+                baseline["pipeline"].as_str().unwrap_or("?"),
+                rate(baseline),
+                "",
+                "",
+                rss(baseline)
+            ),
+        }
+    }
+    println!("\ncold start (embeddings component):");
+    for (backend, a) in cold {
+        println!(
+            "  {backend:<12} first compile {:>8.1} ms   cached deserialize {:>6.2} ms   instantiate (median of 50) {} us   inference share of run {:.1}%",
+            a["compile_ms"].as_f64().unwrap_or(0.0),
+            a["cached_deserialize_ms"].as_f64().unwrap_or(0.0),
+            a["instantiate_median_us"],
+            a["inference_share"].as_f64().unwrap_or(0.0) * 100.0
+        );
+    }
+    println!(
+        "\ntargets: a/c >= 1.0 (onnxruntime), a/b >= 0.98, cached start <= 1 ms, RSS(a) <= RSS(c)"
+    );
+}

@@ -1,0 +1,40 @@
+//! The Mesh device agent's workload runtime.
+//!
+//! [`Executor`] runs Mesh workload components (wasm32-wasip2, world `mesh:workload/workload`)
+//! in wasmtime with no ambient authority: no preopened directories, no environment, no
+//! network. Every resource a job can consume is bounded ([`limits`]). Inference goes through
+//! `wasi:nn` to a pluggable [`backend`] (ONNX Runtime, OpenVINO or tract); models come from
+//! the host's content-addressed [`models::ModelStore`], never from the component.
+
+pub mod backend;
+pub mod components;
+pub mod executor;
+pub mod limits;
+pub mod models;
+
+pub use executor::{ColdStart, ExecError, Executor, ExecutorConfig, RunOutput};
+pub use limits::Limits;
+
+use std::path::PathBuf;
+
+/// Environment variable naming the Mesh cache directory (models, runtimes, components).
+pub const CACHE_DIR_ENV: &str = "MESH_CACHE_DIR";
+
+/// The Mesh cache directory: `$MESH_CACHE_DIR`, else `$XDG_CACHE_HOME/mesh`, else
+/// `~/.cache/mesh`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(CACHE_DIR_ENV) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("mesh");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache").join("mesh")
+}
+
+/// The `wasi:nn` host types the backends exchange with wasmtime-wasi-nn.
+pub(crate) mod wasi_nn {
+    pub use wasmtime_wasi_nn::Tensor;
+    pub use wasmtime_wasi_nn::wit::TensorType;
+}

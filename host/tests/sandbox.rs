@@ -1,0 +1,191 @@
+//! Hostile components: each attack ends in a clear, typed error within its limit, and the
+//! executor keeps serving the next job.
+
+mod common;
+
+use common::*;
+use mesh_host::backend::InferenceError;
+use mesh_host::executor::WorkloadError;
+use mesh_host::{ExecError, Limits};
+use mesh_test_artifacts::{ECHO, HOSTILE, HOSTILE_SOCKETS, NOT_A_WORKLOAD};
+use std::time::{Duration, Instant};
+
+fn limits() -> Limits {
+    Limits {
+        job_time: Duration::from_secs(2),
+        inference_call_time: Duration::from_millis(200),
+        memory_bytes: 128 << 20,
+        tensor_bytes: 16 << 20,
+        output_bytes: 1 << 20,
+        ..Limits::default()
+    }
+}
+
+#[test]
+fn hostile_components_fail_cleanly_and_the_host_keeps_serving() {
+    let (executor, _dir) = executor(fastest_backend(), limits());
+    let hostile = executor
+        .add_component(&std::fs::read(HOSTILE).unwrap())
+        .unwrap()
+        .component;
+
+    type Check = fn(&ExecError) -> bool;
+    let attacks: &[(&str, Check)] = &[
+        ("loop", |e| matches!(e, ExecError::Timeout(_))),
+        (
+            "grow",
+            |e| matches!(e, ExecError::ResourceLimit(m) if m.contains("memory")),
+        ),
+        ("recurse", |e| matches!(e, ExecError::StackOverflow(_))),
+        ("big-output:2000000", |e| {
+            matches!(
+                e,
+                ExecError::OutputTooLarge {
+                    size: 2_000_000,
+                    limit: 1_048_576
+                }
+            )
+        }),
+        (
+            "trap",
+            |e| matches!(e, ExecError::Trap(m) if m.contains("panics on purpose")),
+        ),
+        ("giant-tensor", |e| {
+            matches!(e, ExecError::Inference(InferenceError::TooLarge(_)))
+        }),
+        ("inconsistent-tensor", |e| {
+            matches!(e, ExecError::Inference(InferenceError::InvalidTensor(_)))
+        }),
+        ("big-tensor:20000000", |e| {
+            matches!(e, ExecError::Inference(InferenceError::TooLarge(_)))
+        }),
+        (
+            "load-bytes",
+            |e| matches!(e, ExecError::Workload(WorkloadError::Inference(m)) if m.contains("InvalidEncoding")),
+        ),
+        ("slow-inference:1000", |e| {
+            matches!(e, ExecError::InferenceTimeout | ExecError::Timeout(_))
+        }),
+        ("open-file", |e| {
+            matches!(e, ExecError::Workload(WorkloadError::Internal(m))
+                if !m.contains("read /") && !m.contains("listed") && !m.contains("environment"))
+        }),
+    ];
+    for (attack, check) in attacks {
+        let started = Instant::now();
+        let result = executor.run(&hostile, attack.as_bytes());
+        let elapsed = started.elapsed();
+        match result {
+            Err(ref e) if check(e) => println!("{attack}: {e} after {elapsed:?}"),
+            other => panic!("{attack}: unexpected result {other:?}"),
+        }
+        assert!(
+            elapsed < Duration::from_secs(10),
+            "{attack} took {elapsed:?}"
+        );
+        // The host keeps serving after every attack.
+        let ok = executor.run(&hostile, b"ok").unwrap();
+        assert_eq!(ok.output, b"ok", "after {attack}");
+    }
+}
+
+#[test]
+fn components_importing_sockets_are_refused_before_running() {
+    let (executor, _dir) = executor(fastest_backend(), limits());
+    match executor.add_component(&std::fs::read(HOSTILE_SOCKETS).unwrap()) {
+        Err(ExecError::ForbiddenImport(import)) => {
+            assert!(import.starts_with("wasi:sockets/"), "{import}")
+        }
+        other => panic!("expected a forbidden import, got {other:?}"),
+    }
+}
+
+#[test]
+fn non_workloads_and_garbage_are_refused() {
+    let (executor, _dir) = executor(fastest_backend(), limits());
+    assert!(matches!(
+        executor.add_component(&std::fs::read(NOT_A_WORKLOAD).unwrap()),
+        Err(ExecError::NotAWorkload(_)) | Err(ExecError::ForbiddenImport(_))
+    ));
+    assert!(matches!(
+        executor.add_component(b"\0asm\x01\0\0\0 definitely not a component"),
+        Err(ExecError::InvalidComponent(_))
+    ));
+    assert!(matches!(
+        executor.add_component(b""),
+        Err(ExecError::InvalidComponent(_))
+    ));
+    let echo = executor
+        .add_component(&std::fs::read(ECHO).unwrap())
+        .unwrap();
+    assert_eq!(
+        executor.run(&echo.component, b"still here").unwrap().output,
+        b"still here"
+    );
+}
+
+#[test]
+fn oversized_input_is_refused_before_instantiation() {
+    let (executor, _dir) = executor(fastest_backend(), limits());
+    let echo = executor
+        .add_component(&std::fs::read(ECHO).unwrap())
+        .unwrap();
+    let input = vec![b'x'; limits().input_bytes + 1];
+    assert!(matches!(
+        executor.run(&echo.component, &input),
+        Err(ExecError::InputTooLarge { .. })
+    ));
+}
+
+#[test]
+fn compiled_artifacts_are_reused_and_tampering_is_detected() {
+    let backend = fastest_backend();
+    let data = tempfile::tempdir().unwrap();
+    let config = || mesh_host::ExecutorConfig {
+        backend: Some(backend),
+        data_dir: data.path().to_path_buf(),
+        ..mesh_host::ExecutorConfig::default()
+    };
+    let echo = std::fs::read(ECHO).unwrap();
+    let first = mesh_host::Executor::new(config()).unwrap();
+    let hash = first.add_component(&echo).unwrap().component;
+    drop(first);
+    let compiled_dir = data.path().join("compiled");
+    let artifact = std::fs::read_dir(&compiled_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .expect("a compiled artifact was cached");
+
+    // A second executor uses the cached artifact.
+    let second = mesh_host::Executor::new(config()).unwrap();
+    assert_eq!(second.run(&hash, b"cached").unwrap().output, b"cached");
+    drop(second);
+
+    // Flip a byte of the native code: the MAC fails, the artifact is discarded and the
+    // component is recompiled from its verified bytes.
+    let mut bytes = std::fs::read(&artifact).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&artifact, bytes).unwrap();
+    let third = mesh_host::Executor::new(config()).unwrap();
+    assert_eq!(
+        third.run(&hash, b"recompiled").unwrap().output,
+        b"recompiled"
+    );
+
+    // A corrupted component in the store is refused.
+    let stored = data
+        .path()
+        .join("components")
+        .join(format!("{}.wasm", hash.to_hex()));
+    std::fs::write(&stored, b"corrupted").unwrap();
+    std::fs::remove_file(&artifact).unwrap();
+    let fourth = mesh_host::Executor::new(config()).unwrap();
+    assert!(matches!(
+        fourth.run(&hash, b"x"),
+        Err(ExecError::Store(
+            mesh_host::components::StoreError::HashMismatch { .. }
+        ))
+    ));
+}

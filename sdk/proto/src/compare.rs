@@ -1,0 +1,220 @@
+//! Comparison of two results of the same job, by the rule the workload declares.
+//!
+//! Re-execution on another device (and another inference backend) must accept honest results:
+//! ONNX Runtime and OpenVINO legitimately differ in the last bits of floating point. So float
+//! workloads declare a tolerance instead of demanding identical bytes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// How two outputs of one job are compared (mirrors `mesh:workload/types.comparison`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rule", content = "value", rename_all = "kebab-case")]
+pub enum Comparison {
+    /// Byte-for-byte identical.
+    Exact,
+    /// JSON of the same shape; every number within this absolute difference.
+    FloatTolerance(f32),
+    /// JSON of the same shape; every array of numbers has at least this cosine similarity with
+    /// its counterpart, other numbers are equal.
+    Cosine(f32),
+}
+
+/// Why two outputs do not agree.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Mismatch {
+    /// Exact comparison found different bytes.
+    #[error("outputs differ (exact comparison)")]
+    Bytes,
+    /// An output is not JSON although the rule needs it.
+    #[error("output is not JSON: {0}")]
+    NotJson(String),
+    /// The documents differ in structure or in a non-numeric value.
+    #[error("outputs differ in structure at {path}")]
+    Structure {
+        /// JSON path of the first difference.
+        path: String,
+    },
+    /// A number differs by more than the tolerance.
+    #[error("number at {path} differs by {difference} (tolerance {tolerance})")]
+    Number {
+        /// JSON path of the number.
+        path: String,
+        /// Absolute difference.
+        difference: f64,
+        /// The declared tolerance.
+        tolerance: f32,
+    },
+    /// A vector's cosine similarity is below the declared minimum.
+    #[error("vector at {path} has cosine {cosine} (minimum {minimum})")]
+    Cosine {
+        /// JSON path of the vector.
+        path: String,
+        /// Measured cosine similarity.
+        cosine: f64,
+        /// The declared minimum.
+        minimum: f32,
+    },
+}
+
+impl Comparison {
+    /// Compare two outputs; `Ok(())` when they agree under this rule.
+    pub fn compare(&self, a: &[u8], b: &[u8]) -> Result<(), Mismatch> {
+        match self {
+            Comparison::Exact => (a == b).then_some(()).ok_or(Mismatch::Bytes),
+            Comparison::FloatTolerance(_) | Comparison::Cosine(_) => {
+                let parse = |bytes: &[u8]| {
+                    serde_json::from_slice::<Value>(bytes)
+                        .map_err(|e| Mismatch::NotJson(e.to_string()))
+                };
+                self.values(&parse(a)?, &parse(b)?, &mut String::from("$"))
+            }
+        }
+    }
+
+    fn values(&self, a: &Value, b: &Value, path: &mut String) -> Result<(), Mismatch> {
+        let structure = |path: &String| Mismatch::Structure { path: path.clone() };
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) => {
+                let (x, y) = (
+                    x.as_f64().unwrap_or(f64::NAN),
+                    y.as_f64().unwrap_or(f64::NAN),
+                );
+                let tolerance = match self {
+                    Comparison::FloatTolerance(t) => *t,
+                    _ => 0.0,
+                };
+                let difference = (x - y).abs();
+                if difference <= f64::from(tolerance) {
+                    Ok(())
+                } else {
+                    Err(Mismatch::Number {
+                        path: path.clone(),
+                        difference,
+                        tolerance,
+                    })
+                }
+            }
+            (Value::Array(xs), Value::Array(ys)) => {
+                if xs.len() != ys.len() {
+                    return Err(structure(path));
+                }
+                if let (Comparison::Cosine(minimum), Some(xv), Some(yv)) =
+                    (self, numbers(xs), numbers(ys))
+                {
+                    let cosine = cosine(&xv, &yv);
+                    return if cosine >= f64::from(*minimum) {
+                        Ok(())
+                    } else {
+                        Err(Mismatch::Cosine {
+                            path: path.clone(),
+                            cosine,
+                            minimum: *minimum,
+                        })
+                    };
+                }
+                for (i, (x, y)) in xs.iter().zip(ys).enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    self.values(x, y, path)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            (Value::Object(xs), Value::Object(ys)) => {
+                if xs.len() != ys.len() {
+                    return Err(structure(path));
+                }
+                for (key, x) in xs {
+                    let y = ys.get(key).ok_or_else(|| structure(path))?;
+                    let len = path.len();
+                    path.push('.');
+                    path.push_str(key);
+                    self.values(x, y, path)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            (x, y) if x == y => Ok(()),
+            _ => Err(structure(path)),
+        }
+    }
+}
+
+/// The array as numbers, if it is a non-empty array of numbers only.
+fn numbers(values: &[Value]) -> Option<Vec<f64>> {
+    if values.is_empty() {
+        return None;
+    }
+    values.iter().map(Value::as_f64).collect()
+}
+
+/// Cosine similarity; two zero vectors are identical (1.0), one zero vector is orthogonal.
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    match (na == 0.0, nb == 0.0) {
+        (true, true) => 1.0,
+        (true, false) | (false, true) => 0.0,
+        _ => dot / (na * nb),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_compares_bytes() {
+        assert_eq!(Comparison::Exact.compare(b"abc", b"abc"), Ok(()));
+        assert_eq!(
+            Comparison::Exact.compare(b"abc", b"abd"),
+            Err(Mismatch::Bytes)
+        );
+    }
+
+    #[test]
+    fn cosine_accepts_backend_noise_and_rejects_wrong_vectors() {
+        let rule = Comparison::Cosine(0.99);
+        let a = br#"{"embeddings":[[0.6,0.8,0.0]],"tokens":3}"#;
+        let noisy = br#"{"embeddings":[[0.6007,0.7993,0.001]],"tokens":3}"#;
+        let wrong = br#"{"embeddings":[[0.8,-0.6,0.0]],"tokens":3}"#;
+        let zero = br#"{"embeddings":[[0,0,0]],"tokens":3}"#;
+        assert_eq!(rule.compare(a, noisy), Ok(()));
+        assert!(matches!(
+            rule.compare(a, wrong),
+            Err(Mismatch::Cosine { .. })
+        ));
+        assert!(matches!(
+            rule.compare(a, zero),
+            Err(Mismatch::Cosine { .. })
+        ));
+        let other_tokens = br#"{"embeddings":[[0.6,0.8,0.0]],"tokens":4}"#;
+        assert!(matches!(
+            rule.compare(a, other_tokens),
+            Err(Mismatch::Number { .. })
+        ));
+        let fewer = br#"{"embeddings":[],"tokens":3}"#;
+        assert!(matches!(
+            rule.compare(a, fewer),
+            Err(Mismatch::Structure { .. })
+        ));
+        assert!(matches!(
+            rule.compare(a, b"not json"),
+            Err(Mismatch::NotJson(_))
+        ));
+    }
+
+    #[test]
+    fn float_tolerance_is_element_wise() {
+        let rule = Comparison::FloatTolerance(0.01);
+        assert_eq!(rule.compare(b"[1.0, 2.0]", b"[1.005, 1.995]"), Ok(()));
+        let err = rule.compare(b"[1.0, 2.0]", b"[1.0, 2.1]").unwrap_err();
+        assert!(
+            matches!(err, Mismatch::Number { ref path, .. } if path == "$[1]"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! Mesh wire types and identity, shared by the host, relay, control plane and CLI.
+//!
+//! This crate does no I/O and pulls in no runtime (no tokio, libp2p, axum or sqlx), so it
+//! builds anywhere, wasm32 included. Binary encodings are CBOR ([`cbor`]), with explicit size
+//! limits; JSON is used at the REST and CLI edges.
+
+pub mod cbor;
+pub mod compare;
+mod hash;
+pub mod receipt;
+pub mod workload;
+
+pub use compare::{Comparison, Mismatch};
+pub use hash::{Blake3Hash, ParseHashError};
+pub use receipt::{ModelBinding, RunReceipt, RunTimings};
+pub use workload::WorkloadMetadata;
+
+/// Version of the Mesh wire protocol; bumped on every incompatible change.
+///
+/// History:
+/// - 1 (2026-11-21): run receipts, workload metadata, comparison rules.
+pub const PROTOCOL_VERSION: u32 = 1;

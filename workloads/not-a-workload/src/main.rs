@@ -1,0 +1,5 @@
+//! A WASI command, not a Mesh workload: it lacks the `run` and `metadata` exports.
+
+fn main() {
+    println!("hello from a command component");
+}
