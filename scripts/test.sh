@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs every Mesh test on a fresh machine: installs what the tests need (wasm target, Python
-# wheels, models, native inference runtimes), then runs the workspace tests.
+# wheels, models, native inference runtimes), starts PostgreSQL, then runs the workspace tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2 >/dev/null
 bash scripts/setup.sh
+MESH_TEST_POSTGRES_URL="$(bash scripts/postgres.sh)"
+export MESH_TEST_POSTGRES_URL
 
 # Benchmarks are not run here (cargo bench runs them), but they must keep compiling.
 cargo test --workspace --all-targets --no-run

@@ -14,7 +14,7 @@ use crate::backend::{
 use crate::components::{CompiledCache, ComponentStore, StoreError};
 use crate::limits::{Limits, MAX_COMPONENT_BYTES, MAX_STDERR_BYTES};
 use crate::models::{ModelError, ModelStore};
-use mesh_proto::{Blake3Hash, Comparison, ModelBinding, RunReceipt, RunTimings, WorkloadMetadata};
+use mesh_proto::{Blake3Hash, ModelBinding, RunReceipt, RunTimings, WorkloadMetadata};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -31,40 +31,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
 use wasmtime_wasi_nn::{Graph, GraphRegistry, Registry};
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "mesh:workload/workload",
-    });
-}
-
-use bindings::mesh::workload::types::Comparison as WitComparison;
-pub use bindings::mesh::workload::types::JobError;
+pub use mesh_world::JobError;
 
 /// How often the epoch advances; the granularity of the wall-time deadline.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Time allowed for a component's `metadata` export when it is first prepared.
 const METADATA_TIME: Duration = Duration::from_secs(5);
-
-/// The world's type-only interface (imported for `metadata` and `job-error`).
-const TYPES_INTERFACE: &str = "mesh:workload/types@0.1.0";
-
-/// Interfaces a workload may import: `wasi:nn`, and the parts of WASI 0.2 the Rust standard
-/// library needs to start. Anything else (sockets, http, ...) is refused before instantiation.
-const ALLOWED_IMPORTS: &[&str] = &[
-    TYPES_INTERFACE,
-    "wasi:nn/",
-    "wasi:cli/environment@",
-    "wasi:cli/exit@",
-    "wasi:cli/stdin@",
-    "wasi:cli/stdout@",
-    "wasi:cli/stderr@",
-    "wasi:cli/terminal-",
-    "wasi:io/",
-    "wasi:clocks/",
-    "wasi:random/",
-    "wasi:filesystem/",
-];
 
 /// Why a job did not produce an output.
 #[derive(Debug, thiserror::Error)]
@@ -348,7 +320,7 @@ impl Executor {
         })
         .map_err(|e| ExecError::InvalidComponent(e.to_string()))?;
         linker
-            .instance(TYPES_INTERFACE)
+            .instance(mesh_proto::workload::TYPES_INTERFACE)
             .map_err(|e| ExecError::InvalidComponent(e.to_string()))?;
         let fingerprint = engine_fingerprint(&engine);
         let components = ComponentStore::open(&config.data_dir.join("components"))?;
@@ -429,7 +401,7 @@ impl Executor {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| ExecError::InvalidComponent(format!("{e:#}")))?;
-        bindings::WorkloadIndices::new(&pre)
+        mesh_world::WorkloadIndices::new(&pre)
             .map_err(|e| ExecError::NotAWorkload(format!("{e:#}")))?;
         let metadata = self.read_metadata(&pre, hash)?;
         let mut models = Vec::new();
@@ -529,22 +501,12 @@ impl Executor {
         let instance = pre
             .instantiate(&mut store)
             .map_err(|e| classify(e, &self.limits, METADATA_TIME, None, &stderr))?;
-        let workload = bindings::Workload::new(&mut store, &instance)
+        let workload = mesh_world::Workload::new(&mut store, &instance)
             .map_err(|e| ExecError::NotAWorkload(format!("{e:#}")))?;
         let metadata = workload
             .call_metadata(&mut store)
             .map_err(|e| classify(e, &self.limits, METADATA_TIME, None, &stderr))?;
-        Ok(WorkloadMetadata {
-            name: metadata.name,
-            version: metadata.version,
-            models: metadata.models,
-            comparison: match metadata.comparison {
-                WitComparison::Exact => Comparison::Exact,
-                WitComparison::FloatTolerance(t) => Comparison::FloatTolerance(t),
-                WitComparison::Cosine(c) => Comparison::Cosine(c),
-            },
-            component: *hash,
-        })
+        Ok(mesh_world::to_metadata(metadata, *hash))
     }
 
     /// Metadata of a stored component (preparing it if needed).
@@ -687,13 +649,10 @@ fn start_epoch_ticker(engine: &Engine, stop: Arc<AtomicBool>) {
         .expect("spawn epoch thread");
 }
 
-/// Refuse components that import anything outside [`ALLOWED_IMPORTS`].
+/// Refuse components that import anything outside the Mesh world.
 fn check_imports(engine: &Engine, component: &Component) -> Result<(), ExecError> {
     for (name, _) in component.component_type().imports(engine) {
-        if !ALLOWED_IMPORTS
-            .iter()
-            .any(|allowed| name.starts_with(allowed))
-        {
+        if !mesh_proto::workload::import_allowed(name) {
             return Err(ExecError::ForbiddenImport(name.to_string()));
         }
     }

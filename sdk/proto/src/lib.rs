@@ -4,19 +4,28 @@
 //! builds anywhere, wasm32 included. Binary encodings are CBOR ([`cbor`]), with explicit size
 //! limits; JSON is used at the REST and CLI edges.
 
+pub mod api;
 pub mod cbor;
 pub mod compare;
+pub mod device;
 mod hash;
+pub mod identity;
+mod ids;
 pub mod receipt;
+pub mod signed;
 pub mod workload;
 
 pub use compare::{Comparison, Mismatch};
 pub use hash::{Blake3Hash, ParseHashError};
+pub use identity::{PublicKey, SignDomain, Signature, SignatureError, SigningKey};
+pub use ids::{DeviceId, InviteId, JobId, NetworkId, ParseIdError, PersonId, TokenId};
 pub use receipt::{ModelBinding, RunReceipt, RunTimings};
+pub use signed::{Signed, SignedError};
 pub use workload::WorkloadMetadata;
 
 /// Version of the Mesh wire protocol; bumped on every incompatible change.
 ///
 /// History:
-/// - 1 (2026-11-21): run receipts, workload metadata, comparison rules.
+/// - 1 (2026-11-21): run receipts, workload metadata, comparison rules, device certificates,
+///   heartbeats, job tickets, REST bodies.
 pub const PROTOCOL_VERSION: u32 = 1;

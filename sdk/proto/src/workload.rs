@@ -17,3 +17,43 @@ pub struct WorkloadMetadata {
     /// BLAKE3 of the component bytes.
     pub component: Blake3Hash,
 }
+
+/// The world's type-only interface (imported for `metadata` and `job-error`).
+pub const TYPES_INTERFACE: &str = "mesh:workload/types@0.1.0";
+
+/// Interfaces a workload component may import: the world's types, `wasi:nn`, and the parts
+/// of WASI 0.2 the Rust standard library needs to start. Anything else (sockets, http, ...)
+/// makes a component invalid for Mesh.
+pub const ALLOWED_IMPORT_PREFIXES: &[&str] = &[
+    TYPES_INTERFACE,
+    "wasi:nn/",
+    "wasi:cli/environment@",
+    "wasi:cli/exit@",
+    "wasi:cli/stdin@",
+    "wasi:cli/stdout@",
+    "wasi:cli/stderr@",
+    "wasi:cli/terminal-",
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:random/",
+    "wasi:filesystem/",
+];
+
+/// Whether a component may import the interface `name`.
+pub fn import_allowed(name: &str) -> bool {
+    ALLOWED_IMPORT_PREFIXES
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn imports_outside_the_world_are_refused() {
+        assert!(super::import_allowed("wasi:nn/graph@0.2.0-rc-2024-10-28"));
+        assert!(super::import_allowed("wasi:cli/environment@0.2.6"));
+        assert!(!super::import_allowed("wasi:sockets/tcp@0.2.6"));
+        assert!(!super::import_allowed("wasi:http/outgoing-handler@0.2.6"));
+        assert!(!super::import_allowed("wasi:cli/environmentx"));
+    }
+}

@@ -9,21 +9,36 @@ use std::process::Command;
 /// Crates that must stay independent of each other (those that exist yet).
 const SERVICES: &[&str] = &["mesh-host", "mesh-relay", "mesh-control-plane", "mesh-cli"];
 /// Crates the wire crate must never pull in, directly or not.
-const FORBIDDEN_IN_PROTO: &[&str] = &["tokio", "libp2p", "axum", "sqlx", "wasmtime", "ort", "openvino"];
+const FORBIDDEN_IN_PROTO: &[&str] = &[
+    "tokio", "libp2p", "axum", "sqlx", "wasmtime", "ort", "openvino",
+];
 
 fn metadata() -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let rustc = Command::new("rustc").arg("-vV").output().expect("run rustc -vV");
+    let rustc = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("run rustc -vV");
     let host = String::from_utf8_lossy(&rustc.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
         .expect("rustc reports its host triple");
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--filter-platform", &host])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--filter-platform",
+            &host,
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run cargo metadata");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -33,7 +48,12 @@ fn graph(metadata: &Value) -> (HashMap<String, String>, HashMap<String, Vec<Stri
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["id"].as_str().unwrap().to_string(), p["name"].as_str().unwrap().to_string()))
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_string(),
+                p["name"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let deps = metadata["resolve"]["nodes"]
         .as_array()
@@ -44,7 +64,13 @@ fn graph(metadata: &Value) -> (HashMap<String, String>, HashMap<String, Vec<Stri
                 .as_array()
                 .unwrap()
                 .iter()
-                .filter(|d| d["dep_kinds"].as_array().unwrap().iter().any(|k| k["kind"].is_null()))
+                .filter(|d| {
+                    d["dep_kinds"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|k| k["kind"].is_null())
+                })
                 .map(|d| d["pkg"].as_str().unwrap().to_string())
                 .collect();
             (node["id"].as_str().unwrap().to_string(), normal)
@@ -74,7 +100,9 @@ fn wire_crate_has_no_runtime_dependencies() {
     for dep in closure(proto, &deps) {
         let name = &names[&dep];
         assert!(
-            !FORBIDDEN_IN_PROTO.iter().any(|f| name == f || name.starts_with(&format!("{f}-"))),
+            !FORBIDDEN_IN_PROTO
+                .iter()
+                .any(|f| name == f || name.starts_with(&format!("{f}-"))),
             "mesh-proto depends on {name}"
         );
     }
@@ -84,8 +112,14 @@ fn wire_crate_has_no_runtime_dependencies() {
 fn services_do_not_depend_on_each_other() {
     let metadata = metadata();
     let (names, deps) = graph(&metadata);
-    let services: Vec<(&String, &String)> = names.iter().filter(|(_, n)| SERVICES.contains(&n.as_str())).collect();
-    assert!(services.iter().any(|(_, n)| *n == "mesh-host"), "mesh-host is in the workspace");
+    let services: Vec<(&String, &String)> = names
+        .iter()
+        .filter(|(_, n)| SERVICES.contains(&n.as_str()))
+        .collect();
+    assert!(
+        services.iter().any(|(_, n)| *n == "mesh-host"),
+        "mesh-host is in the workspace"
+    );
     for (id, name) in &services {
         let reachable = closure(id, &deps);
         for (other_id, other) in &services {

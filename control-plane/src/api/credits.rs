@@ -1,0 +1,189 @@
+//! Credits: balances, history and grants.
+
+use crate::api::networks::network_id;
+use crate::auth::{Auth, parse, require_role};
+use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
+use crate::ledger::{self, Account, TransferOutcome};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::{Path, State};
+use mesh_proto::PersonId;
+use mesh_proto::api::{Balance, GrantRequest, LedgerEntryInfo, Role, TransferInfo};
+use serde::Deserialize;
+use sqlx::Row;
+
+/// Whose account to read; defaults to the caller. Reading others' needs the admin role.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct AccountQuery {
+    /// Person id (admins only, for others).
+    pub person: Option<String>,
+}
+
+async fn target(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    network: &mesh_proto::NetworkId,
+    query: &AccountQuery,
+) -> ApiResult<PersonId> {
+    let me = principal.person()?;
+    require_role(state, principal, network, Role::Member).await?;
+    match &query.person {
+        None => Ok(me),
+        Some(p) => {
+            let person: PersonId = p.parse().map_err(|_| ApiError::not_found("account"))?;
+            if person != me {
+                require_role(state, principal, network, Role::Admin).await?;
+            }
+            Ok(person)
+        }
+    }
+}
+
+/// A member's balance.
+#[utoipa::path(get, path = "/v1/networks/{network}/credits/balance", tag = "credits", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id"), AccountQuery),
+    responses((status = 200, body = Balance), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub async fn balance(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(network): Path<String>,
+    ApiQuery(query): ApiQuery<AccountQuery>,
+) -> ApiResult<Json<Balance>> {
+    let network = network_id(&network)?;
+    let person = target(&state, &principal, &network, &query).await?;
+    let balance: Option<i64> = sqlx::query_scalar("SELECT balance FROM accounts WHERE id = $1")
+        .bind(Account::Person(person).id(&network))
+        .fetch_optional(&state.db.pool)
+        .await?;
+    Ok(Json(Balance {
+        person,
+        balance: balance.ok_or_else(|| ApiError::not_found("account"))?,
+    }))
+}
+
+/// A member's ledger entries, newest first (at most 500).
+#[utoipa::path(get, path = "/v1/networks/{network}/credits/history", tag = "credits", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id"), AccountQuery),
+    responses((status = 200, body = Vec<LedgerEntryInfo>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub async fn history(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(network): Path<String>,
+    ApiQuery(query): ApiQuery<AccountQuery>,
+) -> ApiResult<Json<Vec<LedgerEntryInfo>>> {
+    let network = network_id(&network)?;
+    let person = target(&state, &principal, &network, &query).await?;
+    let rows = sqlx::query(
+        "SELECT t.id, t.kind, t.memo, t.job_id, e.amount, e.created_at FROM ledger_entries e \
+         JOIN ledger_transfers t ON t.id = e.transfer_id WHERE e.account_id = $1 \
+         ORDER BY e.created_at DESC, t.id LIMIT 500",
+    )
+    .bind(Account::Person(person).id(&network))
+    .fetch_all(&state.db.pool)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(LedgerEntryInfo {
+                transfer: row.try_get("id")?,
+                kind: row.try_get("kind")?,
+                memo: row.try_get("memo")?,
+                amount: row.try_get("amount")?,
+                job: row
+                    .try_get::<Option<String>, _>("job_id")?
+                    .map(parse)
+                    .transpose()?,
+                created_at_ms: row.try_get("created_at")?,
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()
+        .map(Json)
+}
+
+/// Grant credits to a member from the network's issuer account (admin). Idempotent per key.
+#[utoipa::path(post, path = "/v1/networks/{network}/credits/grant", tag = "credits", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id")),
+    request_body = GrantRequest,
+    responses((status = 200, body = TransferInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn grant(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(network): Path<String>,
+    ApiJson(request): ApiJson<GrantRequest>,
+) -> ApiResult<Json<TransferInfo>> {
+    let network = network_id(&network)?;
+    require_role(&state, &principal, &network, Role::Admin).await?;
+    if request.idempotency_key.is_empty() || request.idempotency_key.len() > 200 {
+        return Err(ApiError::bad_request(
+            "idempotency_key must be 1-200 characters",
+        ));
+    }
+    if request.amount <= 0 || request.amount > 1_000_000_000 {
+        return Err(ApiError::bad_request("amount must be between 1 and 10^9"));
+    }
+    let member: Option<String> =
+        sqlx::query_scalar("SELECT role FROM memberships WHERE network_id = $1 AND person_id = $2")
+            .bind(network.to_string())
+            .bind(request.person.to_string())
+            .fetch_optional(&state.db.pool)
+            .await?;
+    if member.is_none() {
+        return Err(ApiError::not_found("member"));
+    }
+    let memo = request.memo.clone().unwrap_or_else(|| "grant".into());
+    let mut tx = state.db.pool.begin().await?;
+    let outcome = ledger::transfer(
+        &mut tx,
+        &ledger::Transfer {
+            network,
+            idempotency_key: &format!("grant:{}", request.idempotency_key),
+            kind: "grant",
+            memo: &memo,
+            job: None,
+            from: Account::Issuer,
+            to: Account::Person(request.person),
+            amount: request.amount,
+        },
+    )
+    .await?;
+    if let TransferOutcome::Created(id) = &outcome {
+        crate::api::audit(
+            &mut tx,
+            Some(&network),
+            &principal.label(),
+            "credits.grant",
+            &format!("{} {} {id}", request.person, request.amount),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Json(TransferInfo {
+        id: outcome.id().to_string(),
+        kind: "grant".into(),
+        created: matches!(outcome, TransferOutcome::Created(_)),
+    }))
+}
+
+/// Sum of every account's balance in a network and of every ledger entry; both are zero in
+/// a consistent ledger.
+pub async fn ledger_sums(
+    state: &AppState,
+    network: &mesh_proto::NetworkId,
+) -> ApiResult<(i64, i64)> {
+    let balances: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(balance), 0) AS BIGINT) FROM accounts WHERE network_id = $1",
+    )
+    .bind(network.to_string())
+    .fetch_one(&state.db.pool)
+    .await?;
+    let entries: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(e.amount), 0) AS BIGINT) FROM ledger_entries e JOIN accounts a ON a.id = e.account_id \
+         WHERE a.network_id = $1",
+    )
+    .bind(network.to_string())
+    .fetch_one(&state.db.pool)
+    .await?;
+    Ok((balances, entries))
+}

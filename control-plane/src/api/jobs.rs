@@ -1,0 +1,378 @@
+//! Jobs: submit (reserve credits, schedule), inspect, and the executor's start / complete /
+//! fail reports, which settle credits exactly once.
+
+use crate::api::networks::network_id;
+use crate::api::workloads::find_workload;
+use crate::auth::{Auth, parse, require_reader, require_role};
+use crate::db::{now_ms, random_id};
+use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::ledger::{self, Account};
+use crate::scheduler::{self, job_row};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use mesh_proto::api::{
+    CompleteJobRequest, FailJobRequest, JobAssignment, JobInfo, JobState, Role, SubmitJobRequest,
+};
+use mesh_proto::{DeviceId, JobId, NetworkId, PersonId, PublicKey, RunReceipt, SignDomain};
+use sqlx::Row;
+
+fn job_id(text: &str) -> ApiResult<JobId> {
+    text.parse().map_err(|_| ApiError::not_found("job"))
+}
+
+const JOB_COLUMNS: &str = "id, network_id, requester_id, workload_hash, input_hash, input_size, price, state, executor_id, \
+     attempts, lease_expires_at, receipt, error, created_at, updated_at";
+
+fn job_from_row(row: &sqlx::any::AnyRow) -> ApiResult<JobInfo> {
+    let state: String = row.try_get("state")?;
+    let receipt: Option<String> = row.try_get("receipt")?;
+    Ok(JobInfo {
+        id: parse(row.try_get("id")?)?,
+        network: parse(row.try_get("network_id")?)?,
+        requester: parse(row.try_get("requester_id")?)?,
+        workload: parse(row.try_get("workload_hash")?)?,
+        input: parse(row.try_get("input_hash")?)?,
+        input_size: row.try_get::<i64, _>("input_size")? as u64,
+        price: row.try_get("price")?,
+        state: JobState::parse(&state).ok_or_else(|| ApiError::internal("bad job state"))?,
+        executor: row
+            .try_get::<Option<String>, _>("executor_id")?
+            .map(parse)
+            .transpose()?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        lease_expires_at_ms: row.try_get("lease_expires_at")?,
+        receipt: receipt
+            .map(|r| serde_json::from_str(&r))
+            .transpose()
+            .map_err(ApiError::internal)?,
+        error: row.try_get("error")?,
+        created_at_ms: row.try_get("created_at")?,
+        updated_at_ms: row.try_get("updated_at")?,
+    })
+}
+
+/// Read a job of `network` (404 if it belongs elsewhere).
+pub async fn find_job(
+    state: &AppState,
+    network: Option<&NetworkId>,
+    job: &JobId,
+) -> ApiResult<JobInfo> {
+    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+        .bind(job.to_string())
+        .fetch_optional(&state.db.pool)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job"))?;
+    let info = job_from_row(&row)?;
+    if network.is_some_and(|n| *n != info.network) {
+        return Err(ApiError::not_found("job"));
+    }
+    Ok(info)
+}
+
+async fn assignment(state: &AppState, job: &JobId) -> ApiResult<JobAssignment> {
+    let info = find_job(state, None, job).await?;
+    let (ticket, executor_peer_id) = match (info.state, info.executor) {
+        (JobState::Assigned | JobState::Running, Some(executor)) => {
+            let row = job_row(state, job).await?;
+            let peer: String = sqlx::query_scalar("SELECT peer_id FROM devices WHERE id = $1")
+                .bind(executor.to_string())
+                .fetch_one(&state.db.pool)
+                .await?;
+            (Some(scheduler::ticket(state, &row, &executor)?), Some(peer))
+        }
+        _ => (None, None),
+    };
+    Ok(JobAssignment {
+        job: info,
+        ticket,
+        executor_peer_id,
+    })
+}
+
+/// Submit a job (member): reserves the network's job price from the caller's credits and
+/// assigns a device when one is available (otherwise the job waits in the queue).
+#[utoipa::path(post, path = "/v1/networks/{network}/jobs", tag = "jobs", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id")),
+    request_body = SubmitJobRequest,
+    responses((status = 201, body = JobAssignment), (status = 200, body = JobAssignment, description = "Same idempotency key"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 402, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn submit(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(network): Path<String>,
+    ApiJson(request): ApiJson<SubmitJobRequest>,
+) -> ApiResult<(StatusCode, Json<JobAssignment>)> {
+    let network = network_id(&network)?;
+    require_role(&state, &principal, &network, Role::Member).await?;
+    let requester = principal.person()?;
+    let workload = find_workload(&state, &network, &request.workload).await?;
+    if workload.yanked {
+        return Err(ApiError::conflict("yanked", "this workload was yanked"));
+    }
+    let key = request
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(crate::db::random_secret);
+    if key.is_empty() || key.len() > 200 {
+        return Err(ApiError::bad_request(
+            "idempotency_key must be 1-200 characters",
+        ));
+    }
+    let existing: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE network_id = $1 AND requester_id = $2 AND idempotency_key = $3",
+    )
+    .bind(network.to_string())
+    .bind(requester.to_string())
+    .bind(&key)
+    .fetch_optional(&state.db.pool)
+    .await?;
+    if let Some(id) = existing {
+        return Ok((StatusCode::OK, Json(assignment(&state, &parse(id)?).await?)));
+    }
+    let price: i64 = sqlx::query_scalar("SELECT job_price FROM networks WHERE id = $1")
+        .bind(network.to_string())
+        .fetch_one(&state.db.pool)
+        .await?;
+    let job: JobId = random_id(JobId::from_bytes);
+    let now = now_ms();
+    let mut tx = state.db.pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO jobs (id, network_id, requester_id, workload_hash, input_hash, input_size, price, state, \
+         idempotency_key, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $9)",
+    )
+    .bind(job.to_string())
+    .bind(network.to_string())
+    .bind(requester.to_string())
+    .bind(request.workload.to_string())
+    .bind(request.input.to_string())
+    .bind(request.input_size as i64)
+    .bind(price)
+    .bind(&key)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            ApiError::conflict("concurrent_submit", "a job with this idempotency key is being submitted; retry")
+        }
+        _ => ApiError::from(e),
+    })?;
+    if price > 0 {
+        ledger::transfer(
+            &mut tx,
+            &ledger::Transfer {
+                network,
+                idempotency_key: &format!("job:{job}:reserve"),
+                kind: "job_reserve",
+                memo: &format!("reserved for {}", workload.name),
+                job: Some(job),
+                from: Account::Person(requester),
+                to: Account::Escrow,
+                amount: price,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    scheduler::try_assign(&state, &job).await?;
+    Ok((StatusCode::CREATED, Json(assignment(&state, &job).await?)))
+}
+
+/// Recent jobs of a network (at most 200, newest first).
+#[utoipa::path(get, path = "/v1/networks/{network}/jobs", tag = "jobs", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id")),
+    responses((status = 200, body = Vec<JobInfo>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(network): Path<String>,
+) -> ApiResult<Json<Vec<JobInfo>>> {
+    let network = network_id(&network)?;
+    require_reader(&state, &principal, &network).await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE network_id = $1 ORDER BY created_at DESC, id LIMIT 200"
+    ))
+    .bind(network.to_string())
+    .fetch_all(&state.db.pool)
+    .await?;
+    rows.iter()
+        .map(job_from_row)
+        .collect::<ApiResult<Vec<_>>>()
+        .map(Json)
+}
+
+/// One job, with its ticket when the caller is its requester and it is assigned.
+#[utoipa::path(get, path = "/v1/networks/{network}/jobs/{job}", tag = "jobs", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id"), ("job" = String, Path, description = "Job id")),
+    responses((status = 200, body = JobAssignment), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path((network, job)): Path<(String, String)>,
+) -> ApiResult<Json<JobAssignment>> {
+    let network = network_id(&network)?;
+    require_reader(&state, &principal, &network).await?;
+    let job = job_id(&job)?;
+    let info = find_job(&state, Some(&network), &job).await?;
+    let requester = matches!(principal, crate::auth::Principal::Person { person, .. } if person == info.requester);
+    if requester {
+        return Ok(Json(assignment(&state, &job).await?));
+    }
+    Ok(Json(JobAssignment {
+        job: info,
+        ticket: None,
+        executor_peer_id: None,
+    }))
+}
+
+/// The job as seen by its executor, which must be the calling device.
+async fn executor_job(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    job: &str,
+) -> ApiResult<(JobInfo, DeviceId)> {
+    let (device, network) = principal.device()?;
+    let job = job_id(job)?;
+    let info = find_job(state, Some(&network), &job).await?;
+    if info.executor != Some(device) {
+        return Err(ApiError::forbidden(
+            "this job is not assigned to this device",
+        ));
+    }
+    Ok((info, device))
+}
+
+/// The executor starts the job; its lease is renewed.
+#[utoipa::path(post, path = "/v1/jobs/{job}/start", tag = "jobs", security(("bearer" = [])),
+    params(("job" = String, Path, description = "Job id")),
+    responses((status = 200, body = JobInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn start(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(job): Path<String>,
+) -> ApiResult<Json<JobInfo>> {
+    let (info, device) = executor_job(&state, &principal, &job).await?;
+    let now = now_ms();
+    let updated = sqlx::query(
+        "UPDATE jobs SET state = 'running', lease_expires_at = $1, updated_at = $2 \
+         WHERE id = $3 AND executor_id = $4 AND state IN ('assigned', 'running')",
+    )
+    .bind(now + state.config.job_lease.as_millis() as i64)
+    .bind(now)
+    .bind(info.id.to_string())
+    .bind(device.to_string())
+    .execute(&state.db.pool)
+    .await?
+    .rows_affected();
+    if updated != 1 {
+        return Err(ApiError::conflict(
+            "wrong_state",
+            format!("job is {}", info.state.as_str()),
+        ));
+    }
+    Ok(Json(find_job(&state, None, &info.id).await?))
+}
+
+/// The executor reports success with its signed receipt; the executor's owner is paid from
+/// the job's reservation, once.
+#[utoipa::path(post, path = "/v1/jobs/{job}/complete", tag = "jobs", security(("bearer" = [])),
+    params(("job" = String, Path, description = "Job id")),
+    request_body = CompleteJobRequest,
+    responses((status = 200, body = JobInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn complete(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(job): Path<String>,
+    ApiJson(request): ApiJson<CompleteJobRequest>,
+) -> ApiResult<Json<JobInfo>> {
+    let (info, device) = executor_job(&state, &principal, &job).await?;
+    let key_text: String = sqlx::query_scalar("SELECT public_key FROM devices WHERE id = $1")
+        .bind(device.to_string())
+        .fetch_one(&state.db.pool)
+        .await?;
+    let key: PublicKey = parse(key_text)?;
+    let receipt: RunReceipt = request
+        .receipt
+        .verify(&key, SignDomain::Receipt, &info.network)
+        .map_err(|_| {
+            ApiError::new_unauthenticated("bad_signature", "the receipt signature does not verify")
+        })?;
+    if receipt.component != info.workload || receipt.input != info.input {
+        return Err(ApiError::bad_request(
+            "the receipt does not match the job's workload and input",
+        ));
+    }
+    let owner: String = sqlx::query_scalar("SELECT owner_id FROM devices WHERE id = $1")
+        .bind(device.to_string())
+        .fetch_one(&state.db.pool)
+        .await?;
+    let owner: PersonId = parse(owner)?;
+    let now = now_ms();
+    let mut tx = state.db.pool.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE jobs SET state = 'done', receipt = $1, lease_expires_at = NULL, error = NULL, updated_at = $2 \
+         WHERE id = $3 AND executor_id = $4 AND state IN ('assigned', 'running')",
+    )
+    .bind(serde_json::to_string(&receipt).map_err(ApiError::internal)?)
+    .bind(now)
+    .bind(info.id.to_string())
+    .bind(device.to_string())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated != 1 {
+        return Err(ApiError::conflict(
+            "wrong_state",
+            format!("job is {}", info.state.as_str()),
+        ));
+    }
+    if info.price > 0 {
+        ledger::transfer(
+            &mut tx,
+            &ledger::Transfer {
+                network: info.network,
+                idempotency_key: &format!("job:{}:settle", info.id),
+                kind: "job_settle",
+                memo: &format!("ran on {device}"),
+                job: Some(info.id),
+                from: Account::Escrow,
+                to: Account::Person(owner),
+                amount: info.price,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Json(find_job(&state, None, &info.id).await?))
+}
+
+/// The executor reports failure: the job is requeued (retryable, attempts left) or fails and
+/// its reservation is refunded.
+#[utoipa::path(post, path = "/v1/jobs/{job}/fail", tag = "jobs", security(("bearer" = [])),
+    params(("job" = String, Path, description = "Job id")),
+    request_body = FailJobRequest,
+    responses((status = 200, body = JobInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn fail(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(job): Path<String>,
+    ApiJson(request): ApiJson<FailJobRequest>,
+) -> ApiResult<Json<JobInfo>> {
+    let (info, device) = executor_job(&state, &principal, &job).await?;
+    let reason: String = request.reason.chars().take(1000).collect();
+    if !scheduler::requeue_or_fail(&state, &info.id, Some(&device), &reason, request.retryable)
+        .await?
+    {
+        return Err(ApiError::conflict(
+            "wrong_state",
+            format!("job is {}", info.state.as_str()),
+        ));
+    }
+    Ok(Json(find_job(&state, None, &info.id).await?))
+}

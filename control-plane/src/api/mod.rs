@@ -1,0 +1,145 @@
+//! The REST API: routes, their OpenAPI description (generated from the handlers' annotations
+//! by utoipa, so the document and the router cannot disagree), and shared middleware.
+
+pub mod credits;
+pub mod devices;
+pub mod jobs;
+pub mod networks;
+pub mod people;
+pub mod system;
+pub mod workloads;
+
+use crate::db::{now_ms, random_id};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::state::{AppState, MAX_COMPONENT_BYTES, MAX_JSON_BODY_BYTES};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use mesh_proto::NetworkId;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Mesh control plane", description = "Networks, people, devices, workloads, jobs and credits."),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+fn api_router() -> OpenApiRouter<AppState> {
+    let uploads = OpenApiRouter::new()
+        .routes(routes!(workloads::publish, workloads::list))
+        .layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::metrics))
+        .routes(routes!(system::openapi))
+        .routes(routes!(system::control_plane_key))
+        .routes(routes!(people::me))
+        .routes(routes!(people::create_token, people::list_tokens))
+        .routes(routes!(people::revoke_token))
+        .routes(routes!(people::accept_invite))
+        .routes(routes!(networks::create_network, networks::list_networks))
+        .routes(routes!(networks::show_network))
+        .routes(routes!(networks::update_policy))
+        .routes(routes!(networks::list_members))
+        .routes(routes!(networks::update_member, networks::remove_member))
+        .routes(routes!(networks::create_invite))
+        .routes(routes!(devices::challenge))
+        .routes(routes!(devices::register))
+        .routes(routes!(devices::list_devices))
+        .routes(routes!(devices::approve_device))
+        .routes(routes!(devices::revoke_device))
+        .routes(routes!(devices::certificate))
+        .routes(routes!(devices::heartbeat))
+        .routes(routes!(workloads::show))
+        .routes(routes!(workloads::download))
+        .routes(routes!(workloads::yank))
+        .routes(routes!(credits::balance))
+        .routes(routes!(credits::history))
+        .routes(routes!(credits::grant))
+        .routes(routes!(jobs::submit, jobs::list))
+        .routes(routes!(jobs::show))
+        .routes(routes!(jobs::start))
+        .routes(routes!(jobs::complete))
+        .routes(routes!(jobs::fail))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
+        .merge(uploads)
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api_router().split_for_parts().1
+}
+
+/// The full router with its state: routes, body limits, metrics, and a JSON 404 for
+/// unknown paths.
+pub fn router(state: AppState) -> Router {
+    let (router, _) = api_router().split_for_parts();
+    router
+        .fallback(no_route)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
+        .with_state(state)
+}
+
+async fn no_route() -> ApiError {
+    ApiError::no_route()
+}
+
+async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await.into_response();
+    state
+        .metrics
+        .record_request(&method, &route, response.status().as_u16());
+    response
+}
+
+/// Append to the audit log inside `tx`.
+pub async fn audit(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    network: Option<&NetworkId>,
+    actor: &str,
+    action: &str,
+    detail: &str,
+) -> ApiResult<()> {
+    let id = random_id(|b| {
+        format!(
+            "audit_{}",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        )
+    });
+    sqlx::query("INSERT INTO audit_log (id, network_id, actor, action, detail, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(id)
+        .bind(network.map(|n| n.to_string()))
+        .bind(actor)
+        .bind(action)
+        .bind(detail)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! Health, metrics, the OpenAPI document and the control plane's public key.
+
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use mesh_proto::api::{ControlPlaneKey, Health};
+
+/// Liveness and readiness: answers once the database does.
+#[utoipa::path(get, path = "/healthz", tag = "system",
+    responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
+pub async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
+    sqlx::query("SELECT 1")
+        .execute(&state.db.pool)
+        .await
+        .map_err(|e| ApiError::unavailable("database_unavailable", e.to_string()))?;
+    Ok(Json(Health {
+        status: "ok".into(),
+        database: match state.db.backend {
+            crate::db::Backend::Sqlite => "sqlite".into(),
+            crate::db::Backend::Postgres => "postgres".into(),
+        },
+        protocol_version: mesh_proto::PROTOCOL_VERSION,
+    }))
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "system",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+    let text = state.metrics.render(&state).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}
+
+/// The OpenAPI 3.1 document describing every route.
+#[utoipa::path(get, path = "/openapi.json", tag = "system",
+    responses((status = 200, description = "OpenAPI document", content_type = "application/json")))]
+pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
+    let _ = state;
+    let doc = crate::api::openapi_document();
+    Json(doc)
+}
+
+/// The control plane's public key, to check certificates and job tickets offline.
+#[utoipa::path(get, path = "/v1/control-plane/key", tag = "system",
+    responses((status = 200, body = ControlPlaneKey)))]
+pub async fn control_plane_key(State(state): State<AppState>) -> Json<ControlPlaneKey> {
+    Json(ControlPlaneKey {
+        public_key: state.key.public_key(),
+    })
+}

@@ -1,0 +1,213 @@
+//! Who is calling: bearer tokens resolve to a person or a device, and network roles decide
+//! what they may do. A caller who is not a member of a network sees its resources as absent
+//! (404), so ids of other networks reveal nothing.
+
+use crate::db::{now_ms, secret_hash};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use mesh_proto::api::Role;
+use mesh_proto::{DeviceId, NetworkId, PersonId, TokenId};
+use sqlx::Row;
+
+/// Prefix of every bearer secret, so leaked tokens are recognisable.
+pub const TOKEN_PREFIX: &str = "mesh_";
+
+/// An authenticated caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    /// A person, by one of their tokens.
+    Person {
+        /// Who.
+        person: PersonId,
+        /// Which token.
+        token: TokenId,
+    },
+    /// A device, by its device token.
+    Device {
+        /// Which device.
+        device: DeviceId,
+        /// Its network.
+        network: NetworkId,
+        /// Its owner.
+        owner: PersonId,
+    },
+}
+
+impl Principal {
+    /// The person, or 403 for a device.
+    pub fn person(&self) -> ApiResult<PersonId> {
+        match self {
+            Principal::Person { person, .. } => Ok(*person),
+            Principal::Device { .. } => {
+                Err(ApiError::forbidden("this call is for people, not devices"))
+            }
+        }
+    }
+
+    /// The device, or 403 for a person.
+    pub fn device(&self) -> ApiResult<(DeviceId, NetworkId)> {
+        match self {
+            Principal::Device {
+                device, network, ..
+            } => Ok((*device, *network)),
+            Principal::Person { .. } => Err(ApiError::forbidden("this call is for devices")),
+        }
+    }
+
+    /// A label for the audit log.
+    pub fn label(&self) -> String {
+        match self {
+            Principal::Person { person, .. } => person.to_string(),
+            Principal::Device { device, .. } => device.to_string(),
+        }
+    }
+}
+
+/// A fresh bearer secret.
+pub fn new_token_secret() -> String {
+    format!("{TOKEN_PREFIX}{}", crate::db::random_secret())
+}
+
+/// Resolve a bearer secret to its principal, if it is valid now.
+pub async fn resolve(state: &AppState, secret: &str) -> ApiResult<Option<Principal>> {
+    if !secret.starts_with(TOKEN_PREFIX) || secret.len() > 256 {
+        return Ok(None);
+    }
+    let row = sqlx::query(
+        "SELECT t.id, t.person_id, t.device_id, t.expires_at, t.revoked_at, d.network_id, d.owner_id, d.status \
+         FROM api_tokens t LEFT JOIN devices d ON d.id = t.device_id WHERE t.secret_hash = $1",
+    )
+    .bind(secret_hash(secret))
+    .fetch_optional(&state.db.pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let now = now_ms();
+    let revoked: Option<i64> = row.try_get("revoked_at")?;
+    let expires: Option<i64> = row.try_get("expires_at")?;
+    if revoked.is_some() || expires.is_some_and(|e| e <= now) {
+        return Ok(None);
+    }
+    let token: TokenId = parse(row.try_get("id")?)?;
+    if let Some(person) = row.try_get::<Option<String>, _>("person_id")? {
+        return Ok(Some(Principal::Person {
+            person: parse(person)?,
+            token,
+        }));
+    }
+    let device: Option<String> = row.try_get("device_id")?;
+    let status: Option<String> = row.try_get("status")?;
+    match (device, status.as_deref()) {
+        (Some(device), Some("pending" | "approved")) => Ok(Some(Principal::Device {
+            device: parse(device)?,
+            network: parse(row.try_get("network_id")?)?,
+            owner: parse(row.try_get("owner_id")?)?,
+        })),
+        _ => Ok(None),
+    }
+}
+
+/// Parse a stored id; a failure means the database holds garbage.
+pub fn parse<T: std::str::FromStr>(text: String) -> ApiResult<T>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse()
+        .map_err(|e| ApiError::internal(format!("stored id {text:?}: {e}")))
+}
+
+/// Extractor: the caller, or 401.
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match MaybeAuth::from_request_parts(parts, state).await?.0 {
+            Some(principal) => Ok(Auth(principal)),
+            None => Err(ApiError::unauthenticated()),
+        }
+    }
+}
+
+/// Extractor: the caller if a valid token was given; a present but invalid token is 401.
+pub struct MaybeAuth(pub Option<Principal>);
+
+impl FromRequestParts<AppState> for MaybeAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            return Ok(MaybeAuth(None));
+        };
+        let secret = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(ApiError::unauthenticated)?;
+        match resolve(state, secret.trim()).await? {
+            Some(principal) => Ok(MaybeAuth(Some(principal))),
+            None => Err(ApiError::unauthenticated()),
+        }
+    }
+}
+
+/// The caller's role in `network`; 404 when they are not a member (or are a device of another
+/// network). A device of the network acts with no role: see [`require_device_of`].
+pub async fn role_in(
+    state: &AppState,
+    principal: &Principal,
+    network: &NetworkId,
+) -> ApiResult<Role> {
+    let person = match principal {
+        Principal::Person { person, .. } => *person,
+        Principal::Device { network: own, .. } if own == network => {
+            return Err(ApiError::forbidden("devices cannot do this"));
+        }
+        Principal::Device { .. } => return Err(ApiError::not_found("network")),
+    };
+    let role: Option<String> =
+        sqlx::query_scalar("SELECT role FROM memberships WHERE network_id = $1 AND person_id = $2")
+            .bind(network.to_string())
+            .bind(person.to_string())
+            .fetch_optional(&state.db.pool)
+            .await?;
+    role.and_then(|r| Role::parse(&r))
+        .ok_or_else(|| ApiError::not_found("network"))
+}
+
+/// Require at least `minimum` in `network`: 404 for outsiders, 403 for lower roles.
+pub async fn require_role(
+    state: &AppState,
+    principal: &Principal,
+    network: &NetworkId,
+    minimum: Role,
+) -> ApiResult<Role> {
+    let role = role_in(state, principal, network).await?;
+    if role < minimum {
+        return Err(ApiError::forbidden(format!(
+            "this needs the {} role",
+            minimum.as_str()
+        )));
+    }
+    Ok(role)
+}
+
+/// Members of `network` (any role) and devices of `network` may read it.
+pub async fn require_reader(
+    state: &AppState,
+    principal: &Principal,
+    network: &NetworkId,
+) -> ApiResult<()> {
+    match principal {
+        Principal::Device { network: own, .. } if own == network => Ok(()),
+        _ => role_in(state, principal, network).await.map(|_| ()),
+    }
+}

@@ -1,0 +1,133 @@
+//! The Mesh control plane: the coordination server of a Mesh network, like Tailscale's for a
+//! tailnet. It knows who belongs, which devices are online, which workloads exist, which jobs
+//! run where, and who owes whom credits. Job data never passes through it.
+//!
+//! [`Server::spawn`] binds, migrates, starts the background sweeper and serves [`api::router`].
+
+pub mod api;
+pub mod auth;
+pub mod db;
+pub mod error;
+pub mod keys;
+pub mod ledger;
+pub mod metrics;
+pub mod scheduler;
+pub mod state;
+pub mod validate;
+
+pub use state::{AppState, Config};
+
+use anyhow::Context;
+use db::Db;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+/// Open the database the configuration names: PostgreSQL when `database_url` is set, else the
+/// embedded SQLite file in `data_dir`.
+pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
+    Ok(match &config.database_url {
+        Some(url) => Db::connect(url).await?,
+        None => Db::open_sqlite(&config.data_dir).await?,
+    })
+}
+
+/// Build the shared state: database, signing key, metrics, validator.
+pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+    let db = open_db(&config).await?;
+    let key = keys::load_or_create(&db)
+        .await
+        .context("loading the signing key")?;
+    Ok(AppState {
+        db,
+        config: Arc::new(config),
+        key: Arc::new(key),
+        metrics: Arc::new(metrics::Metrics::default()),
+        validator: Arc::new(validate::ComponentValidator::new()?),
+    })
+}
+
+/// A running control plane; stops when dropped.
+pub struct Server {
+    addr: SocketAddr,
+    state: AppState,
+    serve: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
+}
+
+impl Server {
+    /// Bind `config.listen` (port 0 picks a free port), then serve until dropped.
+    pub async fn spawn(config: Config) -> anyhow::Result<Server> {
+        let listen = config.listen;
+        let state = build_state(config).await?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        let addr = listener.local_addr()?;
+        let app = api::router(state.clone());
+        let serve = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("server stopped: {e}");
+            }
+        });
+        let sweeper = tokio::spawn(sweep_forever(state.clone()));
+        tracing::info!(%addr, "control plane listening");
+        Ok(Server {
+            addr,
+            state,
+            serve,
+            sweeper,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL, `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The shared state (for tests and tools in the same process).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.serve.abort();
+        self.sweeper.abort();
+    }
+}
+
+async fn sweep_forever(state: AppState) {
+    let mut interval = tokio::time::interval(state.config.sweep_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(e) = scheduler::sweep(&state).await {
+            tracing::warn!("sweep failed: {e}");
+        }
+    }
+}
+
+/// Create the first person and print-able token (non-interactive bootstrap).
+pub async fn bootstrap_admin(
+    config: &Config,
+    name: &str,
+) -> anyhow::Result<mesh_proto::api::CreatedToken> {
+    let db = open_db(config).await?;
+    keys::load_or_create(&db).await?;
+    let mut tx = db.pool.begin().await?;
+    let person = api::people::create_person(&mut tx, name)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let token = api::people::create_person_token(&mut tx, &person, "bootstrap", None)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tx.commit().await?;
+    Ok(token)
+}

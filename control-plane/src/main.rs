@@ -1,0 +1,131 @@
+//! `mesh-control-plane`: serve the Mesh control plane, or bootstrap its first person.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use mesh_control_plane::{Config, Server};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Environment variable with the PostgreSQL URL (instead of `--database-url`).
+const DATABASE_URL_ENV: &str = "MESH_DATABASE_URL";
+
+#[derive(Parser)]
+#[command(
+    name = "mesh-control-plane",
+    version,
+    about = "The Mesh coordination server"
+)]
+struct Cli {
+    /// Data directory for the embedded SQLite database.
+    #[arg(
+        long,
+        global = true,
+        default_value = "mesh-data",
+        env = "MESH_DATA_DIR"
+    )]
+    data_dir: PathBuf,
+    /// PostgreSQL URL (postgres://…); SQLite in the data directory when absent.
+    #[arg(long, global = true, env = DATABASE_URL_ENV)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the REST API.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        listen: SocketAddr,
+        /// Configuration file (TOML, see example.config.toml); flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Write the bound address to this file once listening (for scripts and tests).
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
+    },
+    /// Create the first person and print their API token once (non-interactive bootstrap).
+    Init {
+        /// The person's name.
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// Write the token to this file (mode 0600) instead of printing it.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            listen,
+            config,
+            addr_file,
+        } => {
+            let mut config: Config = match config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+                }
+                None => Config::default(),
+            };
+            config.listen = listen;
+            config.data_dir = cli.data_dir;
+            if cli.database_url.is_some() {
+                config.database_url = cli.database_url;
+            }
+            let server = Server::spawn(config).await?;
+            if let Some(path) = addr_file {
+                std::fs::write(&path, server.addr().to_string())
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            eprintln!("mesh-control-plane listening on {}", server.url());
+            tokio::signal::ctrl_c().await?;
+            eprintln!("shutting down");
+            Ok(())
+        }
+        Command::Init { name, token_file } => {
+            let config = Config {
+                data_dir: cli.data_dir,
+                database_url: cli.database_url,
+                ..Config::default()
+            };
+            let token = mesh_control_plane::bootstrap_admin(&config, &name).await?;
+            match token_file {
+                Some(path) => {
+                    write_secret(&path, &token.token)?;
+                    eprintln!("created {name}; token written to {}", path.display());
+                }
+                None => println!("{}", token.token),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn write_secret(path: &PathBuf, secret: &str) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{secret}")?;
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Configuration and the state every handler shares.
+
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::validate::ComponentValidator;
+use mesh_proto::SigningKey;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest request body outside component uploads: JSON requests are small.
+pub const MAX_JSON_BODY_BYTES: usize = 1 << 20;
+/// Largest component upload.
+pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
+
+/// Control-plane configuration; every field has a documented default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address to listen on (default `127.0.0.1:7420`; port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Data directory for the embedded SQLite database (default `./mesh-data`).
+    pub data_dir: PathBuf,
+    /// `postgres://…` to use PostgreSQL instead of SQLite.
+    pub database_url: Option<String>,
+    /// How often devices should heartbeat (default 10 s).
+    #[serde(with = "secs")]
+    pub heartbeat_interval: Duration,
+    /// Devices are marked offline after this long without a heartbeat (default 30 s).
+    #[serde(with = "secs")]
+    pub offline_after: Duration,
+    /// How often the presence monitor and lease reaper run (default 1 s).
+    #[serde(with = "secs")]
+    pub sweep_interval: Duration,
+    /// Lifetime of device certificates (default 24 h).
+    #[serde(with = "secs")]
+    pub certificate_lifetime: Duration,
+    /// Lease an executor holds on an assigned job (default 60 s).
+    #[serde(with = "secs")]
+    pub job_lease: Duration,
+    /// Assignments before a job fails for good (default 3).
+    pub max_job_attempts: u32,
+    /// Lifetime of a registration challenge (default 5 min).
+    #[serde(with = "secs")]
+    pub challenge_lifetime: Duration,
+    /// Heartbeat timestamps may be at most this far from the server's clock (default 5 min).
+    #[serde(with = "secs")]
+    pub max_clock_skew: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
+            data_dir: PathBuf::from("mesh-data"),
+            database_url: None,
+            heartbeat_interval: Duration::from_secs(10),
+            offline_after: Duration::from_secs(30),
+            sweep_interval: Duration::from_secs(1),
+            certificate_lifetime: Duration::from_secs(24 * 3600),
+            job_lease: Duration::from_secs(60),
+            max_job_attempts: 3,
+            challenge_lifetime: Duration::from_secs(300),
+            max_clock_skew: Duration::from_secs(300),
+        }
+    }
+}
+
+mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub db: Db,
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// The control plane's signing key (certificates, tickets).
+    pub key: Arc<SigningKey>,
+    /// Request and domain counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Checks uploaded components against the Mesh world.
+    pub validator: Arc<ComponentValidator>,
+}

@@ -1,0 +1,856 @@
+//! The control plane's domain, end to end over HTTP, on SQLite and on PostgreSQL.
+
+mod common;
+
+use common::*;
+use mesh_client::ClientError;
+use mesh_proto::api::*;
+use mesh_proto::device::{DeviceCert, DeviceLoad};
+use mesh_proto::{
+    Blake3Hash, ModelBinding, RunReceipt, RunTimings, SignDomain, Signed, SigningKey,
+};
+use reqwest::StatusCode;
+use std::time::Duration;
+
+fn status(result: Result<impl std::fmt::Debug, ClientError>) -> StatusCode {
+    match result {
+        Err(e) => e.status().unwrap_or_else(|| panic!("transport error: {e}")),
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+#[tokio::test]
+async fn networks_people_and_invites() {
+    for store in stores() {
+        let plane = TestPlane::spawn(store).await;
+        let network = plane.network(NetworkPolicy::default()).await;
+        assert_eq!(network.role, Role::Owner);
+        let (alice, alice_id) = plane.person(&network.id, Role::Member, "alice").await;
+        let me = alice.me().await.unwrap();
+        assert_eq!(me.person.name, "alice");
+        assert_eq!(me.networks.len(), 1);
+        assert_eq!(
+            alice.balance(&network.id, None).await.unwrap().balance,
+            1000,
+            "initial grant"
+        );
+
+        // Members cannot do admin actions.
+        let invite_req = CreateInviteRequest {
+            kind: InviteKind::Person,
+            role: None,
+            expires_in_s: None,
+        };
+        assert_eq!(
+            status(alice.create_invite(&network.id, &invite_req).await),
+            StatusCode::FORBIDDEN
+        );
+
+        // Invites are single use.
+        let invite = plane
+            .admin
+            .create_invite(&network.id, &invite_req)
+            .await
+            .unwrap();
+        let accept = AcceptInviteRequest {
+            code: invite.code.clone(),
+            name: Some("bob".into()),
+        };
+        plane.anonymous().accept_invite(&accept).await.unwrap();
+        let again = plane.anonymous().accept_invite(&accept).await;
+        assert_eq!(
+            again.as_ref().err().and_then(ClientError::code),
+            Some("invite_used")
+        );
+        assert_eq!(status(again), StatusCode::GONE);
+        let unknown = AcceptInviteRequest {
+            code: "mesh-invite-nope".into(),
+            name: Some("x".into()),
+        };
+        assert_eq!(
+            status(plane.anonymous().accept_invite(&unknown).await),
+            StatusCode::NOT_FOUND
+        );
+
+        // Another network's admin sees nothing of this one.
+        let (outsider, _) = {
+            let other = plane
+                .anonymous()
+                .accept_invite(&AcceptInviteRequest {
+                    code: plane
+                        .admin
+                        .create_invite(&network.id, &invite_req)
+                        .await
+                        .unwrap()
+                        .code,
+                    name: Some("outsider".into()),
+                })
+                .await
+                .unwrap();
+            let client = plane.admin.with_token(other.token);
+            plane
+                .admin
+                .remove_member(&network.id, &other.person)
+                .await
+                .unwrap();
+            (client, other.person)
+        };
+        let theirs = outsider
+            .create_network(&CreateNetworkRequest {
+                name: "theirs".into(),
+                policy: NetworkPolicy::default(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            status(outsider.network(&network.id).await),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status(outsider.members(&network.id).await),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status(plane.admin.members(&theirs.id).await),
+            StatusCode::NOT_FOUND
+        );
+
+        // Role changes; the last owner cannot step down.
+        let admin_id = plane.admin.me().await.unwrap().person.id;
+        let last_owner = plane
+            .admin
+            .update_member(&network.id, &admin_id, Role::Member)
+            .await;
+        assert_eq!(status(last_owner), StatusCode::CONFLICT);
+        plane
+            .admin
+            .update_member(&network.id, &alice_id, Role::Admin)
+            .await
+            .unwrap();
+        alice.create_invite(&network.id, &invite_req).await.unwrap();
+
+        // Removal takes effect at once.
+        plane
+            .admin
+            .remove_member(&network.id, &alice_id)
+            .await
+            .unwrap();
+        assert_eq!(
+            status(alice.network(&network.id).await),
+            StatusCode::NOT_FOUND
+        );
+
+        // Tokens: revocation is immediate, expiry is honoured.
+        let extra = plane
+            .admin
+            .create_token(&CreateTokenRequest {
+                label: "ci".into(),
+                expires_in_s: None,
+            })
+            .await
+            .unwrap();
+        let extra_client = plane.admin.with_token(Some(extra.token));
+        extra_client.me().await.unwrap();
+        plane.admin.revoke_token(&extra.id).await.unwrap();
+        assert_eq!(status(extra_client.me().await), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            status(plane.admin.with_token(Some("mesh_bogus".into())).me().await),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(plane.anonymous().me().await),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
+
+#[tokio::test]
+async fn device_registration_certificates_and_heartbeats() {
+    for store in stores() {
+        let plane = TestPlane::spawn(store).await;
+        let network = plane.network(NetworkPolicy::default()).await;
+        let mut device =
+            register_device(&plane.admin, &network.id, 1, embedding_capabilities()).await;
+        assert_eq!(
+            device.registered.status,
+            DeviceStatus::Pending,
+            "approval required by default"
+        );
+        assert!(device.registered.certificate.is_none());
+        assert_eq!(
+            status(device.client.certificate(&device.id).await),
+            StatusCode::CONFLICT
+        );
+
+        plane
+            .admin
+            .approve_device(&network.id, &device.id)
+            .await
+            .unwrap();
+        let cert = device.client.certificate(&device.id).await.unwrap();
+        // Relays and peers check certificates offline with the control plane's key.
+        let cp_key = plane
+            .anonymous()
+            .control_plane_key()
+            .await
+            .unwrap()
+            .public_key;
+        assert_eq!(cert.control_plane_key, cp_key);
+        let body: DeviceCert = cert
+            .certificate
+            .verify(&cp_key, SignDomain::DeviceCert, &network.id)
+            .unwrap();
+        assert_eq!(body.device, device.id);
+        assert_eq!(body.public_key, device.key.public_key());
+        assert_eq!(body.peer_id, device.key.public_key().peer_id());
+        assert!(
+            cert.certificate
+                .verify(&cp_key, SignDomain::JobTicket, &network.id)
+                .is_err()
+        );
+
+        // Heartbeats: signed, monotonic, only as oneself.
+        let load = DeviceLoad {
+            running: 1,
+            queued: 2,
+            slots: 4,
+        };
+        let response = device.heartbeat(load).await;
+        assert_eq!(response.status, DeviceStatus::Approved);
+        let listed = plane.admin.devices(&network.id).await.unwrap();
+        assert!(listed[0].online);
+        assert_eq!(listed[0].load, load);
+        let signed = device.heartbeat_payload(load);
+        device.client.heartbeat(&device.id, &signed).await.unwrap();
+        let replay = device.client.heartbeat(&device.id, &signed).await;
+        assert_eq!(
+            replay.as_ref().err().and_then(ClientError::code),
+            Some("replayed_heartbeat")
+        );
+
+        let mut other =
+            register_device(&plane.admin, &network.id, 2, embedding_capabilities()).await;
+        let forged = other.heartbeat_payload(load);
+        assert_eq!(
+            status(device.client.heartbeat(&other.id, &forged).await),
+            StatusCode::FORBIDDEN
+        );
+        // A heartbeat for the right device signed with the wrong key.
+        let mut impostor = TestDevice {
+            key: SigningKey::from_seed([9; 32]),
+            id: device.id,
+            network: device.network,
+            client: device.client.clone(),
+            registered: device.registered.clone(),
+            last_heartbeat_ms: device.last_heartbeat_ms + 10,
+        };
+        let bad = impostor.heartbeat_payload(load);
+        assert_eq!(
+            status(device.client.heartbeat(&device.id, &bad).await),
+            StatusCode::UNAUTHORIZED
+        );
+
+        // Registration replays and bad proofs are refused.
+        let invite = plane
+            .admin
+            .create_invite(
+                &network.id,
+                &CreateInviteRequest {
+                    kind: InviteKind::Device,
+                    role: None,
+                    expires_in_s: None,
+                },
+            )
+            .await
+            .unwrap();
+        let challenge = plane.anonymous().challenge(&invite.code).await.unwrap();
+        let key = SigningKey::from_seed([7; 32]);
+        let mut request = RegisterDeviceRequest {
+            invite: invite.code.clone(),
+            challenge: challenge.challenge.clone(),
+            name: "evil".into(),
+            public_key: key.public_key(),
+            proof: key.sign(SignDomain::Registration, &network.id, b"something else"),
+            capabilities: embedding_capabilities(),
+        };
+        assert_eq!(
+            status(plane.anonymous().register_device(&request).await),
+            StatusCode::UNAUTHORIZED
+        );
+        let proof = mesh_proto::device::RegistrationProof {
+            challenge: challenge.challenge.clone(),
+            public_key: key.public_key(),
+        };
+        request.proof = key.sign(
+            SignDomain::Registration,
+            &network.id,
+            &mesh_proto::cbor::to_vec(&proof).unwrap(),
+        );
+        plane.anonymous().register_device(&request).await.unwrap();
+        // Same invite and challenge again: both are spent.
+        assert_eq!(
+            status(plane.anonymous().register_device(&request).await),
+            StatusCode::GONE
+        );
+
+        // Revocation is immediate: the device's token stops working.
+        plane
+            .admin
+            .revoke_device(&network.id, &other.id)
+            .await
+            .unwrap();
+        let after = other.heartbeat_payload(load);
+        assert_eq!(
+            status(other.client.heartbeat(&other.id, &after).await),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
+
+#[tokio::test]
+async fn presence_marks_silent_devices_offline() {
+    for store in stores() {
+        let plane =
+            TestPlane::spawn_with(store, |c| c.offline_after = Duration::from_millis(500)).await;
+        let network = plane
+            .network(NetworkPolicy {
+                require_device_approval: false,
+                ..NetworkPolicy::default()
+            })
+            .await;
+        let mut device =
+            register_device(&plane.admin, &network.id, 3, embedding_capabilities()).await;
+        assert_eq!(device.registered.status, DeviceStatus::Approved);
+        assert!(device.registered.certificate.is_some());
+        device.heartbeat(DeviceLoad::default()).await;
+        assert!(plane.admin.devices(&network.id).await.unwrap()[0].online);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while plane.admin.devices(&network.id).await.unwrap()[0].online {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "device never went offline"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        device.heartbeat(DeviceLoad::default()).await;
+        assert!(plane.admin.devices(&network.id).await.unwrap()[0].online);
+    }
+}
+
+#[tokio::test]
+async fn workload_registry() {
+    for store in stores() {
+        let plane = TestPlane::spawn(store).await;
+        let network = plane.network(NetworkPolicy::default()).await;
+        let bytes = std::fs::read(mesh_test_artifacts::EMBEDDINGS).unwrap();
+        let published = plane
+            .admin
+            .publish_workload(&network.id, bytes.clone())
+            .await
+            .unwrap();
+        assert_eq!(published.name, "embeddings");
+        assert_eq!(published.models, ["all-minilm-l6-v2"]);
+        assert_eq!(published.hash, Blake3Hash::of(&bytes));
+        assert_eq!(published.size, bytes.len() as u64);
+        // Idempotent.
+        let again = plane
+            .admin
+            .publish_workload(&network.id, bytes.clone())
+            .await
+            .unwrap();
+        assert_eq!(again, published);
+        assert_eq!(plane.admin.workloads(&network.id).await.unwrap().len(), 1);
+        assert_eq!(
+            plane
+                .admin
+                .download_component(&network.id, &published.hash)
+                .await
+                .unwrap(),
+            bytes
+        );
+
+        // Not components of the Mesh world: refused with a clear error.
+        for (bad, what) in [
+            (b"not wasm at all".to_vec(), "garbage"),
+            (
+                std::fs::read(mesh_test_artifacts::HOSTILE_SOCKETS).unwrap(),
+                "imports sockets",
+            ),
+            (
+                std::fs::read(mesh_test_artifacts::NOT_A_WORKLOAD).unwrap(),
+                "missing exports",
+            ),
+        ] {
+            let result = plane.admin.publish_workload(&network.id, bad).await;
+            assert_eq!(
+                result.as_ref().err().and_then(ClientError::code),
+                Some("invalid_component"),
+                "{what}"
+            );
+        }
+        // Members cannot publish.
+        let (member, _) = plane.person(&network.id, Role::Member, "m").await;
+        let echo = std::fs::read(mesh_test_artifacts::ECHO).unwrap();
+        assert_eq!(
+            status(member.publish_workload(&network.id, echo.clone()).await),
+            StatusCode::FORBIDDEN
+        );
+        member.workload(&network.id, &published.hash).await.unwrap();
+
+        // Yanked workloads take no new jobs.
+        let yanked = plane
+            .admin
+            .yank_workload(&network.id, &published.hash)
+            .await
+            .unwrap();
+        assert!(yanked.yanked);
+        let submit = SubmitJobRequest {
+            workload: published.hash,
+            input: Blake3Hash::of(b"x"),
+            input_size: 1,
+            idempotency_key: None,
+        };
+        assert_eq!(
+            status(plane.admin.submit_job(&network.id, &submit).await),
+            StatusCode::CONFLICT
+        );
+    }
+}
+
+async fn network_with_device(
+    plane: &TestPlane,
+    policy: NetworkPolicy,
+) -> (NetworkInfo, WorkloadInfo, TestDevice) {
+    let network = plane
+        .network(NetworkPolicy {
+            require_device_approval: false,
+            ..policy
+        })
+        .await;
+    let workload = plane
+        .admin
+        .publish_workload(
+            &network.id,
+            std::fs::read(mesh_test_artifacts::ECHO).unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut device = register_device(&plane.admin, &network.id, 11, embedding_capabilities()).await;
+    device
+        .heartbeat(DeviceLoad {
+            running: 0,
+            queued: 0,
+            slots: 4,
+        })
+        .await;
+    (network, workload, device)
+}
+
+fn receipt(device: &TestDevice, job: &JobInfo, output: &[u8]) -> Signed<RunReceipt> {
+    let receipt = RunReceipt {
+        component: job.workload,
+        models: vec![ModelBinding {
+            name: "none".into(),
+            hash: Blake3Hash::of(b"model"),
+        }],
+        input: job.input,
+        output: Blake3Hash::of(output),
+        backend: "tract".into(),
+        timings: RunTimings::default(),
+    };
+    Signed::sign(&receipt, &device.key, SignDomain::Receipt, &device.network).unwrap()
+}
+
+#[tokio::test]
+async fn jobs_are_assigned_run_and_settled_once() {
+    for store in stores() {
+        let plane = TestPlane::spawn(store).await;
+        let (network, workload, device) = network_with_device(
+            &plane,
+            NetworkPolicy {
+                job_price: 5,
+                ..NetworkPolicy::default()
+            },
+        )
+        .await;
+        let (alice, alice_id) = plane.person(&network.id, Role::Member, "alice").await;
+        let submit = SubmitJobRequest {
+            workload: workload.hash,
+            input: Blake3Hash::of(b"input"),
+            input_size: 5,
+            idempotency_key: Some("job-1".into()),
+        };
+        let assignment = alice.submit_job(&network.id, &submit).await.unwrap();
+        assert_eq!(assignment.job.state, JobState::Assigned);
+        assert_eq!(assignment.job.executor, Some(device.id));
+        assert_eq!(
+            assignment.executor_peer_id.as_deref(),
+            Some(device.key.public_key().peer_id().as_str())
+        );
+        let cp_key = plane.admin.control_plane_key().await.unwrap().public_key;
+        let ticket = assignment
+            .ticket
+            .clone()
+            .unwrap()
+            .verify(&cp_key, SignDomain::JobTicket, &network.id)
+            .unwrap();
+        assert_eq!(ticket.executor, device.id);
+        assert_eq!(ticket.price, 5);
+        assert_eq!(
+            alice.balance(&network.id, None).await.unwrap().balance,
+            995,
+            "reserved"
+        );
+        // Same idempotency key: same job, charged once.
+        let again = alice.submit_job(&network.id, &submit).await.unwrap();
+        assert_eq!(again.job.id, assignment.job.id);
+        assert_eq!(alice.balance(&network.id, None).await.unwrap().balance, 995);
+
+        // Only the executor may report; a receipt must be signed by it.
+        let job = assignment.job.clone();
+        assert_eq!(
+            status(alice.start_job(&job.id).await),
+            StatusCode::FORBIDDEN
+        );
+        device.client.start_job(&job.id).await.unwrap();
+        let forged = {
+            let mut other = TestDevice {
+                key: SigningKey::from_seed([99; 32]),
+                ..clone_device(&device)
+            };
+            other.last_heartbeat_ms = 0;
+            receipt(&other, &job, b"out")
+        };
+        let bad = device
+            .client
+            .complete_job(&job.id, &CompleteJobRequest { receipt: forged })
+            .await;
+        assert_eq!(status(bad), StatusCode::UNAUTHORIZED);
+        let done = device
+            .client
+            .complete_job(
+                &job.id,
+                &CompleteJobRequest {
+                    receipt: receipt(&device, &job, b"out"),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(done.state, JobState::Done);
+        assert_eq!(done.receipt.unwrap().output, Blake3Hash::of(b"out"));
+        // Completing twice does not pay twice.
+        let twice = device
+            .client
+            .complete_job(
+                &job.id,
+                &CompleteJobRequest {
+                    receipt: receipt(&device, &job, b"out"),
+                },
+            )
+            .await;
+        assert_eq!(status(twice), StatusCode::CONFLICT);
+        let admin_id = plane.admin.me().await.unwrap().person.id;
+        assert_eq!(
+            plane
+                .admin
+                .balance(&network.id, None)
+                .await
+                .unwrap()
+                .balance,
+            1005,
+            "device owner paid once"
+        );
+        let history = alice.history(&network.id, Some(&alice_id)).await.unwrap();
+        assert_eq!(history.len(), 2, "grant and reservation");
+        let _ = admin_id;
+
+        // Failure that can be retried goes back to the queue, then fails for good and refunds.
+        let failing = alice
+            .submit_job(
+                &network.id,
+                &SubmitJobRequest {
+                    idempotency_key: Some("job-2".into()),
+                    ..submit.clone()
+                },
+            )
+            .await
+            .unwrap()
+            .job;
+        let requeued = device
+            .client
+            .fail_job(
+                &failing.id,
+                &FailJobRequest {
+                    reason: "out of memory".into(),
+                    retryable: false,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(requeued.state, JobState::Failed);
+        assert_eq!(
+            alice.balance(&network.id, None).await.unwrap().balance,
+            995,
+            "refunded"
+        );
+        let (balances, entries) =
+            mesh_control_plane::api::credits::ledger_sums(plane.server.state(), &network.id)
+                .await
+                .unwrap();
+        assert_eq!((balances, entries), (0, 0), "ledger sums to zero");
+    }
+}
+
+fn clone_device(device: &TestDevice) -> TestDevice {
+    TestDevice {
+        key: SigningKey::from_seed(device.key.seed()),
+        id: device.id,
+        network: device.network,
+        client: device.client.clone(),
+        registered: device.registered.clone(),
+        last_heartbeat_ms: device.last_heartbeat_ms,
+    }
+}
+
+#[tokio::test]
+async fn expired_leases_are_reassigned_and_refunded_exactly_once() {
+    for store in stores() {
+        let plane = TestPlane::spawn_with(store, |c| {
+            c.job_lease = Duration::from_millis(300);
+            c.max_job_attempts = 2;
+        })
+        .await;
+        let (network, workload, mut device) = network_with_device(
+            &plane,
+            NetworkPolicy {
+                job_price: 7,
+                ..NetworkPolicy::default()
+            },
+        )
+        .await;
+        let job = plane
+            .admin
+            .submit_job(
+                &network.id,
+                &SubmitJobRequest {
+                    workload: workload.hash,
+                    input: Blake3Hash::of(b"i"),
+                    input_size: 1,
+                    idempotency_key: None,
+                },
+            )
+            .await
+            .unwrap()
+            .job;
+        assert_eq!(job.state, JobState::Assigned);
+        // The executor goes silent: the lease expires, the job is reassigned (attempt 2), then
+        // expires again and fails with a refund.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let final_state = loop {
+            device
+                .heartbeat(DeviceLoad {
+                    running: 0,
+                    queued: 0,
+                    slots: 4,
+                })
+                .await;
+            let current = plane.admin.job(&network.id, &job.id).await.unwrap().job;
+            if current.state == JobState::Failed {
+                break current;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "job stuck in {:?}",
+                current.state
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(final_state.attempts, 2);
+        assert!(final_state.error.unwrap().contains("lease"));
+        assert_eq!(
+            plane
+                .admin
+                .balance(&network.id, None)
+                .await
+                .unwrap()
+                .balance,
+            1000,
+            "refunded once"
+        );
+        let refunds = plane
+            .admin
+            .history(&network.id, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "job_refund")
+            .count();
+        assert_eq!(refunds, 1);
+        let (balances, entries) =
+            mesh_control_plane::api::credits::ledger_sums(plane.server.state(), &network.id)
+                .await
+                .unwrap();
+        assert_eq!((balances, entries), (0, 0));
+    }
+}
+
+#[tokio::test]
+async fn concurrent_spends_never_overdraw() {
+    for store in stores() {
+        let plane = TestPlane::spawn(store).await;
+        let (network, workload, _device) = network_with_device(
+            &plane,
+            NetworkPolicy {
+                job_price: 10,
+                initial_grant: 0,
+                ..NetworkPolicy::default()
+            },
+        )
+        .await;
+        let (alice, alice_id) = plane.person(&network.id, Role::Member, "alice").await;
+        plane
+            .admin
+            .grant(
+                &network.id,
+                &GrantRequest {
+                    person: alice_id,
+                    amount: 255,
+                    idempotency_key: "g1".into(),
+                    memo: None,
+                },
+            )
+            .await
+            .unwrap();
+        // The same grant again is a no-op.
+        let repeat = plane
+            .admin
+            .grant(
+                &network.id,
+                &GrantRequest {
+                    person: alice_id,
+                    amount: 255,
+                    idempotency_key: "g1".into(),
+                    memo: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(!repeat.created);
+        let submits = (0..100).map(|i| {
+            let alice = alice.clone();
+            let network = network.id;
+            let hash = workload.hash;
+            tokio::spawn(async move {
+                alice
+                    .submit_job(
+                        &network,
+                        &SubmitJobRequest {
+                            workload: hash,
+                            input: Blake3Hash::of(format!("{i}").as_bytes()),
+                            input_size: 1,
+                            idempotency_key: Some(format!("spend-{i}")),
+                        },
+                    )
+                    .await
+            })
+        });
+        let mut accepted = 0;
+        let mut refused = 0;
+        for handle in submits.collect::<Vec<_>>() {
+            match handle.await.unwrap() {
+                Ok(_) => accepted += 1,
+                Err(e) if e.code() == Some("insufficient_credits") => refused += 1,
+                Err(e) if e.code() == Some("concurrent_transfer") => refused += 1,
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        assert_eq!(accepted, 25, "255 credits buy exactly 25 jobs at 10");
+        assert_eq!(refused, 75);
+        assert_eq!(alice.balance(&network.id, None).await.unwrap().balance, 5);
+        let (balances, entries) =
+            mesh_control_plane::api::credits::ledger_sums(plane.server.state(), &network.id)
+                .await
+                .unwrap();
+        assert_eq!((balances, entries), (0, 0));
+    }
+}
+
+#[tokio::test]
+async fn errors_are_json_with_stable_codes_and_limits_hold() {
+    let plane = TestPlane::spawn(Store::Sqlite).await;
+    let http = reqwest::Client::new();
+    let url = plane.server.url();
+    let health: Health = http
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health.status, "ok");
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "mesh_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mesh_devices_online 0"));
+
+    let no_route = http.get(format!("{url}/v1/nope")).send().await.unwrap();
+    assert_eq!(no_route.status(), StatusCode::NOT_FOUND);
+    let body: serde_json::Value = no_route.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "no_route");
+
+    // Malformed JSON and oversized bodies.
+    let token = plane
+        .admin
+        .create_token(&CreateTokenRequest {
+            label: "t".into(),
+            expires_in_s: None,
+        })
+        .await
+        .unwrap()
+        .token;
+    let bad = http
+        .post(format!("{url}/v1/networks"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = bad.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+    let huge = http
+        .post(format!("{url}/v1/networks"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(format!("{{\"name\": \"{}\"}}", "x".repeat(2 << 20)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: serde_json::Value = huge.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    let long_name = plane
+        .admin
+        .create_network(&CreateNetworkRequest {
+            name: "x".repeat(500),
+            policy: NetworkPolicy::default(),
+        })
+        .await;
+    assert_eq!(
+        long_name.as_ref().err().and_then(ClientError::code),
+        Some("bad_request")
+    );
+}

@@ -1,0 +1,593 @@
+//! `mesh`: the Mesh command-line tool.
+//!
+//! Exit codes: 0 success; 1 other errors; 2 usage errors; 3 not authenticated; 4 forbidden;
+//! 5 not found; 6 conflict (already exists, wrong state, insufficient credits); 7 the server
+//! could not be reached.
+
+mod config;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use config::Config;
+use futures_util::StreamExt;
+use mesh_client::{Client, ClientError};
+use mesh_proto::api::*;
+use mesh_proto::{Blake3Hash, DeviceId, JobId, NetworkId, PersonId};
+use serde::Serialize;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "mesh",
+    version,
+    about = "Drive a Mesh control plane: networks, devices, workloads, credits and jobs",
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not authenticated, 4 forbidden, 5 not found, \
+                  6 conflict or insufficient credits, 7 server unreachable.\n\
+                  Configuration: $XDG_CONFIG_HOME/mesh/config.toml; MESH_SERVER, MESH_TOKEN, MESH_NETWORK override it."
+)]
+struct Cli {
+    /// Control-plane URL (overrides the configuration).
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// Network id (defaults to the configured network).
+    #[arg(long, global = true)]
+    network: Option<String>,
+    /// Print JSON instead of text (read commands).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Store a server URL and token after checking them (or join with a person invite).
+    Login(LoginArgs),
+    /// Networks, members and invites.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Devices of a network.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// The workload registry.
+    #[command(subcommand)]
+    Workload(WorkloadCommand),
+    /// Credits.
+    #[command(subcommand)]
+    Credits(CreditsCommand),
+    /// Jobs.
+    #[command(subcommand)]
+    Job(JobCommand),
+}
+
+#[derive(Args)]
+struct LoginArgs {
+    /// An API token (e.g. from `mesh-control-plane init`).
+    #[arg(long, conflicts_with = "invite")]
+    token: Option<String>,
+    /// A person invite code: joins its network as a new person.
+    #[arg(long)]
+    invite: Option<String>,
+    /// Your name, when joining with an invite.
+    #[arg(long, default_value = "me")]
+    name: String,
+}
+
+#[derive(Subcommand)]
+enum NetworkCommand {
+    /// Create a network (you become its owner) and make it the default.
+    Create {
+        /// Name.
+        name: String,
+        /// Let new devices join without approval.
+        #[arg(long)]
+        no_device_approval: bool,
+        /// Credits granted to each new member.
+        #[arg(long, default_value_t = 1000)]
+        initial_grant: i64,
+        /// Credits one job costs.
+        #[arg(long, default_value_t = 1)]
+        job_price: i64,
+    },
+    /// Your networks.
+    List,
+    /// One network.
+    Show,
+    /// Create a single-use invite for a person or a device.
+    Invite {
+        /// Invite a device instead of a person.
+        #[arg(long)]
+        device: bool,
+        /// Make the person an admin.
+        #[arg(long)]
+        admin: bool,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        expires_in: Option<u64>,
+    },
+    /// Members of the network.
+    Members,
+    /// Remove a member (their devices are revoked).
+    RemoveMember {
+        /// Person id.
+        person: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Devices of the network.
+    List,
+    /// Approve a pending device.
+    Approve {
+        /// Device id.
+        device: String,
+    },
+    /// Revoke a device.
+    Revoke {
+        /// Device id.
+        device: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkloadCommand {
+    /// Upload a component (validated by the server, stored by its BLAKE3).
+    Publish {
+        /// The component (.wasm).
+        file: std::path::PathBuf,
+    },
+    /// Workloads of the network.
+    List,
+    /// One workload.
+    Show {
+        /// Component hash (b3:…).
+        hash: String,
+    },
+    /// Yank a workload (no new jobs).
+    Yank {
+        /// Component hash (b3:…).
+        hash: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CreditsCommand {
+    /// A balance (yours, or a member's as an admin).
+    Balance {
+        /// Person id.
+        #[arg(long)]
+        person: Option<String>,
+    },
+    /// Ledger entries, newest first.
+    History {
+        /// Person id.
+        #[arg(long)]
+        person: Option<String>,
+    },
+    /// Grant credits to a member (admin).
+    Grant {
+        /// Person id.
+        person: String,
+        /// Credits.
+        amount: i64,
+        /// Idempotency key: repeating the command with it grants once.
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Recent jobs of the network.
+    List,
+    /// One job.
+    Show {
+        /// Job id.
+        job: String,
+    },
+}
+
+fn exit_code(error: &anyhow::Error) -> u8 {
+    match error.downcast_ref::<ClientError>() {
+        Some(ClientError::Api { status, .. }) => match status.as_u16() {
+            401 => 3,
+            403 => 4,
+            404 => 5,
+            402 | 409 | 410 => 6,
+            _ => 1,
+        },
+        Some(ClientError::Transport(_)) => 7,
+        _ => 1,
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{}", text(value));
+    }
+    Ok(())
+}
+
+fn parse<T: std::str::FromStr>(text: &str, what: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse()
+        .map_err(|e| anyhow!("invalid {what} {text:?}: {e}"))
+}
+
+struct Ctx {
+    client: Client,
+    config: Config,
+    network: Option<String>,
+    json: bool,
+}
+
+impl Ctx {
+    fn network(&self) -> Result<NetworkId> {
+        let text = self
+            .network
+            .as_deref()
+            .or(self.config.network.as_deref())
+            .ok_or_else(|| {
+                anyhow!(
+                    "no network: pass --network, set MESH_NETWORK, or run `mesh network create`"
+                )
+            })?;
+        parse(text, "network id")
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let mut config = Config::load()?;
+    if let Some(server) = &cli.server {
+        config.server = Some(server.clone());
+    }
+    let server = config.server.clone().ok_or_else(|| {
+        anyhow!("no server: pass --server, set MESH_SERVER, or run `mesh login --server URL`")
+    })?;
+    let client = Client::new(&server, config.token.clone())?;
+    let ctx = Ctx {
+        client,
+        config,
+        network: cli.network,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Login(args) => login(ctx, args).await,
+        Command::Network(command) => network(ctx, command).await,
+        Command::Device(command) => device(ctx, command).await,
+        Command::Workload(command) => workload(ctx, command).await,
+        Command::Credits(command) => credits(ctx, command).await,
+        Command::Job(command) => job(ctx, command).await,
+    }
+}
+
+async fn login(mut ctx: Ctx, args: LoginArgs) -> Result<()> {
+    let (token, network) = match (args.token, args.invite) {
+        (Some(token), _) => (token, None),
+        (None, Some(invite)) => {
+            let accepted = ctx
+                .client
+                .with_token(None)
+                .accept_invite(&AcceptInviteRequest {
+                    code: invite,
+                    name: Some(args.name),
+                })
+                .await?;
+            let token = accepted
+                .token
+                .ok_or_else(|| anyhow!("the server returned no token"))?;
+            (token, Some(accepted.network.to_string()))
+        }
+        (None, None) => bail!("pass --token TOKEN or --invite CODE"),
+    };
+    let me = ctx
+        .client
+        .with_token(Some(token.clone()))
+        .me()
+        .await
+        .context("checking the token")?;
+    ctx.config.token = Some(token);
+    ctx.config.server = Some(ctx.client.base().to_string());
+    if network.is_some() {
+        ctx.config.network = network;
+    } else if ctx.config.network.is_none() {
+        ctx.config.network = me.networks.first().map(|n| n.id.to_string());
+    }
+    let path = ctx.config.save()?;
+    eprintln!(
+        "logged in as {} ({}); configuration saved to {}",
+        me.person.name,
+        me.person.id,
+        path.display()
+    );
+    Ok(())
+}
+
+fn network_line(n: &NetworkInfo) -> String {
+    format!(
+        "{}  {:<24} {:<6} approval:{} grant:{} price:{}",
+        n.id,
+        n.name,
+        n.role.as_str(),
+        if n.policy.require_device_approval {
+            "yes"
+        } else {
+            "no"
+        },
+        n.policy.initial_grant,
+        n.policy.job_price
+    )
+}
+
+async fn network(mut ctx: Ctx, command: NetworkCommand) -> Result<()> {
+    match command {
+        NetworkCommand::Create {
+            name,
+            no_device_approval,
+            initial_grant,
+            job_price,
+        } => {
+            let created = ctx
+                .client
+                .create_network(&CreateNetworkRequest {
+                    name,
+                    policy: NetworkPolicy {
+                        require_device_approval: !no_device_approval,
+                        initial_grant,
+                        job_price,
+                        ..NetworkPolicy::default()
+                    },
+                })
+                .await?;
+            ctx.config.network = Some(created.id.to_string());
+            ctx.config.save()?;
+            print(ctx.json, &created, network_line)
+        }
+        NetworkCommand::List => {
+            let networks = ctx.client.list_networks().await?;
+            print(ctx.json, &networks, |ns| {
+                ns.iter().map(network_line).collect::<Vec<_>>().join("\n")
+            })
+        }
+        NetworkCommand::Show => {
+            let network = ctx.client.network(&ctx.network()?).await?;
+            print(ctx.json, &network, network_line)
+        }
+        NetworkCommand::Invite {
+            device,
+            admin,
+            expires_in,
+        } => {
+            let invite = ctx
+                .client
+                .create_invite(
+                    &ctx.network()?,
+                    &CreateInviteRequest {
+                        kind: if device {
+                            InviteKind::Device
+                        } else {
+                            InviteKind::Person
+                        },
+                        role: admin.then_some(Role::Admin),
+                        expires_in_s: expires_in,
+                    },
+                )
+                .await?;
+            print(ctx.json, &invite, |i| i.code.clone())
+        }
+        NetworkCommand::Members => {
+            let members = ctx.client.members(&ctx.network()?).await?;
+            print(ctx.json, &members, |ms| {
+                ms.iter()
+                    .map(|m| format!("{}  {:<20} {}", m.person, m.name, m.role.as_str()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        NetworkCommand::RemoveMember { person } => {
+            let person: PersonId = parse(&person, "person id")?;
+            ctx.client.remove_member(&ctx.network()?, &person).await?;
+            eprintln!("removed {person}");
+            Ok(())
+        }
+    }
+}
+
+async fn device(ctx: Ctx, command: DeviceCommand) -> Result<()> {
+    let network = ctx.network()?;
+    let line = |d: &DeviceInfo| {
+        format!(
+            "{}  {:<16} {:<8} {:<7} backends:{} load:{}/{} trust:{:.2}",
+            d.id,
+            d.name,
+            d.status.as_str(),
+            if d.online { "online" } else { "offline" },
+            d.capabilities.backends.join(","),
+            d.load.running + d.load.queued,
+            d.load.slots,
+            d.trust
+        )
+    };
+    match command {
+        DeviceCommand::List => {
+            let devices = ctx.client.devices(&network).await?;
+            print(ctx.json, &devices, |ds| {
+                ds.iter().map(line).collect::<Vec<_>>().join("\n")
+            })
+        }
+        DeviceCommand::Approve { device } => {
+            let device: DeviceId = parse(&device, "device id")?;
+            let d = ctx.client.approve_device(&network, &device).await?;
+            print(ctx.json, &d, line)
+        }
+        DeviceCommand::Revoke { device } => {
+            let device: DeviceId = parse(&device, "device id")?;
+            let d = ctx.client.revoke_device(&network, &device).await?;
+            print(ctx.json, &d, line)
+        }
+    }
+}
+
+fn workload_line(w: &WorkloadInfo) -> String {
+    format!(
+        "{}  {}@{}  {} bytes  models:{}{}",
+        w.hash,
+        w.name,
+        w.version,
+        w.size,
+        w.models.join(","),
+        if w.yanked { "  (yanked)" } else { "" }
+    )
+}
+
+async fn workload(ctx: Ctx, command: WorkloadCommand) -> Result<()> {
+    let network = ctx.network()?;
+    match command {
+        WorkloadCommand::Publish { file } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let len = bytes.len() as u64;
+            let bar = indicatif::ProgressBar::new(len);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "uploading {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            let progress = bar.clone();
+            let chunks: Vec<bytes::Bytes> = bytes
+                .chunks(64 << 10)
+                .map(bytes::Bytes::copy_from_slice)
+                .collect();
+            let stream = futures_util::stream::iter(chunks).map(move |chunk| {
+                progress.inc(chunk.len() as u64);
+                Ok::<_, std::io::Error>(chunk)
+            });
+            let published = ctx
+                .client
+                .publish_workload_stream(&network, reqwest::Body::wrap_stream(stream), len)
+                .await;
+            bar.finish_and_clear();
+            let published = published?;
+            print(ctx.json, &published, workload_line)
+        }
+        WorkloadCommand::List => {
+            let workloads = ctx.client.workloads(&network).await?;
+            print(ctx.json, &workloads, |ws| {
+                ws.iter().map(workload_line).collect::<Vec<_>>().join("\n")
+            })
+        }
+        WorkloadCommand::Show { hash } => {
+            let hash: Blake3Hash = parse(&hash, "component hash")?;
+            let w = ctx.client.workload(&network, &hash).await?;
+            print(ctx.json, &w, workload_line)
+        }
+        WorkloadCommand::Yank { hash } => {
+            let hash: Blake3Hash = parse(&hash, "component hash")?;
+            let w = ctx.client.yank_workload(&network, &hash).await?;
+            print(ctx.json, &w, workload_line)
+        }
+    }
+}
+
+async fn credits(ctx: Ctx, command: CreditsCommand) -> Result<()> {
+    let network = ctx.network()?;
+    let person = |p: &Option<String>| {
+        p.as_deref()
+            .map(|p| parse::<PersonId>(p, "person id"))
+            .transpose()
+    };
+    match command {
+        CreditsCommand::Balance { person: p } => {
+            let balance = ctx.client.balance(&network, person(&p)?.as_ref()).await?;
+            print(ctx.json, &balance, |b| b.balance.to_string())
+        }
+        CreditsCommand::History { person: p } => {
+            let history = ctx.client.history(&network, person(&p)?.as_ref()).await?;
+            print(ctx.json, &history, |h| {
+                h.iter()
+                    .map(|e| format!("{:>8}  {:<12} {}", e.amount, e.kind, e.memo))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        CreditsCommand::Grant {
+            person: p,
+            amount,
+            key,
+        } => {
+            let person: PersonId = parse(&p, "person id")?;
+            let key = key.unwrap_or_else(|| format!("cli-{}-{}", person, std::process::id()));
+            let transfer = ctx
+                .client
+                .grant(
+                    &network,
+                    &GrantRequest {
+                        person,
+                        amount,
+                        idempotency_key: key,
+                        memo: None,
+                    },
+                )
+                .await?;
+            print(ctx.json, &transfer, |t| {
+                format!(
+                    "{} {}",
+                    t.id,
+                    if t.created {
+                        "granted"
+                    } else {
+                        "already granted (same key)"
+                    }
+                )
+            })
+        }
+    }
+}
+
+async fn job(ctx: Ctx, command: JobCommand) -> Result<()> {
+    let network = ctx.network()?;
+    let line = |j: &JobInfo| {
+        format!(
+            "{}  {:<9} workload:{}  executor:{}  price:{}",
+            j.id,
+            j.state.as_str(),
+            j.workload,
+            j.executor
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "-".into()),
+            j.price
+        )
+    };
+    match command {
+        JobCommand::List => {
+            let jobs = ctx.client.jobs(&network).await?;
+            print(ctx.json, &jobs, |js| {
+                js.iter().map(line).collect::<Vec<_>>().join("\n")
+            })
+        }
+        JobCommand::Show { job } => {
+            let job: JobId = parse(&job, "job id")?;
+            let assignment = ctx.client.job(&network, &job).await?;
+            print(ctx.json, &assignment, |a| line(&a.job))
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! A typed client for the Mesh control plane's REST API; what the `mesh` CLI and the device
+//! agent use. One method per route, request and response types from `mesh_proto::api`.
+
+use mesh_proto::api::*;
+use mesh_proto::device::Heartbeat;
+use mesh_proto::{Blake3Hash, DeviceId, JobId, NetworkId, PersonId, Signed, TokenId};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// Time a request may take before it fails.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("{message} ({status}, {code})")]
+    Api {
+        /// HTTP status.
+        status: StatusCode,
+        /// Stable error code.
+        code: String,
+        /// Human message.
+        message: String,
+    },
+    /// The server could not be reached or the connection failed.
+    #[error("cannot reach the control plane: {0}")]
+    Transport(#[source] reqwest::Error),
+    /// The answer was not what the API promises.
+    #[error("unexpected response: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The HTTP status, for API errors.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The error code, for API errors.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// Result of a client call.
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A control-plane client, optionally authenticated with a bearer token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for the control plane at `base` (e.g. `http://127.0.0.1:7420`).
+    pub fn new(base: &str, token: Option<String>) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(ClientError::Transport)?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
+    }
+
+    /// The same server with another token.
+    pub fn with_token(&self, token: Option<String>) -> Client {
+        Client {
+            base: self.base.clone(),
+            token,
+            http: self.http.clone(),
+        }
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(builder: reqwest::RequestBuilder) -> Result<T> {
+        let response = builder.send().await.map_err(ClientError::Transport)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(ClientError::Transport)?;
+        if !status.is_success() {
+            let (code, message) = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(v) => (
+                    v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
+                    v["error"]["message"].as_str().unwrap_or("").to_string(),
+                ),
+                Err(_) => (
+                    "unknown".into(),
+                    String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+                ),
+            };
+            return Err(ClientError::Api {
+                status,
+                code,
+                message,
+            });
+        }
+        let bytes = if bytes.is_empty() {
+            &b"null"[..]
+        } else {
+            &bytes[..]
+        };
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        Self::send(self.request(Method::GET, path)).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        Self::send(self.request(Method::POST, path).json(body)).await
+    }
+
+    // --- system ---
+
+    /// `GET /healthz`.
+    pub async fn health(&self) -> Result<Health> {
+        self.get("/healthz").await
+    }
+
+    /// `GET /v1/control-plane/key`.
+    pub async fn control_plane_key(&self) -> Result<ControlPlaneKey> {
+        self.get("/v1/control-plane/key").await
+    }
+
+    // --- people ---
+
+    /// `GET /v1/me`.
+    pub async fn me(&self) -> Result<Me> {
+        self.get("/v1/me").await
+    }
+
+    /// `POST /v1/tokens`.
+    pub async fn create_token(&self, request: &CreateTokenRequest) -> Result<CreatedToken> {
+        self.post("/v1/tokens", request).await
+    }
+
+    /// `GET /v1/tokens`.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
+        self.get("/v1/tokens").await
+    }
+
+    /// `DELETE /v1/tokens/{token}`.
+    pub async fn revoke_token(&self, token: &TokenId) -> Result<()> {
+        Self::send(self.request(Method::DELETE, &format!("/v1/tokens/{token}"))).await
+    }
+
+    /// `POST /v1/invites/accept`.
+    pub async fn accept_invite(&self, request: &AcceptInviteRequest) -> Result<AcceptedInvite> {
+        self.post("/v1/invites/accept", request).await
+    }
+
+    // --- networks ---
+
+    /// `POST /v1/networks`.
+    pub async fn create_network(&self, request: &CreateNetworkRequest) -> Result<NetworkInfo> {
+        self.post("/v1/networks", request).await
+    }
+
+    /// `GET /v1/networks`.
+    pub async fn list_networks(&self) -> Result<Vec<NetworkInfo>> {
+        self.get("/v1/networks").await
+    }
+
+    /// `GET /v1/networks/{network}`.
+    pub async fn network(&self, network: &NetworkId) -> Result<NetworkInfo> {
+        self.get(&format!("/v1/networks/{network}")).await
+    }
+
+    /// `PUT /v1/networks/{network}/policy`.
+    pub async fn update_policy(
+        &self,
+        network: &NetworkId,
+        policy: &NetworkPolicy,
+    ) -> Result<NetworkInfo> {
+        Self::send(
+            self.request(Method::PUT, &format!("/v1/networks/{network}/policy"))
+                .json(policy),
+        )
+        .await
+    }
+
+    /// `GET /v1/networks/{network}/members`.
+    pub async fn members(&self, network: &NetworkId) -> Result<Vec<MemberInfo>> {
+        self.get(&format!("/v1/networks/{network}/members")).await
+    }
+
+    /// `PUT /v1/networks/{network}/members/{person}`.
+    pub async fn update_member(
+        &self,
+        network: &NetworkId,
+        person: &PersonId,
+        role: Role,
+    ) -> Result<MemberInfo> {
+        Self::send(
+            self.request(
+                Method::PUT,
+                &format!("/v1/networks/{network}/members/{person}"),
+            )
+            .json(&UpdateMemberRequest { role }),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/networks/{network}/members/{person}`.
+    pub async fn remove_member(&self, network: &NetworkId, person: &PersonId) -> Result<()> {
+        Self::send(self.request(
+            Method::DELETE,
+            &format!("/v1/networks/{network}/members/{person}"),
+        ))
+        .await
+    }
+
+    /// `POST /v1/networks/{network}/invites`.
+    pub async fn create_invite(
+        &self,
+        network: &NetworkId,
+        request: &CreateInviteRequest,
+    ) -> Result<CreatedInvite> {
+        self.post(&format!("/v1/networks/{network}/invites"), request)
+            .await
+    }
+
+    // --- devices ---
+
+    /// `POST /v1/devices/challenge`.
+    pub async fn challenge(&self, invite: &str) -> Result<Challenge> {
+        self.post(
+            "/v1/devices/challenge",
+            &ChallengeRequest {
+                invite: invite.to_string(),
+            },
+        )
+        .await
+    }
+
+    /// `POST /v1/devices/register`.
+    pub async fn register_device(
+        &self,
+        request: &RegisterDeviceRequest,
+    ) -> Result<RegisteredDevice> {
+        self.post("/v1/devices/register", request).await
+    }
+
+    /// `GET /v1/networks/{network}/devices`.
+    pub async fn devices(&self, network: &NetworkId) -> Result<Vec<DeviceInfo>> {
+        self.get(&format!("/v1/networks/{network}/devices")).await
+    }
+
+    /// `POST /v1/networks/{network}/devices/{device}/approve`.
+    pub async fn approve_device(
+        &self,
+        network: &NetworkId,
+        device: &DeviceId,
+    ) -> Result<DeviceInfo> {
+        self.post(
+            &format!("/v1/networks/{network}/devices/{device}/approve"),
+            &(),
+        )
+        .await
+    }
+
+    /// `POST /v1/networks/{network}/devices/{device}/revoke`.
+    pub async fn revoke_device(
+        &self,
+        network: &NetworkId,
+        device: &DeviceId,
+    ) -> Result<DeviceInfo> {
+        self.post(
+            &format!("/v1/networks/{network}/devices/{device}/revoke"),
+            &(),
+        )
+        .await
+    }
+
+    /// `GET /v1/devices/{device}/certificate` (as the device).
+    pub async fn certificate(&self, device: &DeviceId) -> Result<CertificateResponse> {
+        self.get(&format!("/v1/devices/{device}/certificate")).await
+    }
+
+    /// `POST /v1/devices/{device}/heartbeat` (as the device).
+    pub async fn heartbeat(
+        &self,
+        device: &DeviceId,
+        heartbeat: &Signed<Heartbeat>,
+    ) -> Result<HeartbeatResponse> {
+        self.post(&format!("/v1/devices/{device}/heartbeat"), heartbeat)
+            .await
+    }
+
+    // --- workloads ---
+
+    /// `POST /v1/networks/{network}/workloads` with the component bytes.
+    pub async fn publish_workload(
+        &self,
+        network: &NetworkId,
+        component: Vec<u8>,
+    ) -> Result<WorkloadInfo> {
+        Self::send(
+            self.request(Method::POST, &format!("/v1/networks/{network}/workloads"))
+                .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+                .body(component),
+        )
+        .await
+    }
+
+    /// `POST /v1/networks/{network}/workloads` streaming `body` (for progress reporting).
+    pub async fn publish_workload_stream(
+        &self,
+        network: &NetworkId,
+        body: reqwest::Body,
+        len: u64,
+    ) -> Result<WorkloadInfo> {
+        Self::send(
+            self.request(Method::POST, &format!("/v1/networks/{network}/workloads"))
+                .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(body),
+        )
+        .await
+    }
+
+    /// `GET /v1/networks/{network}/workloads`.
+    pub async fn workloads(&self, network: &NetworkId) -> Result<Vec<WorkloadInfo>> {
+        self.get(&format!("/v1/networks/{network}/workloads")).await
+    }
+
+    /// `GET /v1/networks/{network}/workloads/{hash}`.
+    pub async fn workload(&self, network: &NetworkId, hash: &Blake3Hash) -> Result<WorkloadInfo> {
+        self.get(&format!("/v1/networks/{network}/workloads/{hash}"))
+            .await
+    }
+
+    /// `GET /v1/networks/{network}/workloads/{hash}/component`, verified against `hash`.
+    pub async fn download_component(
+        &self,
+        network: &NetworkId,
+        hash: &Blake3Hash,
+    ) -> Result<Vec<u8>> {
+        let response = self
+            .request(
+                Method::GET,
+                &format!("/v1/networks/{network}/workloads/{hash}/component"),
+            )
+            .send()
+            .await
+            .map_err(ClientError::Transport)?;
+        if !response.status().is_success() {
+            return Self::send::<()>(self.request(
+                Method::GET,
+                &format!("/v1/networks/{network}/workloads/{hash}"),
+            ))
+            .await
+            .and(Err(ClientError::Decode(format!(
+                "download failed: {}",
+                response.status()
+            ))));
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(ClientError::Transport)?
+            .to_vec();
+        if Blake3Hash::of(&bytes) != *hash {
+            return Err(ClientError::Decode(format!(
+                "downloaded component does not hash to {hash}"
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// `POST /v1/networks/{network}/workloads/{hash}/yank`.
+    pub async fn yank_workload(
+        &self,
+        network: &NetworkId,
+        hash: &Blake3Hash,
+    ) -> Result<WorkloadInfo> {
+        self.post(
+            &format!("/v1/networks/{network}/workloads/{hash}/yank"),
+            &(),
+        )
+        .await
+    }
+
+    // --- credits ---
+
+    /// `GET /v1/networks/{network}/credits/balance` (yours, or `person`'s as an admin).
+    pub async fn balance(&self, network: &NetworkId, person: Option<&PersonId>) -> Result<Balance> {
+        let query = person.map(|p| format!("?person={p}")).unwrap_or_default();
+        self.get(&format!("/v1/networks/{network}/credits/balance{query}"))
+            .await
+    }
+
+    /// `GET /v1/networks/{network}/credits/history`.
+    pub async fn history(
+        &self,
+        network: &NetworkId,
+        person: Option<&PersonId>,
+    ) -> Result<Vec<LedgerEntryInfo>> {
+        let query = person.map(|p| format!("?person={p}")).unwrap_or_default();
+        self.get(&format!("/v1/networks/{network}/credits/history{query}"))
+            .await
+    }
+
+    /// `POST /v1/networks/{network}/credits/grant`.
+    pub async fn grant(&self, network: &NetworkId, request: &GrantRequest) -> Result<TransferInfo> {
+        self.post(&format!("/v1/networks/{network}/credits/grant"), request)
+            .await
+    }
+
+    // --- jobs ---
+
+    /// `POST /v1/networks/{network}/jobs`.
+    pub async fn submit_job(
+        &self,
+        network: &NetworkId,
+        request: &SubmitJobRequest,
+    ) -> Result<JobAssignment> {
+        self.post(&format!("/v1/networks/{network}/jobs"), request)
+            .await
+    }
+
+    /// `GET /v1/networks/{network}/jobs`.
+    pub async fn jobs(&self, network: &NetworkId) -> Result<Vec<JobInfo>> {
+        self.get(&format!("/v1/networks/{network}/jobs")).await
+    }
+
+    /// `GET /v1/networks/{network}/jobs/{job}`.
+    pub async fn job(&self, network: &NetworkId, job: &JobId) -> Result<JobAssignment> {
+        self.get(&format!("/v1/networks/{network}/jobs/{job}"))
+            .await
+    }
+
+    /// `POST /v1/jobs/{job}/start` (as the executor).
+    pub async fn start_job(&self, job: &JobId) -> Result<JobInfo> {
+        self.post(&format!("/v1/jobs/{job}/start"), &()).await
+    }
+
+    /// `POST /v1/jobs/{job}/complete` (as the executor).
+    pub async fn complete_job(&self, job: &JobId, request: &CompleteJobRequest) -> Result<JobInfo> {
+        self.post(&format!("/v1/jobs/{job}/complete"), request)
+            .await
+    }
+
+    /// `POST /v1/jobs/{job}/fail` (as the executor).
+    pub async fn fail_job(&self, job: &JobId, request: &FailJobRequest) -> Result<JobInfo> {
+        self.post(&format!("/v1/jobs/{job}/fail"), request).await
+    }
+}

@@ -1,0 +1,672 @@
+//! Request and response bodies of the control plane's REST API (JSON).
+
+use crate::device::{Capabilities, DeviceCert, DeviceLoad};
+use crate::identity::{PublicKey, Signature};
+use crate::signed::Signed;
+use crate::{
+    Blake3Hash, Comparison, DeviceId, InviteId, JobId, NetworkId, PersonId, RunReceipt, TokenId,
+};
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "openapi")]
+use utoipa::ToSchema;
+
+/// A person's role in a network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Can read the network and use it.
+    Member,
+    /// Can also invite, approve and revoke devices, manage workloads and grant credits.
+    Admin,
+    /// Can also change roles and policy.
+    Owner,
+}
+
+impl Role {
+    /// The role's name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+
+    /// Parse a stored role name.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "member" => Some(Role::Member),
+            "admin" => Some(Role::Admin),
+            "owner" => Some(Role::Owner),
+            _ => None,
+        }
+    }
+}
+
+/// A person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct PersonInfo {
+    /// Their id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: PersonId,
+    /// Display name.
+    pub name: String,
+}
+
+/// The caller and the networks they belong to (`GET /v1/me`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Me {
+    /// The caller.
+    pub person: PersonInfo,
+    /// Their networks.
+    pub networks: Vec<NetworkInfo>,
+}
+
+/// Create an API token for yourself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CreateTokenRequest {
+    /// What the token is for.
+    pub label: String,
+    /// Lifetime in seconds; none means until revoked.
+    #[serde(default)]
+    pub expires_in_s: Option<u64>,
+}
+
+/// A new token. The secret is shown only here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CreatedToken {
+    /// Token id (for listing and revoking).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: TokenId,
+    /// The bearer secret.
+    pub token: String,
+    /// Expiry, if any.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// A token, without its secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct TokenInfo {
+    /// Token id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: TokenId,
+    /// Label.
+    pub label: String,
+    /// Creation time.
+    pub created_at_ms: i64,
+    /// Expiry, if any.
+    pub expires_at_ms: Option<i64>,
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+/// A network's rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(default)]
+pub struct NetworkPolicy {
+    /// New devices wait for an admin's approval.
+    pub require_device_approval: bool,
+    /// Credits granted to each new member.
+    pub initial_grant: i64,
+    /// Whether balances may go below zero (down to `-credit_limit`).
+    pub allow_credit: bool,
+    /// How far below zero a balance may go when credit is allowed.
+    pub credit_limit: i64,
+    /// Credits one job costs the requester.
+    pub job_price: i64,
+}
+
+impl Default for NetworkPolicy {
+    fn default() -> Self {
+        NetworkPolicy {
+            require_device_approval: true,
+            initial_grant: 1000,
+            allow_credit: false,
+            credit_limit: 0,
+            job_price: 1,
+        }
+    }
+}
+
+/// Create a network; the caller becomes its owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CreateNetworkRequest {
+    /// Display name.
+    pub name: String,
+    /// Rules; defaults apply to omitted fields.
+    #[serde(default)]
+    pub policy: NetworkPolicy,
+}
+
+/// A network as its members see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct NetworkInfo {
+    /// Network id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: NetworkId,
+    /// Display name.
+    pub name: String,
+    /// The caller's role.
+    pub role: Role,
+    /// Rules.
+    pub policy: NetworkPolicy,
+    /// Creation time.
+    pub created_at_ms: i64,
+}
+
+/// A member of a network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct MemberInfo {
+    /// The person.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub person: PersonId,
+    /// Their name.
+    pub name: String,
+    /// Their role.
+    pub role: Role,
+    /// When they joined.
+    pub joined_at_ms: i64,
+}
+
+/// Change a member's role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct UpdateMemberRequest {
+    /// The new role.
+    pub role: Role,
+}
+
+/// What an invite admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum InviteKind {
+    /// A person.
+    Person,
+    /// A device.
+    Device,
+}
+
+/// Create an invite.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CreateInviteRequest {
+    /// Person or device.
+    pub kind: InviteKind,
+    /// Role for a person invite (member unless admin is asked for).
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// Lifetime in seconds (default one day).
+    #[serde(default)]
+    pub expires_in_s: Option<u64>,
+}
+
+/// A new invite. The code is shown only here; it works once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CreatedInvite {
+    /// Invite id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: InviteId,
+    /// The single-use code.
+    pub code: String,
+    /// Person or device.
+    pub kind: InviteKind,
+    /// Expiry.
+    pub expires_at_ms: i64,
+}
+
+/// Accept a person invite. Without a bearer token a new person is created and given a token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct AcceptInviteRequest {
+    /// The invite code.
+    pub code: String,
+    /// Name of the new person (ignored when the caller is authenticated).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The result of accepting an invite.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct AcceptedInvite {
+    /// The network joined.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub network: NetworkId,
+    /// The member.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub person: PersonId,
+    /// A token for a newly created person.
+    pub token: Option<String>,
+}
+
+/// Ask for a registration challenge with a device invite.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ChallengeRequest {
+    /// The device invite code.
+    pub invite: String,
+}
+
+/// A one-time challenge the device signs to prove it holds its key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Challenge {
+    /// The challenge (hex).
+    pub challenge: String,
+    /// The network the invite is for (part of what is signed).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub network: NetworkId,
+    /// Expiry.
+    pub expires_at_ms: i64,
+}
+
+/// Register a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RegisterDeviceRequest {
+    /// The device invite code.
+    pub invite: String,
+    /// The challenge that was signed.
+    pub challenge: String,
+    /// Display name.
+    pub name: String,
+    /// The device's Ed25519 key.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub public_key: PublicKey,
+    /// Signature over `RegistrationProof { challenge, public_key }` (domain `registration`,
+    /// the invite's network).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub proof: Signature,
+    /// What the device can run.
+    pub capabilities: Capabilities,
+}
+
+/// A device's approval state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// Waiting for an admin.
+    Pending,
+    /// Approved: has a certificate, can run jobs.
+    Approved,
+    /// Revoked.
+    Revoked,
+}
+
+impl DeviceStatus {
+    /// The status's name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Pending => "pending",
+            DeviceStatus::Approved => "approved",
+            DeviceStatus::Revoked => "revoked",
+        }
+    }
+
+    /// Parse a stored status.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(DeviceStatus::Pending),
+            "approved" => Some(DeviceStatus::Approved),
+            "revoked" => Some(DeviceStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// A registered device and its credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RegisteredDevice {
+    /// Device id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub device: DeviceId,
+    /// Its network.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub network: NetworkId,
+    /// Approval state.
+    pub status: DeviceStatus,
+    /// The device's bearer token for the API.
+    pub token: String,
+    /// Its certificate, when approved.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub certificate: Option<Signed<DeviceCert>>,
+    /// The control plane's public key, to check certificates and tickets.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub control_plane_key: PublicKey,
+}
+
+/// A device as members see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct DeviceInfo {
+    /// Device id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: DeviceId,
+    /// Its network.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub network: NetworkId,
+    /// Its owner.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub owner: PersonId,
+    /// Display name.
+    pub name: String,
+    /// Its key.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub public_key: PublicKey,
+    /// Its libp2p peer id.
+    pub peer_id: String,
+    /// Approval state.
+    pub status: DeviceStatus,
+    /// What it can run.
+    pub capabilities: Capabilities,
+    /// Whether it is sending heartbeats.
+    pub online: bool,
+    /// Last heartbeat.
+    pub last_seen_at_ms: Option<i64>,
+    /// Load in the last heartbeat.
+    pub load: DeviceLoad,
+    /// Trust score in [0, 1].
+    pub trust: f64,
+}
+
+/// Answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct HeartbeatResponse {
+    /// The device's approval state (a revoked device stops).
+    pub status: DeviceStatus,
+    /// Seconds until the next heartbeat is due.
+    pub interval_s: u64,
+}
+
+/// A device's current certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CertificateResponse {
+    /// The certificate.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub certificate: Signed<DeviceCert>,
+    /// The control plane's public key.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub control_plane_key: PublicKey,
+}
+
+/// The control plane's public signing key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ControlPlaneKey {
+    /// The key.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub public_key: PublicKey,
+}
+
+/// A published workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct WorkloadInfo {
+    /// Its network.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub network: NetworkId,
+    /// BLAKE3 of the component.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub hash: Blake3Hash,
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Models it loads by name.
+    pub models: Vec<String>,
+    /// How its results are compared.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub comparison: Comparison,
+    /// Who published it.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub publisher: PersonId,
+    /// Component size in bytes.
+    pub size: u64,
+    /// Publication time.
+    pub published_at_ms: i64,
+    /// Whether it was yanked (no new jobs).
+    pub yanked: bool,
+}
+
+/// A credit balance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Balance {
+    /// The account's owner.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub person: PersonId,
+    /// Credits.
+    pub balance: i64,
+}
+
+/// One ledger entry of an account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct LedgerEntryInfo {
+    /// The transfer it belongs to.
+    pub transfer: String,
+    /// Transfer kind (`grant`, `job_reserve`, `job_settle`, `job_refund`, ...).
+    pub kind: String,
+    /// Description.
+    pub memo: String,
+    /// Signed amount for this account.
+    pub amount: i64,
+    /// The job, for job transfers.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub job: Option<JobId>,
+    /// When.
+    pub created_at_ms: i64,
+}
+
+/// Grant credits to a member (from the network's issuer account).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct GrantRequest {
+    /// Who receives them.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub person: PersonId,
+    /// How many (positive).
+    pub amount: i64,
+    /// Retrying with the same key grants once.
+    pub idempotency_key: String,
+    /// Description.
+    #[serde(default)]
+    pub memo: Option<String>,
+}
+
+/// The result of a transfer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct TransferInfo {
+    /// Transfer id.
+    pub id: String,
+    /// Kind.
+    pub kind: String,
+    /// Whether this call created it (false: an earlier call with the same key did).
+    pub created: bool,
+}
+
+/// A job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for a device.
+    Queued,
+    /// A device was chosen and holds a lease.
+    Assigned,
+    /// The device started it.
+    Running,
+    /// Finished with a receipt.
+    Done,
+    /// Gave up.
+    Failed,
+}
+
+impl JobState {
+    /// The state's name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Assigned => "assigned",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+        }
+    }
+
+    /// Parse a stored state.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "queued" => Some(JobState::Queued),
+            "assigned" => Some(JobState::Assigned),
+            "running" => Some(JobState::Running),
+            "done" => Some(JobState::Done),
+            "failed" => Some(JobState::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// Ask for a job to be scheduled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SubmitJobRequest {
+    /// The workload's component hash.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub workload: Blake3Hash,
+    /// BLAKE3 of the input.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub input: Blake3Hash,
+    /// Input size in bytes.
+    pub input_size: u64,
+    /// Retrying with the same key returns the same job (and charges once).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// A job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct JobInfo {
+    /// Job id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: JobId,
+    /// Its network.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub network: NetworkId,
+    /// Who asked for it (and pays).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub requester: PersonId,
+    /// The workload.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub workload: Blake3Hash,
+    /// The input's hash.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub input: Blake3Hash,
+    /// Input size.
+    pub input_size: u64,
+    /// Credits reserved for it.
+    pub price: i64,
+    /// State.
+    pub state: JobState,
+    /// The device holding it.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub executor: Option<DeviceId>,
+    /// Assignments so far.
+    pub attempts: u32,
+    /// When the current lease ends.
+    pub lease_expires_at_ms: Option<i64>,
+    /// The executor's receipt, when done.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub receipt: Option<RunReceipt>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Creation time.
+    pub created_at_ms: i64,
+    /// Last change.
+    pub updated_at_ms: i64,
+}
+
+/// What the control plane signs to let one device run one job for one requester.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobTicket {
+    /// The job.
+    pub job: JobId,
+    /// Its network.
+    pub network: NetworkId,
+    /// Who pays.
+    pub requester: PersonId,
+    /// The only device that may run it.
+    pub executor: DeviceId,
+    /// The component.
+    pub workload: Blake3Hash,
+    /// The input's hash.
+    pub input: Blake3Hash,
+    /// Price in credits.
+    pub price: i64,
+    /// Until when the ticket is valid.
+    pub expires_at_ms: i64,
+}
+
+/// A scheduled job and, when a device was assigned, the ticket to present to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct JobAssignment {
+    /// The job.
+    pub job: JobInfo,
+    /// The signed ticket, when assigned.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub ticket: Option<Signed<JobTicket>>,
+    /// The executor's libp2p peer id, when assigned.
+    pub executor_peer_id: Option<String>,
+}
+
+/// The executor reports a finished run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CompleteJobRequest {
+    /// The receipt, signed by the executing device (domain `receipt`).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub receipt: Signed<RunReceipt>,
+}
+
+/// The executor reports a failed run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct FailJobRequest {
+    /// Why.
+    pub reason: String,
+    /// Whether another device could succeed (the job is requeued) or not (it fails).
+    #[serde(default)]
+    pub retryable: bool,
+}
+
+/// The answer to `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+    /// `sqlite` or `postgres`.
+    pub database: String,
+    /// Wire protocol version.
+    pub protocol_version: u32,
+}
