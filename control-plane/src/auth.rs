@@ -8,7 +8,7 @@ use crate::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use mesh_proto::api::Role;
-use mesh_proto::{DeviceId, NetworkId, PersonId, TokenId};
+use mesh_proto::{DeviceId, NetworkId, PersonId, PublicKey, TokenId};
 use sqlx::Row;
 
 /// Prefix of every bearer secret, so leaked tokens are recognisable.
@@ -32,6 +32,8 @@ pub enum Principal {
         network: NetworkId,
         /// Its owner.
         owner: PersonId,
+        /// Its public key.
+        key: PublicKey,
     },
 }
 
@@ -76,7 +78,7 @@ pub async fn resolve(state: &AppState, secret: &str) -> ApiResult<Option<Princip
         return Ok(None);
     }
     let row = sqlx::query(
-        "SELECT t.id, t.person_id, t.device_id, t.expires_at, t.revoked_at, d.network_id, d.owner_id, d.status \
+        "SELECT t.id, t.person_id, t.device_id, t.expires_at, t.revoked_at, d.network_id, d.owner_id, d.status, d.public_key \
          FROM api_tokens t LEFT JOIN devices d ON d.id = t.device_id WHERE t.secret_hash = $1",
     )
     .bind(secret_hash(secret))
@@ -103,6 +105,7 @@ pub async fn resolve(state: &AppState, secret: &str) -> ApiResult<Option<Princip
             device: parse(device)?,
             network: parse(row.try_get("network_id")?)?,
             owner: parse(row.try_get("owner_id")?)?,
+            key: parse(row.try_get("public_key")?)?,
         })),
         _ => Ok(None),
     }

@@ -854,3 +854,101 @@ async fn errors_are_json_with_stable_codes_and_limits_hold() {
         Some("bad_request")
     );
 }
+
+#[tokio::test]
+async fn expiry_and_credit_policy() {
+    for store in stores() {
+        let plane = TestPlane::spawn(store).await;
+        // Tokens and invites expire.
+        let short = plane
+            .admin
+            .create_token(&CreateTokenRequest {
+                label: "short".into(),
+                expires_in_s: Some(1),
+            })
+            .await
+            .unwrap();
+        let network = plane
+            .network(NetworkPolicy {
+                allow_credit: true,
+                credit_limit: 15,
+                job_price: 10,
+                initial_grant: 0,
+                require_device_approval: false,
+            })
+            .await;
+        let invite = plane
+            .admin
+            .create_invite(
+                &network.id,
+                &CreateInviteRequest {
+                    kind: InviteKind::Person,
+                    role: None,
+                    expires_in_s: Some(1),
+                },
+            )
+            .await
+            .unwrap();
+        let short_client = plane.admin.with_token(Some(short.token));
+        short_client.me().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(status(short_client.me().await), StatusCode::UNAUTHORIZED);
+        let late = plane
+            .anonymous()
+            .accept_invite(&AcceptInviteRequest {
+                code: invite.code,
+                name: Some("late".into()),
+            })
+            .await;
+        assert_eq!(
+            late.as_ref().err().and_then(ClientError::code),
+            Some("invite_expired")
+        );
+
+        // With credit allowed, a balance may go down to -credit_limit and no further.
+        let workload = plane
+            .admin
+            .publish_workload(
+                &network.id,
+                std::fs::read(mesh_test_artifacts::ECHO).unwrap(),
+            )
+            .await
+            .unwrap();
+        let submit = |key: &str| SubmitJobRequest {
+            workload: workload.hash,
+            input: Blake3Hash::of(key.as_bytes()),
+            input_size: 1,
+            idempotency_key: Some(key.into()),
+        };
+        plane
+            .admin
+            .submit_job(&network.id, &submit("a"))
+            .await
+            .unwrap();
+        assert_eq!(
+            plane
+                .admin
+                .balance(&network.id, None)
+                .await
+                .unwrap()
+                .balance,
+            -10
+        );
+        let over = plane.admin.submit_job(&network.id, &submit("b")).await;
+        assert_eq!(status(over), StatusCode::PAYMENT_REQUIRED);
+        assert_eq!(
+            plane
+                .admin
+                .balance(&network.id, None)
+                .await
+                .unwrap()
+                .balance,
+            -10
+        );
+        let (balances, entries) =
+            mesh_control_plane::api::credits::ledger_sums(plane.server.state(), &network.id)
+                .await
+                .unwrap();
+        assert_eq!((balances, entries), (0, 0));
+    }
+}

@@ -125,6 +125,17 @@ impl ComponentStore {
 /// Length of the MAC that prefixes every compiled artifact.
 const MAC_BYTES: usize = 32;
 
+/// A compiled artifact whose MAC verified: this host produced it.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedArtifact(Vec<u8>);
+
+impl AuthenticatedArtifact {
+    /// The native-code artifact (without its MAC).
+    pub fn bytes(&self) -> &[u8] {
+        &self.0[MAC_BYTES..]
+    }
+}
+
 /// Compiled artifacts, authenticated with a host-local key: `<dir>/<hex>-<engine>.cwasm`.
 #[derive(Debug, Clone)]
 pub struct CompiledCache {
@@ -171,22 +182,21 @@ impl CompiledCache {
 
     /// The artifact for `component`, if present and produced by this host for this engine.
     /// A tampered or foreign artifact is deleted and reported as absent.
-    pub fn get(&self, component: &Blake3Hash) -> Option<Vec<u8>> {
+    pub fn get(&self, component: &Blake3Hash) -> Option<AuthenticatedArtifact> {
         let path = self.path(component);
-        let mut bytes = fs::read(&path).ok()?;
-        if bytes.len() < MAC_BYTES {
-            let _ = fs::remove_file(&path);
-            return None;
-        }
-        let artifact = bytes.split_off(MAC_BYTES);
-        let expected = blake3::keyed_hash(&self.key, &artifact);
-        // blake3::Hash compares in constant time.
-        if expected != blake3::Hash::from_bytes(bytes.try_into().expect("MAC_BYTES")) {
+        let bytes = fs::read(&path).ok()?;
+        let authentic = bytes.len() >= MAC_BYTES && {
+            let (mac, artifact) = bytes.split_at(MAC_BYTES);
+            let mac: [u8; MAC_BYTES] = mac.try_into().expect("MAC_BYTES");
+            // blake3::Hash compares in constant time.
+            blake3::keyed_hash(&self.key, artifact) == blake3::Hash::from_bytes(mac)
+        };
+        if !authentic {
             tracing::warn!(path = %path.display(), "compiled artifact failed authentication; recompiling");
             let _ = fs::remove_file(&path);
             return None;
         }
-        Some(artifact)
+        Some(AuthenticatedArtifact(bytes))
     }
 
     /// Store the artifact for `component`.
@@ -229,7 +239,7 @@ mod tests {
         let cache = CompiledCache::open(dir.path(), "engine".into()).unwrap();
         let component = Blake3Hash::of(b"c");
         cache.put(&component, b"native code").unwrap();
-        assert_eq!(cache.get(&component).unwrap(), b"native code");
+        assert_eq!(cache.get(&component).unwrap().bytes(), b"native code");
 
         // Another host (another key) wrote this file: not ours, not loaded.
         let other = tempfile::tempdir().unwrap();
@@ -237,7 +247,7 @@ mod tests {
         foreign.put(&component, b"foreign code").unwrap();
         let file = format!("{}-engine.cwasm", component.to_hex());
         fs::copy(other.path().join(&file), dir.path().join(&file)).unwrap();
-        assert_eq!(cache.get(&component), None);
+        assert!(cache.get(&component).is_none());
         assert!(!dir.path().join(&file).exists(), "foreign artifact removed");
     }
 }

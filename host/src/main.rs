@@ -119,18 +119,20 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             let metadata = executor.add_component(&bytes)?;
             let result = executor.run(&metadata.component, &input)?;
-            let receipt = serde_json::to_value(&result.receipt)?;
-            let document = match serde_json::from_slice::<serde_json::Value>(&result.output) {
-                Ok(serde_json::Value::Object(mut output)) => {
-                    output.insert("receipt".into(), receipt);
-                    serde_json::Value::Object(output)
+            // Workloads answer in JSON or CBOR; show JSON, with the receipt alongside.
+            let receipt = serde_json::to_string(&result.receipt)?;
+            let document = match mesh_proto::document::to_json_string(&result.output) {
+                Ok(json) if json.starts_with('{') && json.len() > 2 => {
+                    format!("{},\"receipt\":{receipt}}}", &json[..json.len() - 1])
                 }
-                _ => serde_json::json!({
+                Ok(json) => format!("{{\"output\":{json},\"receipt\":{receipt}}}"),
+                Err(_) => serde_json::json!({
                     "output": String::from_utf8_lossy(&result.output),
-                    "receipt": receipt,
-                }),
+                    "receipt": result.receipt,
+                })
+                .to_string(),
             };
-            print_stdout(&document.to_string())
+            print_stdout(&document)
         }
         Command::Backends { json, backend } => {
             let statuses = backend::probe(&backend.config());

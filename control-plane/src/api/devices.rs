@@ -431,7 +431,15 @@ pub async fn heartbeat(
     Path(device): Path<String>,
     ApiJson(signed): ApiJson<Signed<Heartbeat>>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
-    let (caller, network) = principal.device()?;
+    let crate::auth::Principal::Device {
+        device: caller,
+        network,
+        key,
+        ..
+    } = principal
+    else {
+        return Err(ApiError::forbidden("this call is for devices"));
+    };
     if device_id(&device).ok() != Some(caller) {
         return Err(ApiError::forbidden("a device can only heartbeat as itself"));
     }
@@ -441,11 +449,6 @@ pub async fn heartbeat(
     if claimed.device != caller || claimed.network != network {
         return Err(ApiError::forbidden("a device can only heartbeat as itself"));
     }
-    let row = sqlx::query("SELECT public_key, status FROM devices WHERE id = $1")
-        .bind(caller.to_string())
-        .fetch_one(&state.db.pool)
-        .await?;
-    let key: PublicKey = parse(row.try_get("public_key")?)?;
     let heartbeat = signed
         .verify(&key, SignDomain::Heartbeat, &network)
         .map_err(|_| {
@@ -461,9 +464,12 @@ pub async fn heartbeat(
             "heartbeat timestamp is too far from the server's clock",
         ));
     }
-    let updated = sqlx::query(
-        "UPDATE devices SET online = CASE WHEN status = 'approved' THEN 1 ELSE 0 END, last_seen_at = $1, last_heartbeat_ms = $2, load_running = $3, \
-         load_queued = $4, load_slots = $5 WHERE id = $6 AND last_heartbeat_ms < $2",
+    // One statement: the timestamp check (replay protection) and the update, returning the
+    // device's presence so no second query is needed.
+    let online: Option<i64> = sqlx::query_scalar(
+        "UPDATE devices SET online = CASE WHEN status = 'approved' THEN 1 ELSE 0 END, last_seen_at = $1, \
+         last_heartbeat_ms = $2, load_running = $3, load_queued = $4, load_slots = $5 \
+         WHERE id = $6 AND last_heartbeat_ms < $2 RETURNING online",
     )
     .bind(now)
     .bind(sent)
@@ -471,19 +477,22 @@ pub async fn heartbeat(
     .bind(i64::from(heartbeat.load.queued))
     .bind(i64::from(heartbeat.load.slots))
     .bind(caller.to_string())
-    .execute(&state.db.pool)
-    .await?
-    .rows_affected();
-    if updated != 1 {
+    .fetch_optional(&state.db.pool)
+    .await?;
+    let Some(online) = online else {
         return Err(ApiError::conflict(
             "replayed_heartbeat",
             "heartbeat is not newer than the last one",
         ));
-    }
+    };
     state.metrics.heartbeats.fetch_add(1, Ordering::Relaxed);
-    let status: String = row.try_get("status")?;
     Ok(Json(HeartbeatResponse {
-        status: DeviceStatus::parse(&status).unwrap_or(DeviceStatus::Pending),
+        // The token resolved, so the device is pending or approved; only approved ones are online.
+        status: if online != 0 {
+            DeviceStatus::Approved
+        } else {
+            DeviceStatus::Pending
+        },
         interval_s: state.config.heartbeat_interval.as_secs().max(1),
     }))
 }

@@ -240,42 +240,34 @@ fn shape_bytes(dims: &[u32], ty: TensorType) -> Option<usize> {
         .try_fold(element_size(ty), |acc, &d| acc.checked_mul(d as usize))
 }
 
+// Tensor bytes are little-endian, and so is every platform Mesh runs on, so converting between
+// tensor bytes and typed slices is a plain copy (`bytemuck` checks sizes and alignment).
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "tensor bytes are little-endian"
+);
+
 /// Decode little-endian tensor bytes into `i64`s.
 pub(crate) fn le_i64(data: &[u8]) -> Vec<i64> {
-    data.chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().expect("chunk of 8")))
-        .collect()
+    bytemuck::pod_collect_to_vec(data)
 }
 
 /// Decode little-endian tensor bytes into `i32`s.
 pub(crate) fn le_i32(data: &[u8]) -> Vec<i32> {
-    data.chunks_exact(4)
-        .map(|c| i32::from_le_bytes(c.try_into().expect("chunk of 4")))
-        .collect()
+    bytemuck::pod_collect_to_vec(data)
 }
 
 /// Decode little-endian tensor bytes into `f32`s.
 pub(crate) fn le_f32(data: &[u8]) -> Vec<f32> {
-    data.chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().expect("chunk of 4")))
-        .collect()
+    bytemuck::pod_collect_to_vec(data)
 }
 
 /// Decode little-endian tensor bytes into `f64`s.
 pub(crate) fn le_f64(data: &[u8]) -> Vec<f64> {
-    data.chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")))
-        .collect()
+    bytemuck::pod_collect_to_vec(data)
 }
 
 /// Encode values as little-endian tensor bytes.
-pub(crate) fn to_le_bytes<T: Copy, const N: usize>(
-    values: &[T],
-    f: impl Fn(T) -> [u8; N],
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(values.len() * N);
-    for &v in values {
-        out.extend_from_slice(&f(v));
-    }
-    out
+pub(crate) fn to_le_bytes<T: bytemuck::Pod>(values: &[T]) -> Vec<u8> {
+    bytemuck::cast_slice(values).to_vec()
 }

@@ -225,22 +225,18 @@ fn from_ort_value(value: &DynValue, max_bytes: usize) -> Result<Tensor, Inferenc
     super::check_shape("output", &dims, wasi_ty, max_bytes)?;
     let _ = size;
     let data = match wasi_ty {
-        TensorType::Fp32 => super::to_le_bytes(
-            value.try_extract_tensor::<f32>().map_err(engine_error)?.1,
-            f32::to_le_bytes,
-        ),
-        TensorType::Fp64 => super::to_le_bytes(
-            value.try_extract_tensor::<f64>().map_err(engine_error)?.1,
-            f64::to_le_bytes,
-        ),
-        TensorType::I64 => super::to_le_bytes(
-            value.try_extract_tensor::<i64>().map_err(engine_error)?.1,
-            i64::to_le_bytes,
-        ),
-        TensorType::I32 => super::to_le_bytes(
-            value.try_extract_tensor::<i32>().map_err(engine_error)?.1,
-            i32::to_le_bytes,
-        ),
+        TensorType::Fp32 => {
+            super::to_le_bytes(value.try_extract_tensor::<f32>().map_err(engine_error)?.1)
+        }
+        TensorType::Fp64 => {
+            super::to_le_bytes(value.try_extract_tensor::<f64>().map_err(engine_error)?.1)
+        }
+        TensorType::I64 => {
+            super::to_le_bytes(value.try_extract_tensor::<i64>().map_err(engine_error)?.1)
+        }
+        TensorType::I32 => {
+            super::to_le_bytes(value.try_extract_tensor::<i32>().map_err(engine_error)?.1)
+        }
         _ => value
             .try_extract_tensor::<u8>()
             .map_err(engine_error)?

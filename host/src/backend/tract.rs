@@ -25,11 +25,6 @@ impl TractBackend {
 
 type Plan = Arc<TypedRunnableModel>;
 
-const _: () = assert!(
-    cfg!(target_endian = "little"),
-    "tensor bytes are little-endian"
-);
-
 impl InferenceBackend for TractBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Tract
@@ -149,7 +144,7 @@ fn from_tract(tensor: &Tensor, max_bytes: usize) -> Result<NnTensor, InferenceEr
     };
     super::check_shape("output", &dims, ty, max_bytes)?;
     // tract keeps plain tensors in native byte order, which is little-endian on every
-    // platform Mesh supports (see the assertion below).
+    // platform Mesh supports (asserted in `backend/mod.rs`).
     let data = tensor.try_as_plain_ram().map_err(engine_error)?;
     let data = data
         .as_slice::<u8>()

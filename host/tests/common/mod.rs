@@ -109,9 +109,9 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
-/// Parse the embeddings workload's output.
+/// Parse the embeddings workload's output (CBOR).
 pub fn embeddings(output: &[u8]) -> Vec<Vec<f32>> {
-    let v: serde_json::Value = serde_json::from_slice(output).unwrap();
+    let v = mesh_proto::document::parse(output).unwrap();
     v["embeddings"]
         .as_array()
         .unwrap()

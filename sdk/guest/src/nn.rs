@@ -55,14 +55,12 @@ impl Model {
         &self,
         inputs: &[(&str, &[u32], &[i64])],
     ) -> Result<Vec<TensorOutput>, NnError> {
+        // wasm32 is little-endian, like tensor data: the bytes are the values.
         let tensors = inputs
             .iter()
             .map(|(name, dims, data)| {
-                let mut bytes = Vec::with_capacity(data.len() * 8);
-                for value in data.iter() {
-                    bytes.extend_from_slice(&value.to_le_bytes());
-                }
-                (name.to_string(), Tensor::new(dims, TensorType::I64, &bytes))
+                let bytes: &[u8] = bytemuck::cast_slice(data);
+                (name.to_string(), Tensor::new(dims, TensorType::I64, bytes))
             })
             .collect();
         self.compute(tensors)
@@ -100,8 +98,23 @@ pub struct TensorOutput {
 }
 
 impl TensorOutput {
-    /// The elements as `f32`, or an error if the tensor is not FP32 or its size is inconsistent.
+    /// The elements as `f32` without copying when the buffer is aligned (it practically always
+    /// is), or an error if the tensor is not FP32 or its size is inconsistent.
+    pub fn as_f32(&self) -> Result<std::borrow::Cow<'_, [f32]>, NnError> {
+        self.check_f32()?;
+        Ok(match bytemuck::try_cast_slice::<u8, f32>(&self.data) {
+            Ok(values) => std::borrow::Cow::Borrowed(values),
+            Err(_) => std::borrow::Cow::Owned(bytemuck::pod_collect_to_vec(&self.data)),
+        })
+    }
+
+    /// The elements as a new `Vec<f32>`, or an error if the tensor is not FP32 or its size is
+    /// inconsistent.
     pub fn to_f32(&self) -> Result<Vec<f32>, NnError> {
+        self.as_f32().map(std::borrow::Cow::into_owned)
+    }
+
+    fn check_f32(&self) -> Result<(), NnError> {
         if self.ty != TensorType::Fp32 {
             return Err(NnError {
                 operation: "read output",
@@ -125,10 +138,6 @@ impl TensorOutput {
                 ),
             });
         }
-        Ok(self
-            .data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        Ok(())
     }
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 pub enum Comparison {
     /// Byte-for-byte identical.
     Exact,
-    /// JSON of the same shape; every number within this absolute difference.
+    /// Documents (JSON or CBOR) of the same shape; every number within this absolute difference.
     FloatTolerance(f32),
     /// JSON of the same shape; every array of numbers has at least this cosine similarity with
     /// its counterpart, other numbers are equal.
@@ -27,8 +27,8 @@ pub enum Mismatch {
     /// Exact comparison found different bytes.
     #[error("outputs differ (exact comparison)")]
     Bytes,
-    /// An output is not JSON although the rule needs it.
-    #[error("output is not JSON: {0}")]
+    /// An output is not a JSON or CBOR document although the rule needs one.
+    #[error("output is not a JSON or CBOR document: {0}")]
     NotJson(String),
     /// The documents differ in structure or in a non-numeric value.
     #[error("outputs differ in structure at {path}")]
@@ -65,8 +65,7 @@ impl Comparison {
             Comparison::Exact => (a == b).then_some(()).ok_or(Mismatch::Bytes),
             Comparison::FloatTolerance(_) | Comparison::Cosine(_) => {
                 let parse = |bytes: &[u8]| {
-                    serde_json::from_slice::<Value>(bytes)
-                        .map_err(|e| Mismatch::NotJson(e.to_string()))
+                    crate::document::parse(bytes).map_err(|e| Mismatch::NotJson(e.to_string()))
                 };
                 self.values(&parse(a)?, &parse(b)?, &mut String::from("$"))
             }
@@ -205,6 +204,33 @@ mod tests {
             rule.compare(a, b"not json"),
             Err(Mismatch::NotJson(_))
         ));
+    }
+
+    #[test]
+    fn cbor_outputs_compare_like_json() {
+        #[derive(serde::Serialize)]
+        struct Out {
+            embeddings: Vec<Vec<f32>>,
+        }
+        let cbor = |v: Vec<f32>| {
+            crate::cbor::to_vec(&Out {
+                embeddings: vec![v],
+            })
+            .unwrap()
+        };
+        let rule = Comparison::Cosine(0.99);
+        assert_eq!(
+            rule.compare(&cbor(vec![0.6, 0.8]), &cbor(vec![0.601, 0.799])),
+            Ok(())
+        );
+        assert_eq!(
+            rule.compare(&cbor(vec![0.6, 0.8]), br#"{"embeddings":[[0.6,0.8]]}"#),
+            Ok(())
+        );
+        assert!(
+            rule.compare(&cbor(vec![0.6, 0.8]), &cbor(vec![0.8, -0.6]))
+                .is_err()
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod api;
 pub mod cbor;
 pub mod compare;
 pub mod device;
+pub mod document;
 mod hash;
 pub mod identity;
 mod ids;

@@ -1,7 +1,9 @@
 //! The embeddings workload: sentence embeddings with all-MiniLM-L6-v2.
 //!
-//! Input: `{"texts": ["...", ...], "batch_size": 32}` (`batch_size` optional).
-//! Output: `{"embeddings": [[384 floats], ...], "tokens": N}` in input order, L2-normalised.
+//! Input: `{"texts": ["...", ...], "batch_size": 32}` (`batch_size` optional), as JSON or CBOR.
+//! Output: `{"embeddings": [[384 floats], ...], "tokens": N}` in input order, L2-normalised, as
+//! CBOR: formatting 384 floats per sentence as JSON text costs more than pooling them, and
+//! triples the size. `mesh-host exec` and the REST edge show it as JSON.
 //!
 //! Everything but the transformer itself runs here, inside the sandbox: BERT WordPiece
 //! tokenisation, length-sorted batching (so short sentences are not padded to the length of a
@@ -49,9 +51,7 @@ impl Workload for Embeddings {
     }
 
     fn run(input: Vec<u8>) -> Result<Vec<u8>, JobError> {
-        let input: Input = serde_json::from_slice(&input).map_err(|e| {
-            JobError::invalid_input(format!("expected JSON {{\"texts\": [\"...\"]}}: {e}"))
-        })?;
+        let input = parse_input(&input)?;
         if input.texts.len() > MAX_TEXTS {
             return Err(JobError::invalid_input(format!(
                 "{} texts in one job; at most {MAX_TEXTS}",
@@ -65,7 +65,27 @@ impl Workload for Embeddings {
             )));
         }
         let output = embed(&input.texts, batch_size)?;
-        serde_json::to_vec(&output).map_err(JobError::internal)
+        let dimensions = output.embeddings.first().map_or(0, Vec::len);
+        // 5 bytes per f32 in CBOR, plus a little framing per row.
+        let mut bytes = Vec::with_capacity(16 + output.embeddings.len() * (dimensions * 5 + 3));
+        ciborium::into_writer(&output, &mut bytes).map_err(JobError::internal)?;
+        Ok(bytes)
+    }
+}
+
+/// JSON (starts with `{`) or CBOR.
+fn parse_input(input: &[u8]) -> Result<Input, JobError> {
+    let json = input
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{');
+    let expected = "expected {\"texts\": [\"...\"]} as JSON or CBOR";
+    if json {
+        serde_json::from_slice(input)
+            .map_err(|e| JobError::invalid_input(format!("{expected}: {e}")))
+    } else {
+        ciborium::from_reader(input)
+            .map_err(|e| JobError::invalid_input(format!("{expected}: {e}")))
     }
 }
 
@@ -133,7 +153,7 @@ fn run_batch<'a>(
         )));
     }
     let hidden_size = h as usize;
-    let values = hidden.to_f32()?;
+    let values = hidden.as_f32()?;
 
     let mut pooled = Vec::with_capacity(rows);
     for (row, sequence) in batch.enumerate() {
