@@ -11,6 +11,7 @@ pub mod error;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
+pub mod presence;
 pub mod scheduler;
 pub mod state;
 pub mod validate;
@@ -39,6 +40,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         .await
         .context("loading the signing key")?;
     Ok(AppState {
+        presence: presence::PresenceWriter::spawn(db.clone()),
         db,
         config: Arc::new(config),
         key: Arc::new(key),

@@ -95,4 +95,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Checks uploaded components against the Mesh world.
     pub validator: Arc<ComponentValidator>,
+    /// Writes heartbeats in batches.
+    pub presence: crate::presence::PresenceWriter,
 }

@@ -952,3 +952,74 @@ async fn expiry_and_credit_policy() {
         assert_eq!((balances, entries), (0, 0));
     }
 }
+
+#[tokio::test]
+async fn concurrent_heartbeats_keep_the_newest_and_refuse_replays() {
+    for store in stores() {
+        let plane = TestPlane::spawn(store).await;
+        let network = plane
+            .network(NetworkPolicy {
+                require_device_approval: false,
+                ..NetworkPolicy::default()
+            })
+            .await;
+        let mut device =
+            register_device(&plane.admin, &network.id, 21, embedding_capabilities()).await;
+        let signed: Vec<_> = (0..20)
+            .map(|i| {
+                device.heartbeat_payload(DeviceLoad {
+                    running: i,
+                    queued: 0,
+                    slots: 32,
+                })
+            })
+            .collect();
+        let newest = signed.last().unwrap().clone();
+        // Sent all at once, in reverse order: they meet in one batch or several.
+        let results = futures_join(signed.into_iter().rev().map(|s| {
+            let client = device.client.clone();
+            let id = device.id;
+            async move { client.heartbeat(&id, &s).await }
+        }))
+        .await;
+        assert!(results.iter().any(Result::is_ok));
+        for r in &results {
+            if let Err(e) = r {
+                assert_eq!(e.code(), Some("replayed_heartbeat"), "{e}");
+            }
+        }
+        // The newest is stored: sending it again is a replay; a newer one is accepted.
+        let replay = device.client.heartbeat(&device.id, &newest).await;
+        assert_eq!(
+            replay.as_ref().err().and_then(ClientError::code),
+            Some("replayed_heartbeat")
+        );
+        device
+            .heartbeat(DeviceLoad {
+                running: 0,
+                queued: 0,
+                slots: 32,
+            })
+            .await;
+        assert_eq!(
+            plane.admin.devices(&network.id).await.unwrap()[0]
+                .load
+                .running,
+            0
+        );
+    }
+}
+
+async fn futures_join<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}

@@ -464,21 +464,18 @@ pub async fn heartbeat(
             "heartbeat timestamp is too far from the server's clock",
         ));
     }
-    // One statement: the timestamp check (replay protection) and the update, returning the
-    // device's presence so no second query is needed.
-    let online: Option<i64> = sqlx::query_scalar(
-        "UPDATE devices SET online = CASE WHEN status = 'approved' THEN 1 ELSE 0 END, last_seen_at = $1, \
-         last_heartbeat_ms = $2, load_running = $3, load_queued = $4, load_slots = $5 \
-         WHERE id = $6 AND last_heartbeat_ms < $2 RETURNING online",
-    )
-    .bind(now)
-    .bind(sent)
-    .bind(i64::from(heartbeat.load.running))
-    .bind(i64::from(heartbeat.load.queued))
-    .bind(i64::from(heartbeat.load.slots))
-    .bind(caller.to_string())
-    .fetch_optional(&state.db.pool)
-    .await?;
+    // Written with concurrent heartbeats in one statement (group commit); the timestamp
+    // condition in it is the replay protection.
+    let online = state
+        .presence
+        .record(crate::presence::PresenceUpdate {
+            device: caller,
+            seen_at_ms: now,
+            sent_at_ms: sent,
+            load: heartbeat.load,
+        })
+        .await
+        .map_err(ApiError::internal)?;
     let Some(online) = online else {
         return Err(ApiError::conflict(
             "replayed_heartbeat",
@@ -488,7 +485,7 @@ pub async fn heartbeat(
     state.metrics.heartbeats.fetch_add(1, Ordering::Relaxed);
     Ok(Json(HeartbeatResponse {
         // The token resolved, so the device is pending or approved; only approved ones are online.
-        status: if online != 0 {
+        status: if online {
             DeviceStatus::Approved
         } else {
             DeviceStatus::Pending
