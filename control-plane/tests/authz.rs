@@ -232,18 +232,7 @@ async fn body(
     match (method, path) {
         ("post", "/v1/tokens") => json(serde_json::json!({"label": "x"})),
         ("post", "/v1/invites/accept") => {
-            let invite = f
-                .admin
-                .create_invite(
-                    &f.network.id,
-                    &CreateInviteRequest {
-                        kind: InviteKind::Person,
-                        role: None,
-                        expires_in_s: None,
-                    },
-                )
-                .await
-                .unwrap();
+            let invite = invite(f, InviteKind::Person).await;
             json(serde_json::json!({"code": invite.code, "name": "newcomer"}))
         }
         ("post", "/v1/networks") => json(serde_json::json!({"name": "another"})),
@@ -255,33 +244,11 @@ async fn body(
         }
         ("post", "/v1/networks/{network}/invites") => json(serde_json::json!({"kind": "person"})),
         ("post", "/v1/devices/challenge") => {
-            let invite = f
-                .admin
-                .create_invite(
-                    &f.network.id,
-                    &CreateInviteRequest {
-                        kind: InviteKind::Device,
-                        role: None,
-                        expires_in_s: None,
-                    },
-                )
-                .await
-                .unwrap();
+            let invite = invite(f, InviteKind::Device).await;
             json(serde_json::json!({"invite": invite.code}))
         }
         ("post", "/v1/devices/register") => {
-            let invite = f
-                .admin
-                .create_invite(
-                    &f.network.id,
-                    &CreateInviteRequest {
-                        kind: InviteKind::Device,
-                        role: None,
-                        expires_in_s: None,
-                    },
-                )
-                .await
-                .unwrap();
+            let invite = invite(f, InviteKind::Device).await;
             let challenge = plane.anonymous().challenge(&invite.code).await.unwrap();
             let mut seed = [0u8; 32];
             getrandom::fill(&mut seed).unwrap();
@@ -394,9 +361,9 @@ async fn every_route_enforces_its_authorization() {
             let (outsider_client, _) = plane.person(&outsider.id, Role::Admin, "outsider").await;
             let token = match *caller {
                 "none" => None,
-                "other-admin" => outsider_client_token(&outsider_client).await,
+                "other-admin" => fresh_token(&outsider_client).await,
                 "device" => Some(f.device.registered.token.clone()),
-                "member" => member_token(&f).await,
+                "member" => fresh_token(&f.member).await,
                 _ => Some(f.admin_token_secret.clone()),
             };
             let url = format!("{}{}", plane.server.url(), fill(path, &f));
@@ -425,19 +392,22 @@ async fn every_route_enforces_its_authorization() {
     );
 }
 
-async fn member_token(f: &Fixture) -> Option<String> {
-    let created = f
-        .member
-        .create_token(&CreateTokenRequest {
-            label: "walk".into(),
-            expires_in_s: None,
-        })
+async fn invite(f: &Fixture, kind: InviteKind) -> CreatedInvite {
+    f.admin
+        .create_invite(
+            &f.network.id,
+            &CreateInviteRequest {
+                kind,
+                role: None,
+                expires_in_s: None,
+            },
+        )
         .await
-        .unwrap();
-    Some(created.token)
+        .unwrap()
 }
 
-async fn outsider_client_token(client: &mesh_client::Client) -> Option<String> {
+/// A fresh token for the person behind `client`.
+async fn fresh_token(client: &mesh_client::Client) -> Option<String> {
     let created = client
         .create_token(&CreateTokenRequest {
             label: "walk".into(),
