@@ -21,25 +21,14 @@ echo "==> inference backends on this device"
 input=$(mktemp)
 trap 'rm -f "$input"' EXIT
 cat >"$input" <<'JSON'
-{"texts": ["Mesh pools your own devices to run AI jobs.",
-           "A private network of trusted computers shares inference work.",
-           "The cat sat on the mat."]}
+{"texts": ["A man is playing a guitar.",
+           "Someone is playing a musical instrument.",
+           "The stock market fell sharply today."]}
 JSON
 
 for backend in onnxruntime openvino tract; do
   if "$host" backends --json | python3 -c "import json,sys; sys.exit(0 if any(b['backend']=='$backend' and b['available'] for b in json.load(sys.stdin)) else 1)"; then
     echo "==> embedding 3 sentences with $backend"
-    "$host" exec "$component" --input "$input" --backend "$backend" | python3 -c '
-import json, sys
-doc = json.load(sys.stdin)
-e = doc["embeddings"]
-cos = lambda a, b: sum(x * y for x, y in zip(a, b))
-print(f"    {len(e)} embeddings of {len(e[0])} dimensions, {doc[\"tokens\"]} tokens")
-print(f"    cosine(sentence 1, sentence 2) = {cos(e[0], e[1]):.4f} (related)")
-print(f"    cosine(sentence 1, sentence 3) = {cos(e[0], e[2]):.4f} (unrelated)")
-r = doc["receipt"]
-print(f"    receipt: component {r[\"component\"][:19]}… model {r[\"models\"][0][\"hash\"][:19]}… output {r[\"output\"][:19]}…")
-print(f"    timings: instantiate {r[\"timings\"][\"instantiate_us\"]} us, run {r[\"timings\"][\"run_us\"]} us")
-'
+    "$host" exec "$component" --input "$input" --backend "$backend" | python3 scripts/show_embeddings.py
   fi
 done
