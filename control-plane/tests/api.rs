@@ -6,9 +6,7 @@ use common::*;
 use mesh_client::ClientError;
 use mesh_proto::api::*;
 use mesh_proto::device::{DeviceCert, DeviceLoad};
-use mesh_proto::{
-    Blake3Hash, ModelBinding, RunReceipt, RunTimings, SignDomain, Signed, SigningKey,
-};
+use mesh_proto::{Blake3Hash, RunReceipt, SignDomain, Signed, SigningKey};
 use reqwest::StatusCode;
 use std::time::Duration;
 
@@ -447,18 +445,7 @@ async fn network_with_device(
 }
 
 fn receipt(device: &TestDevice, job: &JobInfo, output: &[u8]) -> Signed<RunReceipt> {
-    let receipt = RunReceipt {
-        component: job.workload,
-        models: vec![ModelBinding {
-            name: "none".into(),
-            hash: Blake3Hash::of(b"model"),
-        }],
-        input: job.input,
-        output: Blake3Hash::of(output),
-        backend: "tract".into(),
-        timings: RunTimings::default(),
-    };
-    Signed::sign(&receipt, &device.key, SignDomain::Receipt, &device.network).unwrap()
+    signed_receipt(&device.key, &device.network, job, output)
 }
 
 #[tokio::test]

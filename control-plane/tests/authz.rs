@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use mesh_proto::api::*;
 use mesh_proto::device::{DeviceLoad, RegistrationProof};
-use mesh_proto::{Blake3Hash, RunReceipt, RunTimings, SignDomain, Signed, SigningKey};
+use mesh_proto::{Blake3Hash, SignDomain, SigningKey};
 use std::collections::BTreeSet;
 
 const CALLERS: [&str; 5] = ["none", "other-admin", "device", "member", "admin"];
@@ -285,16 +285,7 @@ async fn body(
             serde_json::json!({"workload": f.workload, "input": Blake3Hash::of(b"x"), "input_size": 1}),
         ),
         ("post", "/v1/jobs/{job}/complete") => {
-            let receipt = RunReceipt {
-                component: f.job.workload,
-                models: vec![],
-                input: f.job.input,
-                output: Blake3Hash::of(b"out"),
-                backend: "tract".into(),
-                timings: RunTimings::default(),
-            };
-            let signed =
-                Signed::sign(&receipt, &f.device.key, SignDomain::Receipt, &f.network.id).unwrap();
+            let signed = signed_receipt(&f.device.key, &f.network.id, &f.job, b"out");
             json(serde_json::json!({"receipt": signed}))
         }
         ("post", "/v1/jobs/{job}/fail") => {

@@ -144,21 +144,7 @@ async fn two_processes_share_one_postgres() {
             .with_token(Some(device.registered.token.clone()));
         let second_client =
             Client::new(&second.url(), Some(device.registered.token.clone())).unwrap();
-        let receipt = mesh_proto::RunReceipt {
-            component: job.workload,
-            models: vec![],
-            input: job.input,
-            output: Blake3Hash::of(b"o"),
-            backend: "tract".into(),
-            timings: Default::default(),
-        };
-        let signed = mesh_proto::Signed::sign(
-            &receipt,
-            &device.key,
-            mesh_proto::SignDomain::Receipt,
-            &network.id,
-        )
-        .unwrap();
+        let signed = signed_receipt(&device.key, &network.id, job, b"o");
         let request = CompleteJobRequest { receipt: signed };
         let (a, b) = tokio::join!(
             other_process.complete_job(&job.id, &request),

@@ -18,7 +18,6 @@ use mesh_proto::{Blake3Hash, ModelBinding, RunReceipt, RunTimings, WorkloadMetad
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable, WasmList};
@@ -295,13 +294,6 @@ pub struct Executor {
     prepared: Mutex<HashMap<Blake3Hash, Arc<Prepared>>>,
     loaded_models: Mutex<HashMap<Blake3Hash, Arc<dyn LoadedModel>>>,
     slots: Slots,
-    stop_ticker: Arc<AtomicBool>,
-}
-
-impl Drop for Executor {
-    fn drop(&mut self) {
-        self.stop_ticker.store(true, Ordering::Relaxed);
-    }
 }
 
 impl Executor {
@@ -330,8 +322,7 @@ impl Executor {
         let components = ComponentStore::open(&config.data_dir.join("components"))?;
         let compiled = CompiledCache::open(&config.data_dir.join("compiled"), fingerprint)?;
         let models = ModelStore::open(&config.model_dir)?;
-        let stop_ticker = Arc::new(AtomicBool::new(false));
-        start_epoch_ticker(&engine, stop_ticker.clone());
+        start_epoch_ticker(&engine);
         Ok(Executor {
             engine,
             linker,
@@ -347,7 +338,6 @@ impl Executor {
                 free: Mutex::new(limits.concurrent_instances.max(1)),
                 released: Condvar::new(),
             },
-            stop_ticker,
         })
     }
 
@@ -657,15 +647,16 @@ fn engine_fingerprint(engine: &Engine) -> String {
     format!("{:016x}", hasher.finish())
 }
 
-/// Advance the engine's epoch every [`EPOCH_TICK`] until `stop` is set.
-fn start_epoch_ticker(engine: &Engine, stop: Arc<AtomicBool>) {
-    let engine = engine.clone();
+/// Advance the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn start_epoch_ticker(engine: &Engine) {
+    let engine = engine.weak();
     std::thread::Builder::new()
         .name("mesh-epoch".into())
         .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
+            while let Some(engine) = engine.upgrade() {
                 engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
             }
         })
         .expect("spawn epoch thread");

@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use mesh_proto::api::{
     CompleteJobRequest, FailJobRequest, JobAssignment, JobInfo, JobState, Role, SubmitJobRequest,
 };
-use mesh_proto::{DeviceId, JobId, NetworkId, PersonId, PublicKey, RunReceipt, SignDomain};
+use mesh_proto::{DeviceId, JobId, NetworkId, RunReceipt, SignDomain};
 use sqlx::Row;
 
 fn job_id(text: &str) -> ApiResult<JobId> {
@@ -291,11 +291,10 @@ pub async fn complete(
     ApiJson(request): ApiJson<CompleteJobRequest>,
 ) -> ApiResult<Json<JobInfo>> {
     let (info, device) = executor_job(&state, &principal, &job).await?;
-    let key_text: String = sqlx::query_scalar("SELECT public_key FROM devices WHERE id = $1")
-        .bind(device.to_string())
-        .fetch_one(&state.db.pool)
-        .await?;
-    let key: PublicKey = parse(key_text)?;
+    // The device's key and owner came with its token (see `auth::resolve`).
+    let crate::auth::Principal::Device { key, owner, .. } = principal else {
+        return Err(ApiError::forbidden("this call is for devices"));
+    };
     let receipt: RunReceipt = request
         .receipt
         .verify(&key, SignDomain::Receipt, &info.network)
@@ -307,11 +306,6 @@ pub async fn complete(
             "the receipt does not match the job's workload and input",
         ));
     }
-    let owner: String = sqlx::query_scalar("SELECT owner_id FROM devices WHERE id = $1")
-        .bind(device.to_string())
-        .fetch_one(&state.db.pool)
-        .await?;
-    let owner: PersonId = parse(owner)?;
     let now = now_ms();
     let mut tx = state.db.pool.begin().await?;
     let updated = sqlx::query(

@@ -235,3 +235,24 @@ impl TestDevice {
         self.client.heartbeat(&self.id, &signed).await.unwrap()
     }
 }
+
+/// A receipt for `job` with `output`, signed by the executor's `key`.
+pub fn signed_receipt(
+    key: &SigningKey,
+    network: &NetworkId,
+    job: &JobInfo,
+    output: &[u8],
+) -> Signed<mesh_proto::RunReceipt> {
+    let receipt = mesh_proto::RunReceipt {
+        component: job.workload,
+        models: vec![mesh_proto::ModelBinding {
+            name: "none".into(),
+            hash: mesh_proto::Blake3Hash::of(b"model"),
+        }],
+        input: job.input,
+        output: mesh_proto::Blake3Hash::of(output),
+        backend: "tract".into(),
+        timings: mesh_proto::RunTimings::default(),
+    };
+    Signed::sign(&receipt, key, SignDomain::Receipt, network).unwrap()
+}
