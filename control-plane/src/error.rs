@@ -73,6 +73,11 @@ impl ApiError {
         )
     }
 
+    /// 404 with a specific code.
+    pub fn not_found_with(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
     /// 404 for a path no route serves (distinct from a missing resource).
     pub fn no_route() -> Self {
         Self::new(StatusCode::NOT_FOUND, "no_route", "no such API route")

@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod db;
 pub mod error;
+pub mod gateway;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
@@ -39,14 +40,19 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let key = keys::load_or_create(&db)
         .await
         .context("loading the signing key")?;
-    Ok(AppState {
+    let mut state = AppState {
         presence: presence::PresenceWriter::spawn(db.clone()),
         db,
         config: Arc::new(config),
         key: Arc::new(key),
         metrics: Arc::new(metrics::Metrics::default()),
         validator: Arc::new(validate::ComponentValidator::new()?),
-    })
+        gateway: None,
+    };
+    state.gateway = gateway::spawn(&state)
+        .await
+        .context("starting the gateway's libp2p node")?;
+    Ok(state)
 }
 
 /// A running control plane; stops when dropped.

@@ -44,6 +44,12 @@ enum Command {
         /// Write the bound address to this file once listening (for scripts and tests).
         #[arg(long)]
         addr_file: Option<PathBuf>,
+        /// Relay multiaddr handed to devices and used by the gateway (repeatable).
+        #[arg(long = "relay")]
+        relays: Vec<String>,
+        /// Secret relays present to fetch the allow-list.
+        #[arg(long, env = "MESH_RELAY_SECRET", hide_env_values = true)]
+        relay_secret: Option<String>,
     },
     /// Create the first person and print their API token once (non-interactive bootstrap).
     Init {
@@ -71,6 +77,8 @@ async fn main() -> Result<()> {
             listen,
             config,
             addr_file,
+            relays,
+            relay_secret,
         } => {
             let mut config: Config = match config {
                 Some(path) => {
@@ -81,6 +89,12 @@ async fn main() -> Result<()> {
                 None => Config::default(),
             };
             config.listen = listen;
+            if !relays.is_empty() {
+                config.relays = relays;
+            }
+            if relay_secret.is_some() {
+                config.relay_secret = relay_secret;
+            }
             config.data_dir = cli.data_dir;
             if cli.database_url.is_some() {
                 config.database_url = cli.database_url;

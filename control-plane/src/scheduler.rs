@@ -83,13 +83,29 @@ pub async fn candidates(
     Ok(out)
 }
 
-/// Sign a ticket letting `executor` run `job`.
-pub fn ticket(state: &AppState, job: &JobRow, executor: &DeviceId) -> ApiResult<Signed<JobTicket>> {
+/// The libp2p peer id of the control plane itself (its signing key is its libp2p identity),
+/// which presents the tickets of jobs it dispatches as gateway.
+pub fn gateway_peer(state: &AppState) -> String {
+    state.key.public_key().peer_id()
+}
+
+/// Sign a ticket letting `executor` (with libp2p peer id `executor_peer`) run `job`.
+pub fn ticket(
+    state: &AppState,
+    job: &JobRow,
+    executor: &DeviceId,
+    executor_peer: &str,
+) -> ApiResult<Signed<JobTicket>> {
     let ticket = JobTicket {
         job: job.id,
         network: job.network,
         requester: job.requester,
         executor: *executor,
+        executor_peer: executor_peer.to_string(),
+        requester_peer: job
+            .requester_peer
+            .clone()
+            .unwrap_or_else(|| gateway_peer(state)),
         workload: job.workload,
         input: job.input,
         price: job.price,
@@ -116,11 +132,18 @@ pub struct JobRow {
     pub price: i64,
     /// Attempts so far.
     pub attempts: i64,
+    /// The peer that may present the ticket (`None`: the control plane as gateway).
+    pub requester_peer: Option<String>,
+    /// Devices that already had a go, in order.
+    pub tried_devices: Vec<String>,
 }
 
 /// Read a job's scheduling fields.
 pub async fn job_row(state: &AppState, job: &JobId) -> ApiResult<JobRow> {
-    let row = sqlx::query("SELECT network_id, requester_id, workload_hash, input_hash, price, attempts FROM jobs WHERE id = $1")
+    let row = sqlx::query(
+        "SELECT network_id, requester_id, workload_hash, input_hash, price, attempts, requester_peer, tried_devices \
+         FROM jobs WHERE id = $1",
+    )
         .bind(job.to_string())
         .fetch_one(&state.db.pool)
         .await?;
@@ -132,6 +155,13 @@ pub async fn job_row(state: &AppState, job: &JobId) -> ApiResult<JobRow> {
         input: parse(row.try_get("input_hash")?)?,
         price: row.try_get("price")?,
         attempts: row.try_get("attempts")?,
+        requester_peer: row.try_get("requester_peer")?,
+        tried_devices: row
+            .try_get::<String, _>("tried_devices")?
+            .split(',')
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .collect(),
     })
 }
 
@@ -153,11 +183,11 @@ pub async fn try_assign(state: &AppState, job: &JobId) -> ApiResult<Option<(Devi
         }
         None => return Ok(None),
     };
-    let Some(candidate) = candidates(state, &row.network, &models)
-        .await?
-        .into_iter()
-        .next()
-    else {
+    // Devices that already had a go come last: a busy or unreachable device is retried only
+    // when nobody else can take the job.
+    let mut candidates = candidates(state, &row.network, &models).await?;
+    candidates.sort_by_key(|c| row.tried_devices.contains(&c.device.to_string()));
+    let Some(candidate) = candidates.into_iter().next() else {
         return Ok(None);
     };
     {
@@ -228,7 +258,8 @@ pub async fn requeue_or_fail(
         )
     } else {
         format!(
-            "UPDATE jobs SET state = 'queued', executor_id = NULL, error = $1, lease_expires_at = NULL, updated_at = $2 \
+            "UPDATE jobs SET state = 'queued', tried_devices = tried_devices || COALESCE(executor_id, '') || ',', \
+             executor_id = NULL, error = $1, lease_expires_at = NULL, updated_at = $2 \
              WHERE id = $3 AND state IN ('assigned', 'running') {executor_clause}"
         )
     };
@@ -242,6 +273,28 @@ pub async fn requeue_or_fail(
     };
     let changed = query.execute(&mut *tx).await?.rows_affected() == 1;
     if changed && give_up {
+        refund(&mut tx, &row).await?;
+    }
+    tx.commit().await?;
+    Ok(changed)
+}
+
+/// Fail a job still waiting in the queue and refund its reservation (the gateway gives up
+/// when no device can take it). Returns whether this call failed it.
+pub async fn fail_queued(state: &AppState, job: &JobId, reason: &str) -> ApiResult<bool> {
+    let row = job_row(state, job).await?;
+    let mut tx = state.db.pool.begin().await?;
+    let changed = sqlx::query(
+        "UPDATE jobs SET state = 'failed', error = $1, updated_at = $2 WHERE id = $3 AND state = 'queued'",
+    )
+    .bind(reason)
+    .bind(now_ms())
+    .bind(job.to_string())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if changed {
         refund(&mut tx, &row).await?;
     }
     tx.commit().await?;

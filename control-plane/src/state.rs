@@ -48,6 +48,16 @@ pub struct Config {
     /// Heartbeat timestamps may be at most this far from the server's clock (default 5 min).
     #[serde(with = "secs")]
     pub max_clock_skew: Duration,
+    /// Relay multiaddrs handed to devices (each ending in `/p2p/<relay peer id>`).
+    pub relays: Vec<String>,
+    /// Shared secret relays present (as a bearer token) to fetch the allow-list; unset
+    /// disables `/v1/relay/allow-list`. Env `MESH_RELAY_SECRET`.
+    pub relay_secret: Option<String>,
+    /// Address the gateway's libp2p swarm listens on (default `/ip4/127.0.0.1/udp/0/quic-v1`).
+    pub p2p_listen: Vec<String>,
+    /// How long the gateway waits for an executor's answer (default 130 s).
+    #[serde(with = "secs")]
+    pub gateway_timeout: Duration,
 }
 
 impl Default for Config {
@@ -64,6 +74,10 @@ impl Default for Config {
             max_job_attempts: 3,
             challenge_lifetime: Duration::from_secs(300),
             max_clock_skew: Duration::from_secs(300),
+            relays: Vec::new(),
+            relay_secret: None,
+            p2p_listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
+            gateway_timeout: Duration::from_secs(130),
         }
     }
 }
@@ -97,4 +111,6 @@ pub struct AppState {
     pub validator: Arc<ComponentValidator>,
     /// Writes heartbeats in batches.
     pub presence: crate::presence::PresenceWriter,
+    /// The gateway's libp2p node, when relays are configured.
+    pub gateway: Option<mesh_net::Node>,
 }

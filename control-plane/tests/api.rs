@@ -525,7 +525,7 @@ async fn jobs_are_assigned_run_and_settled_once() {
             .unwrap();
         assert_eq!(done.state, JobState::Done);
         assert_eq!(done.receipt.unwrap().output, Blake3Hash::of(b"out"));
-        // Completing twice does not pay twice.
+        // Reporting the same receipt again (the requester reports too) is a no-op: paid once.
         let twice = device
             .client
             .complete_job(
@@ -534,8 +534,20 @@ async fn jobs_are_assigned_run_and_settled_once() {
                     receipt: receipt(&device, &job, b"out"),
                 },
             )
+            .await
+            .unwrap();
+        assert_eq!(twice.state, JobState::Done);
+        // A different receipt for a settled job is a conflict.
+        let conflicting = device
+            .client
+            .complete_job(
+                &job.id,
+                &CompleteJobRequest {
+                    receipt: receipt(&device, &job, b"other output"),
+                },
+            )
             .await;
-        assert_eq!(status(twice), StatusCode::CONFLICT);
+        assert_eq!(status(conflicting), StatusCode::CONFLICT);
         let admin_id = plane.admin.me().await.unwrap().person.id;
         assert_eq!(
             plane

@@ -121,8 +121,30 @@ const EXPECTATIONS: &[(&str, &str, [u16; 5])] = &[
     (
         "post",
         "/v1/networks/{network}/jobs",
-        [401, 404, 403, 201, 201],
+        [401, 404, 201, 201, 201],
     ),
+    // Without relays the control plane has no gateway: members get 503, not a job.
+    (
+        "post",
+        "/v1/networks/{network}/jobs/run",
+        [401, 404, 403, 503, 503],
+    ),
+    // Only the requester (here the admin) may reassign or report a receipt.
+    (
+        "post",
+        "/v1/networks/{network}/jobs/{job}/reassign",
+        [401, 404, 403, 403, 200],
+    ),
+    (
+        "post",
+        "/v1/networks/{network}/jobs/{job}/receipt",
+        [401, 404, 403, 403, 200],
+    ),
+    // The network is the caller's only one: the outsider's has no such model (404), the
+    // admin belongs to many (400), the member's has no gateway (503).
+    ("post", "/v1/embeddings", [401, 404, 403, 503, 400]),
+    // No relay secret configured: the feed does not exist.
+    ("get", "/v1/relay/allow-list", [404, 404, 404, 404, 404]),
     (
         "get",
         "/v1/networks/{network}/jobs",
@@ -288,6 +310,17 @@ async fn body(
             let signed = signed_receipt(&f.device.key, &f.network.id, &f.job, b"out");
             json(serde_json::json!({"receipt": signed}))
         }
+        ("post", "/v1/networks/{network}/jobs/run") => {
+            json(serde_json::json!({"workload": f.workload, "input": {"texts": ["x"]}}))
+        }
+        ("post", "/v1/networks/{network}/jobs/{job}/reassign") => {
+            json(serde_json::json!({"reason": "busy", "retryable": true}))
+        }
+        ("post", "/v1/networks/{network}/jobs/{job}/receipt") => {
+            let signed = signed_receipt(&f.device.key, &f.network.id, &f.job, b"out");
+            json(serde_json::json!({"receipt": signed}))
+        }
+        ("post", "/v1/embeddings") => json(serde_json::json!({"model": "echo", "input": "hi"})),
         ("post", "/v1/jobs/{job}/fail") => {
             json(serde_json::json!({"reason": "walked", "retryable": true}))
         }

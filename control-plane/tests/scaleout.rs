@@ -144,11 +144,17 @@ async fn two_processes_share_one_postgres() {
             .with_token(Some(device.registered.token.clone()));
         let second_client =
             Client::new(&second.url(), Some(device.registered.token.clone())).unwrap();
-        let signed = signed_receipt(&device.key, &network.id, job, b"o");
-        let request = CompleteJobRequest { receipt: signed };
+        // Two different receipts race through the two processes: exactly one settles (the
+        // same receipt twice would be an idempotent no-op).
+        let first = CompleteJobRequest {
+            receipt: signed_receipt(&device.key, &network.id, job, b"o"),
+        };
+        let second = CompleteJobRequest {
+            receipt: signed_receipt(&device.key, &network.id, job, b"p"),
+        };
         let (a, b) = tokio::join!(
-            other_process.complete_job(&job.id, &request),
-            second_client.complete_job(&job.id, &request)
+            other_process.complete_job(&job.id, &first),
+            second_client.complete_job(&job.id, &second)
         );
         assert!(
             a.is_ok() != b.is_ok(),

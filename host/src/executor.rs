@@ -351,6 +351,16 @@ impl Executor {
         &self.limits
     }
 
+    /// Whether the component is in this host's store.
+    pub fn has_component(&self, hash: &Blake3Hash) -> bool {
+        self.components.contains(hash)
+    }
+
+    /// A stored component's bytes, verified against its hash.
+    pub fn component_bytes(&self, hash: &Blake3Hash) -> Result<Vec<u8>, ExecError> {
+        Ok(self.components.get(hash)?)
+    }
+
     /// Store a component and prepare it (validate, compile, bind models); returns its metadata.
     pub fn add_component(&self, bytes: &[u8]) -> Result<WorkloadMetadata, ExecError> {
         if bytes.len() > MAX_COMPONENT_BYTES {
@@ -589,6 +599,8 @@ impl Executor {
         let run_us = running.elapsed().as_micros() as u64;
 
         let receipt = RunReceipt {
+            job: None,
+            ticket: None,
             component: *component,
             models: prepared
                 .models

@@ -1,5 +1,7 @@
 //! `mesh-host`: the Mesh device agent.
 
+mod agent;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use mesh_host::backend::{self, BackendConfig, BackendKind};
@@ -68,6 +70,70 @@ enum Command {
         #[command(flatten)]
         backend: BackendArgs,
     },
+    /// Register this device in a network with a device invite and write its config.
+    Join {
+        /// The device invite code.
+        invite: String,
+        /// The control plane's URL.
+        #[arg(
+            long,
+            env = "MESH_CONTROL_PLANE",
+            default_value = "http://127.0.0.1:7420"
+        )]
+        control_plane: String,
+        /// Display name (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Config file to write (default: $XDG_CONFIG_HOME/mesh/host.toml).
+        #[arg(long, env = agent::config::CONFIG_ENV)]
+        config: Option<PathBuf>,
+        /// Replace an existing config.
+        #[arg(long)]
+        force: bool,
+        /// Address to listen on (repeatable; default QUIC and TCP on every interface).
+        #[arg(long)]
+        listen: Vec<String>,
+        /// Model variant to bind: fp32 or int8.
+        #[arg(long)]
+        model_variant: Option<String>,
+        /// Directory for components and compiled artifacts.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Directory of the model store.
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+        /// Jobs run at once (0: half the cores).
+        #[arg(long, default_value_t = 0)]
+        slots: usize,
+        /// Jobs that may wait before the device answers busy.
+        #[arg(long)]
+        queue_capacity: Option<usize>,
+        #[command(flatten)]
+        backend: BackendArgs,
+    },
+    /// Run the device agent: heartbeats, relay reservation, and jobs from peers.
+    Run {
+        /// Config file (default: $XDG_CONFIG_HOME/mesh/host.toml).
+        #[arg(long, env = agent::config::CONFIG_ENV)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        backend: BackendArgs,
+    },
+    /// Run one job on the mesh with this device as requester, and print the result as JSON.
+    Submit {
+        /// The workload's component hash (b3:…).
+        #[arg(long)]
+        workload: mesh_proto::Blake3Hash,
+        /// Input file (JSON); `-` reads standard input.
+        #[arg(long, short)]
+        input: PathBuf,
+        /// Retrying with the same key runs (and charges) the job once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Config file (default: $XDG_CONFIG_HOME/mesh/host.toml).
+        #[arg(long, env = agent::config::CONFIG_ENV)]
+        config: Option<PathBuf>,
+    },
     /// List the inference backends available on this device, and why others are not.
     Backends {
         /// Print JSON instead of a table.
@@ -134,6 +200,82 @@ fn run(cli: Cli) -> Result<()> {
             };
             print_stdout(&document)
         }
+        Command::Join {
+            invite,
+            control_plane,
+            name,
+            config,
+            force,
+            listen,
+            model_variant,
+            data_dir,
+            model_dir,
+            slots,
+            queue_capacity,
+            backend,
+        } => {
+            let options = agent::join::JoinOptions {
+                invite,
+                control_plane,
+                name: name.unwrap_or_else(host_name),
+                config_path: config.unwrap_or_else(agent::config::HostConfig::default_path),
+                force,
+                template: agent::join::Template {
+                    listen,
+                    backend: backend.backend.map(|b| b.name().to_string()),
+                    model_variant,
+                    data_dir,
+                    model_dir,
+                    slots,
+                    queue_capacity,
+                    threads: backend.threads,
+                },
+            };
+            runtime()?.block_on(agent::join::join(options, &backend.config()))?;
+            Ok(())
+        }
+        Command::Run { config, backend } => {
+            let path = config.unwrap_or_else(agent::config::HostConfig::default_path);
+            let config = agent::config::HostConfig::load(&path)?;
+            let kind = match (&backend.backend, &config.backend) {
+                (Some(kind), _) => Some(*kind),
+                (None, Some(name)) => Some(name.parse().map_err(|e| anyhow::anyhow!("{e}"))?),
+                (None, None) => None,
+            };
+            let mut backend_config = backend.config();
+            if backend_config.threads == 0 {
+                backend_config.threads = config.threads;
+            }
+            let executor = Executor::new(ExecutorConfig {
+                backend: kind,
+                backend_config,
+                model_variant: config.model_variant.clone(),
+                model_dir: config
+                    .model_dir
+                    .clone()
+                    .unwrap_or_else(ModelStore::default_dir),
+                data_dir: config.data_dir(),
+                ..ExecutorConfig::default()
+            })?;
+            runtime()?.block_on(agent::serve::run(config, executor, shutdown_signal()))
+        }
+        Command::Submit {
+            workload,
+            input,
+            idempotency_key,
+            config,
+        } => {
+            let path = config.unwrap_or_else(agent::config::HostConfig::default_path);
+            let config = agent::config::HostConfig::load(&path)?;
+            let input = read_input(&input, Limits::default().input_bytes)?;
+            let result = runtime()?.block_on(agent::submit::submit(
+                &config,
+                workload,
+                input,
+                idempotency_key,
+            ))?;
+            print_stdout(&serde_json::to_string(&result)?)
+        }
         Command::Backends { json, backend } => {
             let statuses = backend::probe(&backend.config());
             if json {
@@ -151,6 +293,38 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "device".into())
 }
 
 /// Print a line to stdout; a closed pipe (`| head`) is not an error.

@@ -71,7 +71,7 @@ pub async fn find_job(
     Ok(info)
 }
 
-async fn assignment(state: &AppState, job: &JobId) -> ApiResult<JobAssignment> {
+pub async fn assignment(state: &AppState, job: &JobId) -> ApiResult<JobAssignment> {
     let info = find_job(state, None, job).await?;
     let (ticket, executor_peer_id) = match (info.state, info.executor) {
         (JobState::Assigned | JobState::Running, Some(executor)) => {
@@ -80,7 +80,10 @@ async fn assignment(state: &AppState, job: &JobId) -> ApiResult<JobAssignment> {
                 .bind(executor.to_string())
                 .fetch_one(&state.db.pool)
                 .await?;
-            (Some(scheduler::ticket(state, &row, &executor)?), Some(peer))
+            (
+                Some(scheduler::ticket(state, &row, &executor, &peer)?),
+                Some(peer),
+            )
         }
         _ => (None, None),
     };
@@ -91,8 +94,10 @@ async fn assignment(state: &AppState, job: &JobId) -> ApiResult<JobAssignment> {
     })
 }
 
-/// Submit a job (member): reserves the network's job price from the caller's credits and
-/// assigns a device when one is available (otherwise the job waits in the queue).
+/// Submit a job (a member, or a device of the network on its owner's behalf): reserves the
+/// network's job price from the requester's credits and assigns a device when one is
+/// available (otherwise the job waits in the queue). The ticket may be presented only by the
+/// submitting device, or for a person's job by the control plane as gateway.
 #[utoipa::path(post, path = "/v1/networks/{network}/jobs", tag = "jobs", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id")),
     request_body = SubmitJobRequest,
@@ -106,8 +111,32 @@ pub async fn submit(
     ApiJson(request): ApiJson<SubmitJobRequest>,
 ) -> ApiResult<(StatusCode, Json<JobAssignment>)> {
     let network = network_id(&network)?;
-    require_role(&state, &principal, &network, Role::Member).await?;
-    let requester = principal.person()?;
+    let (requester, requester_peer) = match principal {
+        crate::auth::Principal::Device {
+            network: own,
+            owner,
+            key,
+            ..
+        } if own == network => (owner, Some(key.peer_id())),
+        crate::auth::Principal::Device { .. } => return Err(ApiError::not_found("network")),
+        crate::auth::Principal::Person { person, .. } => {
+            require_role(&state, &principal, &network, Role::Member).await?;
+            (person, None)
+        }
+    };
+    submit_job(&state, &network, requester, requester_peer, &request).await
+}
+
+/// Create (or find, by idempotency key) a job of `requester`, reserve its price and try to
+/// assign it. Shared by the REST submit and the gateway.
+pub async fn submit_job(
+    state: &AppState,
+    network: &NetworkId,
+    requester: mesh_proto::PersonId,
+    requester_peer: Option<String>,
+    request: &SubmitJobRequest,
+) -> ApiResult<(StatusCode, Json<JobAssignment>)> {
+    let (state, network) = (state.clone(), *network);
     let workload = find_workload(&state, &network, &request.workload).await?;
     if workload.yanked {
         return Err(ApiError::conflict("yanked", "this workload was yanked"));
@@ -141,7 +170,8 @@ pub async fn submit(
     let mut tx = state.db.pool.begin().await?;
     sqlx::query(
         "INSERT INTO jobs (id, network_id, requester_id, workload_hash, input_hash, input_size, price, state, \
-         idempotency_key, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $9)",
+         idempotency_key, requester_peer, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $10)",
     )
     .bind(job.to_string())
     .bind(network.to_string())
@@ -151,6 +181,7 @@ pub async fn submit(
     .bind(request.input_size as i64)
     .bind(price)
     .bind(&key)
+    .bind(requester_peer)
     .bind(now)
     .execute(&mut *tx)
     .await
@@ -179,6 +210,53 @@ pub async fn submit(
     tx.commit().await?;
     scheduler::try_assign(&state, &job).await?;
     Ok((StatusCode::CREATED, Json(assignment(&state, &job).await?)))
+}
+
+/// The requester reports that its executor refused the job as busy or could not be reached:
+/// the job goes back to the queue (that device is tried last) and, when another device can
+/// take it, comes back with a new ticket.
+#[utoipa::path(post, path = "/v1/networks/{network}/jobs/{job}/reassign", tag = "jobs", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id"), ("job" = String, Path, description = "Job id")),
+    request_body = FailJobRequest,
+    responses((status = 200, body = JobAssignment), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn reassign(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path((network, job)): Path<(String, String)>,
+    ApiJson(request): ApiJson<FailJobRequest>,
+) -> ApiResult<Json<JobAssignment>> {
+    let network = network_id(&network)?;
+    let job = job_id(&job)?;
+    let info = requester_job(&state, &principal, &network, &job).await?;
+    let reason: String = request.reason.chars().take(1000).collect();
+    reassign_job(&state, &info, &reason, request.retryable)
+        .await
+        .map(Json)
+}
+
+/// Requeue `info` away from its current executor (or fail it when it may not be retried)
+/// and try to assign it again.
+pub async fn reassign_job(
+    state: &AppState,
+    info: &JobInfo,
+    reason: &str,
+    retryable: bool,
+) -> ApiResult<JobAssignment> {
+    match (info.state, info.executor) {
+        (JobState::Assigned | JobState::Running, Some(executor)) => {
+            scheduler::requeue_or_fail(state, &info.id, Some(&executor), reason, retryable).await?;
+        }
+        (JobState::Queued, _) => {}
+        (other, _) => {
+            return Err(ApiError::conflict(
+                "wrong_state",
+                format!("job is {}", other.as_str()),
+            ));
+        }
+    }
+    scheduler::try_assign(state, &info.id).await?;
+    assignment(state, &info.id).await
 }
 
 /// Recent jobs of a network (at most 200, newest first).
@@ -217,7 +295,12 @@ pub async fn show(
     require_reader(&state, &principal, &network).await?;
     let job = job_id(&job)?;
     let info = find_job(&state, Some(&network), &job).await?;
-    let requester = matches!(principal, crate::auth::Principal::Person { person, .. } if person == info.requester);
+    let requester = match principal {
+        crate::auth::Principal::Person { person, .. } => person == info.requester,
+        crate::auth::Principal::Device { key, .. } => {
+            job_row(&state, &job).await?.requester_peer == Some(key.peer_id())
+        }
+    };
     if requester {
         return Ok(Json(assignment(&state, &job).await?));
     }
@@ -291,8 +374,8 @@ pub async fn complete(
     ApiJson(request): ApiJson<CompleteJobRequest>,
 ) -> ApiResult<Json<JobInfo>> {
     let (info, device) = executor_job(&state, &principal, &job).await?;
-    // The device's key and owner came with its token (see `auth::resolve`).
-    let crate::auth::Principal::Device { key, owner, .. } = principal else {
+    // The device's key came with its token (see `auth::resolve`).
+    let crate::auth::Principal::Device { key, .. } = principal else {
         return Err(ApiError::forbidden("this call is for devices"));
     };
     let receipt: RunReceipt = request
@@ -301,28 +384,145 @@ pub async fn complete(
         .map_err(|_| {
             ApiError::new_unauthenticated("bad_signature", "the receipt signature does not verify")
         })?;
+    settle_receipt(&state, &info, &device, &receipt)
+        .await
+        .map(Json)
+}
+
+/// The requester reports the receipt its executor returned (signed by that executor); the
+/// job settles exactly as if the executor had reported it, once.
+#[utoipa::path(post, path = "/v1/networks/{network}/jobs/{job}/receipt", tag = "jobs", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id"), ("job" = String, Path, description = "Job id")),
+    request_body = CompleteJobRequest,
+    responses((status = 200, body = JobInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn report_receipt(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path((network, job)): Path<(String, String)>,
+    ApiJson(request): ApiJson<CompleteJobRequest>,
+) -> ApiResult<Json<JobInfo>> {
+    let network = network_id(&network)?;
+    let job = job_id(&job)?;
+    let info = requester_job(&state, &principal, &network, &job).await?;
+    let executor = info
+        .executor
+        .ok_or_else(|| ApiError::conflict("wrong_state", "the job has no executor"))?;
+    let key: mesh_proto::PublicKey = parse(
+        sqlx::query_scalar::<_, String>("SELECT public_key FROM devices WHERE id = $1")
+            .bind(executor.to_string())
+            .fetch_one(&state.db.pool)
+            .await?,
+    )?;
+    let receipt: RunReceipt = request
+        .receipt
+        .verify(&key, SignDomain::Receipt, &info.network)
+        .map_err(|_| {
+            ApiError::new_unauthenticated(
+                "bad_signature",
+                "the receipt is not signed by the job's executor",
+            )
+        })?;
+    settle_receipt(&state, &info, &executor, &receipt)
+        .await
+        .map(Json)
+}
+
+/// The job `job` of `network` as its requester sees it: the requesting person, or the
+/// device whose peer may present its ticket.
+async fn requester_job(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    network: &NetworkId,
+    job: &JobId,
+) -> ApiResult<JobInfo> {
+    match *principal {
+        crate::auth::Principal::Device {
+            network: own, key, ..
+        } if own == *network => {
+            let info = find_job(state, Some(network), job).await?;
+            if job_row(state, job).await?.requester_peer != Some(key.peer_id()) {
+                return Err(ApiError::forbidden(
+                    "only the requesting device may do this",
+                ));
+            }
+            Ok(info)
+        }
+        crate::auth::Principal::Device { .. } => Err(ApiError::not_found("network")),
+        crate::auth::Principal::Person { person, .. } => {
+            require_reader(state, principal, network).await?;
+            let info = find_job(state, Some(network), job).await?;
+            if info.requester != person {
+                return Err(ApiError::forbidden("only the requester may do this"));
+            }
+            Ok(info)
+        }
+    }
+}
+
+/// Settle `info` with a receipt already verified as `executor`'s: mark it done and pay the
+/// executor's owner from the reservation. Reporting the same receipt again (executor and
+/// requester both report) is a no-op; a different receipt for a settled job is a conflict
+/// and goes to the audit log.
+pub async fn settle_receipt(
+    state: &AppState,
+    info: &JobInfo,
+    executor: &DeviceId,
+    receipt: &RunReceipt,
+) -> ApiResult<JobInfo> {
+    if receipt.job != Some(info.id) {
+        return Err(ApiError::bad_request("the receipt is for another job"));
+    }
     if receipt.component != info.workload || receipt.input != info.input {
         return Err(ApiError::bad_request(
             "the receipt does not match the job's workload and input",
         ));
     }
+    let owner: mesh_proto::PersonId = parse(
+        sqlx::query_scalar::<_, String>("SELECT owner_id FROM devices WHERE id = $1")
+            .bind(executor.to_string())
+            .fetch_one(&state.db.pool)
+            .await?,
+    )?;
+    let stored = serde_json::to_string(receipt).map_err(ApiError::internal)?;
     let now = now_ms();
     let mut tx = state.db.pool.begin().await?;
     let updated = sqlx::query(
         "UPDATE jobs SET state = 'done', receipt = $1, lease_expires_at = NULL, error = NULL, updated_at = $2 \
          WHERE id = $3 AND executor_id = $4 AND state IN ('assigned', 'running')",
     )
-    .bind(serde_json::to_string(&receipt).map_err(ApiError::internal)?)
+    .bind(&stored)
     .bind(now)
     .bind(info.id.to_string())
-    .bind(device.to_string())
+    .bind(executor.to_string())
     .execute(&mut *tx)
     .await?
     .rows_affected();
     if updated != 1 {
+        drop(tx);
+        let current = find_job(state, None, &info.id).await?;
+        if current.state == JobState::Done && current.executor == Some(*executor) {
+            if current.receipt.as_ref() == Some(receipt) {
+                return Ok(current);
+            }
+            let mut tx = state.db.pool.begin().await?;
+            crate::api::audit(
+                &mut tx,
+                Some(&info.network),
+                &executor.to_string(),
+                "conflicting_receipt",
+                &format!("job {}: a second, different receipt was reported", info.id),
+            )
+            .await?;
+            tx.commit().await?;
+            return Err(ApiError::conflict(
+                "conflicting_receipt",
+                "the job settled with a different receipt",
+            ));
+        }
         return Err(ApiError::conflict(
             "wrong_state",
-            format!("job is {}", info.state.as_str()),
+            format!("job is {}", current.state.as_str()),
         ));
     }
     if info.price > 0 {
@@ -332,7 +532,7 @@ pub async fn complete(
                 network: info.network,
                 idempotency_key: &format!("job:{}:settle", info.id),
                 kind: "job_settle",
-                memo: &format!("ran on {device}"),
+                memo: &format!("ran on {executor}"),
                 job: Some(info.id),
                 from: Account::Escrow,
                 to: Account::Person(owner),
@@ -342,7 +542,7 @@ pub async fn complete(
         .await?;
     }
     tx.commit().await?;
-    Ok(Json(find_job(&state, None, &info.id).await?))
+    find_job(state, None, &info.id).await
 }
 
 /// The executor reports failure: the job is requeued (retryable, attempts left) or fails and

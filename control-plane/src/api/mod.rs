@@ -3,9 +3,11 @@
 
 pub mod credits;
 pub mod devices;
+pub mod gateway;
 pub mod jobs;
 pub mod networks;
 pub mod people;
+pub mod relay;
 pub mod system;
 pub mod workloads;
 
@@ -51,6 +53,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi))
         .routes(routes!(system::control_plane_key))
+        .routes(routes!(relay::allow_list))
         .routes(routes!(people::me))
         .routes(routes!(people::create_token, people::list_tokens))
         .routes(routes!(people::revoke_token))
@@ -76,6 +79,10 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(credits::grant))
         .routes(routes!(jobs::submit, jobs::list))
         .routes(routes!(jobs::show))
+        .routes(routes!(jobs::reassign))
+        .routes(routes!(jobs::report_receipt))
+        .routes(routes!(gateway::run))
+        .routes(routes!(gateway::embeddings))
         .routes(routes!(jobs::start))
         .routes(routes!(jobs::complete))
         .routes(routes!(jobs::fail))

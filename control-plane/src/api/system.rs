@@ -49,5 +49,7 @@ pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
 pub async fn control_plane_key(State(state): State<AppState>) -> Json<ControlPlaneKey> {
     Json(ControlPlaneKey {
         public_key: state.key.public_key(),
+        peer_id: crate::scheduler::gateway_peer(&state),
+        relays: state.config.relays.clone(),
     })
 }

@@ -147,16 +147,21 @@ pub async fn list(
 ) -> ApiResult<Json<Vec<WorkloadInfo>>> {
     let network = network_id(&network)?;
     require_reader(&state, &principal, &network).await?;
+    all_workloads(&state, &network).await.map(Json)
+}
+
+/// Every workload of `network`, by name then publication time.
+pub async fn all_workloads(
+    state: &AppState,
+    network: &mesh_proto::NetworkId,
+) -> ApiResult<Vec<WorkloadInfo>> {
     let rows = sqlx::query(&format!(
         "SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE network_id = $1 ORDER BY name, published_at"
     ))
     .bind(network.to_string())
     .fetch_all(&state.db.pool)
     .await?;
-    rows.iter()
-        .map(workload_from_row)
-        .collect::<ApiResult<Vec<_>>>()
-        .map(Json)
+    rows.iter().map(workload_from_row).collect()
 }
 
 /// One workload.

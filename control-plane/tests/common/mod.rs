@@ -244,6 +244,8 @@ pub fn signed_receipt(
     output: &[u8],
 ) -> Signed<mesh_proto::RunReceipt> {
     let receipt = mesh_proto::RunReceipt {
+        job: Some(job.id),
+        ticket: None,
         component: job.workload,
         models: vec![mesh_proto::ModelBinding {
             name: "none".into(),

@@ -471,4 +471,49 @@ impl Client {
     pub async fn fail_job(&self, job: &JobId, request: &FailJobRequest) -> Result<JobInfo> {
         self.post(&format!("/v1/jobs/{job}/fail"), request).await
     }
+
+    /// `POST /v1/networks/{network}/jobs/{job}/reassign` (as the requester).
+    pub async fn reassign_job(
+        &self,
+        network: &NetworkId,
+        job: &JobId,
+        request: &FailJobRequest,
+    ) -> Result<JobAssignment> {
+        self.post(
+            &format!("/v1/networks/{network}/jobs/{job}/reassign"),
+            request,
+        )
+        .await
+    }
+
+    /// `POST /v1/networks/{network}/jobs/{job}/receipt` (as the requester).
+    pub async fn report_receipt(
+        &self,
+        network: &NetworkId,
+        job: &JobId,
+        request: &CompleteJobRequest,
+    ) -> Result<JobInfo> {
+        self.post(
+            &format!("/v1/networks/{network}/jobs/{job}/receipt"),
+            request,
+        )
+        .await
+    }
+
+    /// `POST /v1/networks/{network}/jobs/run`: run a job through the gateway and wait.
+    pub async fn run_job(
+        &self,
+        network: &NetworkId,
+        request: &mesh_proto::api::RunJobRequest,
+    ) -> Result<mesh_proto::api::RunJobResponse> {
+        self.post(&format!("/v1/networks/{network}/jobs/run"), request)
+            .await
+    }
+
+    // --- relays ---
+
+    /// `GET /v1/relay/allow-list` (as a relay: the client's token is the relay secret).
+    pub async fn relay_allow_list(&self) -> Result<mesh_proto::api::RelayAllowList> {
+        self.get("/v1/relay/allow-list").await
+    }
 }

@@ -413,6 +413,26 @@ pub struct ControlPlaneKey {
     /// The key.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub public_key: PublicKey,
+    /// The control plane's libp2p peer id (derived from the key), which presents the tickets
+    /// of jobs it dispatches as gateway.
+    #[serde(default)]
+    pub peer_id: String,
+    /// Relay multiaddrs devices should reserve a slot on (ending in `/p2p/<relay peer id>`).
+    #[serde(default)]
+    pub relays: Vec<String>,
+}
+
+/// What relays poll to learn whom to serve: a fresh certificate of every approved device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RelayAllowList {
+    /// When the list was made, milliseconds since the Unix epoch.
+    pub issued_at_ms: i64,
+    /// The control plane's libp2p peer id (the gateway), always allowed.
+    pub gateway_peer: String,
+    /// One certificate per approved device, each signed for its network.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
+    pub certificates: Vec<Signed<DeviceCert>>,
 }
 
 /// A published workload.
@@ -616,6 +636,11 @@ pub struct JobTicket {
     pub requester: PersonId,
     /// The only device that may run it.
     pub executor: DeviceId,
+    /// The executor's libp2p peer id.
+    pub executor_peer: String,
+    /// The libp2p peer id that may present the ticket: the requesting device, or the
+    /// control plane when it acts as gateway.
+    pub requester_peer: String,
     /// The component.
     pub workload: Blake3Hash,
     /// The input's hash.
@@ -657,6 +682,45 @@ pub struct FailJobRequest {
     /// Whether another device could succeed (the job is requeued) or not (it fails).
     #[serde(default)]
     pub retryable: bool,
+}
+
+/// Run a job through the control plane as gateway: it schedules the job, sends it to the
+/// executor over libp2p and answers with the result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RunJobRequest {
+    /// The workload's component hash.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub workload: Blake3Hash,
+    /// The input document (sent to the workload as JSON).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub input: serde_json::Value,
+    /// Retrying with the same key finds the same job (and charges once).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// The result of a job run through the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RunJobResponse {
+    /// The job, settled.
+    pub job: JobInfo,
+    /// The output document, as JSON.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub output: serde_json::Value,
+    /// The executor's receipt (checked by the gateway).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub receipt: RunReceipt,
+    /// The device that ran it.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub executor: DeviceId,
+    /// Its libp2p peer id.
+    pub executor_peer: String,
+    /// Whether the answer came over a relay circuit (false: a direct connection).
+    pub relayed: bool,
+    /// Executors tried.
+    pub attempts: u32,
 }
 
 /// The answer to `GET /healthz`.

@@ -12,6 +12,7 @@ pub mod document;
 mod hash;
 pub mod identity;
 mod ids;
+pub mod p2p;
 pub mod receipt;
 pub mod signed;
 pub mod workload;
@@ -28,5 +29,5 @@ pub use workload::WorkloadMetadata;
 ///
 /// History:
 /// - 1 (2026-11-21): run receipts, workload metadata, comparison rules, device certificates,
-///   heartbeats, job tickets, REST bodies.
+///   heartbeats, job tickets, REST bodies, `/mesh/job/1` and `/mesh/blob/1`.
 pub const PROTOCOL_VERSION: u32 = 1;

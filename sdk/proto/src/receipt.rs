@@ -1,6 +1,6 @@
 //! The record of one run: what ran, on what, and what came out.
 
-use crate::Blake3Hash;
+use crate::{Blake3Hash, JobId};
 use serde::{Deserialize, Serialize};
 
 /// A model the run had bound under a name, pinned by content hash.
@@ -31,6 +31,12 @@ pub struct RunTimings {
 /// compares by tolerance), `backend` and `timings`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReceipt {
+    /// The job this run was for (absent for local runs, e.g. `mesh-host exec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobId>,
+    /// BLAKE3 of the signed ticket that authorised the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<Blake3Hash>,
     /// BLAKE3 of the component.
     pub component: Blake3Hash,
     /// Models bound for the run.

@@ -1,0 +1,240 @@
+//! Jobs for clients that are not devices: `POST /v1/networks/{network}/jobs/run` runs any
+//! workload and waits for its result; `POST /v1/embeddings` is OpenAI-compatible, so
+//! existing client libraries work against a private mesh unchanged.
+
+use crate::api::networks::network_id;
+use crate::auth::{Auth, parse, require_role};
+use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use base64::Engine as _;
+use mesh_proto::api::{Role, RunJobRequest, RunJobResponse, WorkloadInfo};
+use mesh_proto::{NetworkId, PersonId};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Run a job through the control plane (member): it is scheduled, sent to the executor over
+/// libp2p, and the checked result comes back in the response.
+#[utoipa::path(post, path = "/v1/networks/{network}/jobs/run", tag = "jobs", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id")),
+    request_body = RunJobRequest,
+    responses((status = 200, body = RunJobResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 402, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn run(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(network): Path<String>,
+    ApiJson(request): ApiJson<RunJobRequest>,
+) -> ApiResult<Json<RunJobResponse>> {
+    let network = network_id(&network)?;
+    require_role(&state, &principal, &network, Role::Member).await?;
+    let person = principal.person()?;
+    let input = serde_json::to_vec(&request.input).map_err(ApiError::internal)?;
+    crate::gateway::run_job(
+        &state,
+        &network,
+        person,
+        request.workload,
+        input,
+        request.idempotency_key,
+    )
+    .await
+    .map(Json)
+}
+
+/// Text to embed: one string or several.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    /// One text.
+    One(String),
+    /// Several texts.
+    Many(Vec<String>),
+}
+
+/// An OpenAI embeddings request.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct EmbeddingsRequest {
+    /// Model name: `all-MiniLM-L6-v2` (also with the `sentence-transformers/` prefix) or a
+    /// workload name of the network.
+    pub model: String,
+    /// The text(s).
+    pub input: EmbeddingInput,
+    /// `float` (default) or `base64` (little-endian f32).
+    #[serde(default)]
+    pub encoding_format: Option<String>,
+    /// Ignored (accepted for compatibility).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// One embedding.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EmbeddingData {
+    /// Always `embedding`.
+    pub object: &'static str,
+    /// Position in the input.
+    pub index: usize,
+    /// The vector (floats, or base64 of little-endian f32).
+    #[schema(value_type = Object)]
+    pub embedding: serde_json::Value,
+}
+
+/// Token counts.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EmbeddingUsage {
+    /// Tokens in the input.
+    pub prompt_tokens: u64,
+    /// Same as `prompt_tokens`.
+    pub total_tokens: u64,
+}
+
+/// An OpenAI embeddings response.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EmbeddingsResponse {
+    /// Always `list`.
+    pub object: &'static str,
+    /// One entry per input text.
+    pub data: Vec<EmbeddingData>,
+    /// The model as requested.
+    pub model: String,
+    /// Token counts.
+    pub usage: EmbeddingUsage,
+}
+
+/// Header naming the network when the caller belongs to several.
+pub const NETWORK_HEADER: &str = "mesh-network";
+
+async fn caller_network(
+    state: &AppState,
+    headers: &HeaderMap,
+    person: &PersonId,
+) -> ApiResult<NetworkId> {
+    if let Some(value) = headers.get(NETWORK_HEADER) {
+        let text = value
+            .to_str()
+            .map_err(|_| ApiError::bad_request("the Mesh-Network header is not text"))?;
+        return network_id(text);
+    }
+    let networks: Vec<String> = sqlx::query_scalar(
+        "SELECT network_id FROM memberships WHERE person_id = $1 ORDER BY created_at",
+    )
+    .bind(person.to_string())
+    .fetch_all(&state.db.pool)
+    .await?;
+    match networks.as_slice() {
+        [one] => parse(one.clone()),
+        [] => Err(ApiError::not_found("network")),
+        _ => Err(ApiError::bad_request(
+            "you belong to several networks: name one in the Mesh-Network header",
+        )),
+    }
+}
+
+/// The newest live workload of `network` serving `model`.
+async fn workload_for_model(
+    state: &AppState,
+    network: &NetworkId,
+    model: &str,
+) -> ApiResult<WorkloadInfo> {
+    let wanted = model
+        .trim()
+        .trim_start_matches("sentence-transformers/")
+        .to_ascii_lowercase();
+    let mut candidates: Vec<WorkloadInfo> = crate::api::workloads::all_workloads(state, network)
+        .await?
+        .into_iter()
+        .filter(|w| !w.yanked)
+        .filter(|w| {
+            w.name.eq_ignore_ascii_case(&wanted)
+                || w.models.iter().any(|m| m.eq_ignore_ascii_case(&wanted))
+        })
+        .collect();
+    candidates.sort_by_key(|w| std::cmp::Reverse(w.published_at_ms));
+    candidates.into_iter().next().ok_or_else(|| {
+        ApiError::not_found_with(
+            "model_not_found",
+            format!("no workload of this network serves model {model:?}"),
+        )
+    })
+}
+
+/// OpenAI-compatible embeddings (member). The network is the caller's only one, or the one
+/// named by the `Mesh-Network` header.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "openai", security(("bearer" = [])),
+    request_body = EmbeddingsRequest,
+    responses((status = 200, body = EmbeddingsResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 402, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn embeddings(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<EmbeddingsRequest>,
+) -> ApiResult<Json<EmbeddingsResponse>> {
+    let person = principal.person()?;
+    let network = caller_network(&state, &headers, &person).await?;
+    require_role(&state, &principal, &network, Role::Member).await?;
+    let texts = match request.input {
+        EmbeddingInput::One(text) => vec![text],
+        EmbeddingInput::Many(texts) => texts,
+    };
+    if texts.is_empty() || texts.len() > 2048 {
+        return Err(ApiError::bad_request("input must hold 1 to 2048 texts"));
+    }
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "encoding_format must be float or base64, not {other:?}"
+            )));
+        }
+    };
+    let workload = workload_for_model(&state, &network, &request.model).await?;
+    let input =
+        serde_json::to_vec(&serde_json::json!({ "texts": texts })).map_err(ApiError::internal)?;
+    let result =
+        crate::gateway::run_job(&state, &network, person, workload.hash, input, None).await?;
+    let vectors = result.output["embeddings"]
+        .as_array()
+        .filter(|v| v.len() == texts.len())
+        .ok_or_else(|| {
+            ApiError::internal("the workload's output has no embeddings for every input")
+        })?;
+    let data = vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = if base64 {
+                let floats: Vec<u8> = vector
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|x| (x.as_f64().unwrap_or(0.0) as f32).to_le_bytes())
+                    .collect();
+                serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(floats))
+            } else {
+                vector.clone()
+            };
+            EmbeddingData {
+                object: "embedding",
+                index,
+                embedding,
+            }
+        })
+        .collect();
+    let tokens = result.output["tokens"].as_u64().unwrap_or(0);
+    Ok(Json(EmbeddingsResponse {
+        object: "list",
+        data,
+        model: request.model,
+        usage: EmbeddingUsage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    }))
+}

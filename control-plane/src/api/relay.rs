@@ -1,0 +1,64 @@
+//! The relay feed: relays poll a fresh certificate of every approved device and serve only
+//! those peers (they check each certificate's signature themselves).
+
+use crate::api::devices::issue_certificate;
+use crate::auth::parse;
+use crate::db::now_ms;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use mesh_proto::api::RelayAllowList;
+use sqlx::Row;
+
+/// Whether `headers` carry `Authorization: Bearer <secret>`, compared in constant time.
+fn has_secret(headers: &HeaderMap, secret: &str) -> bool {
+    let Some(presented) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    // Compare hashes so timing reveals nothing about the secret.
+    blake3::hash(presented.as_bytes()) == blake3::hash(secret.as_bytes())
+}
+
+/// Certificates of every approved device (relays only, by the configured relay secret).
+#[utoipa::path(get, path = "/v1/relay/allow-list", tag = "relay", security(("bearer" = [])),
+    responses((status = 200, body = RelayAllowList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn allow_list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<RelayAllowList>> {
+    let Some(secret) = state.config.relay_secret.as_deref() else {
+        return Err(ApiError::no_route());
+    };
+    if !has_secret(&headers, secret) {
+        return Err(ApiError::new_unauthenticated(
+            "unauthenticated",
+            "relays authenticate with the relay secret",
+        ));
+    }
+    let rows = sqlx::query(
+        "SELECT id, network_id, owner_id, public_key FROM devices WHERE status = 'approved' ORDER BY id",
+    )
+    .fetch_all(&state.db.pool)
+    .await?;
+    let mut certificates = Vec::with_capacity(rows.len());
+    for row in rows {
+        certificates.push(issue_certificate(
+            &state,
+            &parse(row.try_get("id")?)?,
+            &parse(row.try_get("network_id")?)?,
+            &parse(row.try_get("owner_id")?)?,
+            &parse(row.try_get("public_key")?)?,
+        )?);
+    }
+    Ok(Json(RelayAllowList {
+        issued_at_ms: now_ms(),
+        gateway_peer: crate::scheduler::gateway_peer(&state),
+        certificates,
+    }))
+}

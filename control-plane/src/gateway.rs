@@ -1,0 +1,234 @@
+//! The gateway: clients that are not devices (REST, the CLI, OpenAI client libraries) run
+//! jobs through the control plane, which schedules them and sends them to the executor over
+//! libp2p like any requester, through the relays. The control plane's signing key is its
+//! libp2p identity, so executors recognise the tickets it presents; executors fetch
+//! components from it over `/mesh/blob/1`.
+
+use crate::api::jobs::{self, assignment, find_job, settle_receipt, submit_job};
+use crate::error::{ApiError, ApiResult};
+use crate::scheduler;
+use crate::state::AppState;
+use mesh_net::dispatch::{self, Assignment, DispatchError};
+use mesh_net::{Inbound, Node, NodeConfig};
+use mesh_proto::api::{JobAssignment, JobState, RunJobResponse, SubmitJobRequest};
+use mesh_proto::p2p::{BlobRequest, BlobResponse, JobRefusal, JobResponse};
+use mesh_proto::{Blake3Hash, JobId, NetworkId, PersonId};
+use std::time::Duration;
+
+/// How long a job may wait in the queue for a device before the gateway gives up.
+const QUEUE_WAIT: Duration = Duration::from_secs(15);
+/// Executors a gateway job is offered to at most.
+const MAX_ATTEMPTS: u32 = 4;
+
+/// Start the gateway's libp2p node (when relays are configured) and serve blob requests.
+pub async fn spawn(state: &AppState) -> anyhow::Result<Option<Node>> {
+    if state.config.relays.is_empty() {
+        return Ok(None);
+    }
+    let config = NodeConfig {
+        listen: state
+            .config
+            .p2p_listen
+            .iter()
+            .map(|a| a.parse())
+            .collect::<Result<_, _>>()?,
+        relays: state
+            .config
+            .relays
+            .iter()
+            .map(|a| a.parse())
+            .collect::<Result<_, _>>()?,
+        reserve: false,
+        job_timeout: state.config.gateway_timeout,
+        ..NodeConfig::default()
+    };
+    let (node, inbound) = Node::spawn(&state.key, config).await?;
+    tracing::info!(peer = %node.peer_id(), "gateway node started");
+    tokio::spawn(serve_inbound(state.clone(), inbound));
+    Ok(Some(node))
+}
+
+async fn serve_inbound(state: AppState, mut inbound: tokio::sync::mpsc::Receiver<Inbound>) {
+    while let Some(request) = inbound.recv().await {
+        match request {
+            Inbound::Job { reply, .. } => {
+                let _ = reply.send(JobResponse::Refused(JobRefusal::NotAuthorized(
+                    "the control plane runs no jobs".into(),
+                )));
+            }
+            Inbound::Blob {
+                peer,
+                request,
+                reply,
+            } => {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let answer = serve_blob(&state, &peer, &request).await;
+                    let _ = reply.send(answer);
+                });
+            }
+        }
+    }
+}
+
+/// A piece of a component, for the executor a ticket of ours names.
+async fn serve_blob(
+    state: &AppState,
+    peer: &mesh_net::PeerId,
+    request: &BlobRequest,
+) -> BlobResponse {
+    let claims = match request.ticket.peek() {
+        Ok(c) => c,
+        Err(_) => return BlobResponse::Refused("unreadable ticket".into()),
+    };
+    let ticket = match mesh_net::verify::job_ticket(
+        &request.ticket,
+        &state.key.public_key(),
+        &claims.network,
+        peer,
+        &claims.requester_peer.parse().unwrap_or(*peer),
+        mesh_net::verify::now_ms(),
+    ) {
+        Ok(t) => t,
+        Err(e) => return BlobResponse::Refused(format!("invalid ticket: {e}")),
+    };
+    if ticket.workload != request.hash {
+        return BlobResponse::Refused("the ticket does not cover this blob".into());
+    }
+    let bytes: Option<Vec<u8>> =
+        match sqlx::query_scalar("SELECT bytes FROM components WHERE hash = $1")
+            .bind(request.hash.to_string())
+            .fetch_optional(&state.db.pool)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => return BlobResponse::Refused(format!("storage error: {e}")),
+        };
+    let Some(bytes) = bytes else {
+        return BlobResponse::NotFound;
+    };
+    mesh_net::blob_chunk(&bytes, request.offset, request.length)
+}
+
+/// Wait until the job has a ticket (or is no longer queued), up to [`QUEUE_WAIT`].
+async fn wait_for_ticket(state: &AppState, job: &JobId) -> ApiResult<JobAssignment> {
+    let deadline = tokio::time::Instant::now() + QUEUE_WAIT;
+    loop {
+        let current = assignment(state, job).await?;
+        if current.ticket.is_some() || current.job.state != JobState::Queued {
+            return Ok(current);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(current);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        scheduler::try_assign(state, job).await?;
+    }
+}
+
+fn to_dispatch(a: &JobAssignment) -> Option<Assignment> {
+    a.ticket
+        .clone()
+        .and_then(|t| Assignment::from_ticket(t).ok())
+}
+
+/// Run a job of `person` in `network` through the gateway and wait for its checked result.
+pub async fn run_job(
+    state: &AppState,
+    network: &NetworkId,
+    person: PersonId,
+    workload: Blake3Hash,
+    input: Vec<u8>,
+    idempotency_key: Option<String>,
+) -> ApiResult<RunJobResponse> {
+    let Some(node) = state.gateway.clone() else {
+        return Err(ApiError::unavailable(
+            "no_gateway",
+            "this control plane has no relays configured, so it cannot dispatch jobs",
+        ));
+    };
+    let request = SubmitJobRequest {
+        workload,
+        input: Blake3Hash::of(&input),
+        input_size: input.len() as u64,
+        idempotency_key,
+    };
+    let (_, submitted) = submit_job(state, network, person, None, &request).await?;
+    let job = submitted.0.job.id;
+    if submitted.0.job.state == JobState::Done || submitted.0.job.state == JobState::Failed {
+        return Err(ApiError::conflict(
+            "already_ran",
+            format!(
+                "job {job} with this idempotency key already {}",
+                submitted.0.job.state.as_str()
+            ),
+        ));
+    }
+    let first = wait_for_ticket(state, &job).await?;
+    let Some(first) = to_dispatch(&first) else {
+        scheduler::fail_queued(state, &job, "no device could take the job").await?;
+        return Err(ApiError::unavailable(
+            "no_device",
+            "no online device can run this workload now",
+        ));
+    };
+    let reassign = |reason: String, retryable: bool| {
+        let state = state.clone();
+        async move {
+            let info = find_job(&state, None, &job)
+                .await
+                .map_err(|e| e.to_string())?;
+            let next = jobs::reassign_job(&state, &info, &reason, retryable)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !retryable {
+                return Ok(None);
+            }
+            let next = if next.ticket.is_none() {
+                wait_for_ticket(&state, &job)
+                    .await
+                    .map_err(|e| e.to_string())?
+            } else {
+                next
+            };
+            Ok(to_dispatch(&next))
+        }
+    };
+    let completed =
+        match dispatch::dispatch(&node, first, &input, None, MAX_ATTEMPTS, reassign).await {
+            Ok(c) => c,
+            Err(e) => {
+                if let DispatchError::NoExecutor(_) = e {
+                    let _ = scheduler::fail_queued(state, &job, &e.to_string()).await;
+                }
+                return Err(match e {
+                    DispatchError::Refused { refusal, .. } => {
+                        ApiError::unprocessable("job_refused", refusal.to_string())
+                    }
+                    other => ApiError::unavailable("job_not_run", other.to_string()),
+                });
+            }
+        };
+    let claims = completed.ticket.peek().map_err(ApiError::internal)?;
+    let info = find_job(state, None, &job).await?;
+    // The executor reports too; whichever arrives first settles, the other is a no-op.
+    let info = match settle_receipt(state, &info, &claims.executor, &completed.receipt).await {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::warn!(%job, "settling from the gateway: {e}");
+            find_job(state, None, &job).await?
+        }
+    };
+    let output = mesh_proto::document::parse(&completed.output).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&completed.output).into())
+    });
+    Ok(RunJobResponse {
+        job: info,
+        output,
+        receipt: completed.receipt,
+        executor: claims.executor,
+        executor_peer: claims.executor_peer,
+        relayed: completed.relayed,
+        attempts: completed.attempts,
+    })
+}

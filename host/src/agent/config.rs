@@ -1,0 +1,140 @@
+//! The device's configuration file: who it is (key, device id, token) and how it runs.
+
+use anyhow::{Context, Result};
+use mesh_proto::{DeviceId, NetworkId, PublicKey, SigningKey};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Environment variable naming the config file.
+pub const CONFIG_ENV: &str = "MESH_HOST_CONFIG";
+
+/// `mesh-host`'s config file (TOML, mode 0600: it holds the device key and token).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostConfig {
+    /// The control plane's URL.
+    pub control_plane: String,
+    /// The network this device belongs to.
+    pub network: NetworkId,
+    /// This device.
+    pub device: DeviceId,
+    /// The device's bearer token for the control plane.
+    pub token: String,
+    /// The device's Ed25519 key (multibase seed), also its libp2p identity.
+    pub key: String,
+    /// The control plane's public key, learnt at registration.
+    pub control_plane_key: PublicKey,
+    /// Relays to reserve a slot on (refreshed from the control plane at start).
+    #[serde(default)]
+    pub relays: Vec<String>,
+    /// Addresses to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Jobs that may wait for a slot before the device answers busy.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+    /// Jobs run at once (0: half the cores, at least one).
+    #[serde(default)]
+    pub slots: usize,
+    /// Inference backend (`onnxruntime`, `openvino`, `tract`; default the first available).
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// Model variant to bind (`fp32` or `int8`).
+    #[serde(default = "default_variant")]
+    pub model_variant: String,
+    /// Inference threads per job (0: one per core).
+    #[serde(default)]
+    pub threads: usize,
+    /// Directory for components and compiled artifacts (default `<cache>/host`).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Directory of the model store (default `<cache>/models`).
+    #[serde(default)]
+    pub model_dir: Option<PathBuf>,
+}
+
+/// QUIC and TCP on every interface, ports chosen by the system.
+pub fn default_listen() -> Vec<String> {
+    vec![
+        "/ip4/0.0.0.0/udp/0/quic-v1".into(),
+        "/ip4/0.0.0.0/tcp/0".into(),
+    ]
+}
+
+fn default_queue() -> usize {
+    64
+}
+
+fn default_variant() -> String {
+    "fp32".into()
+}
+
+impl HostConfig {
+    /// The default path: `$MESH_HOST_CONFIG`, else `$XDG_CONFIG_HOME/mesh/host.toml`, else
+    /// `~/.config/mesh/host.toml`.
+    pub fn default_path() -> PathBuf {
+        if let Some(path) = std::env::var_os(CONFIG_ENV) {
+            return PathBuf::from(path);
+        }
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::env::var_os("HOME")
+                    .map_or_else(|| PathBuf::from("."), PathBuf::from)
+                    .join(".config")
+            });
+        base.join("mesh").join("host.toml")
+    }
+
+    /// Read the config at `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "reading {} (run `mesh-host join <invite>` first)",
+                path.display()
+            )
+        })?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// Write the config to `path` with mode 0600.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        use std::io::Write;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let text = toml::to_string_pretty(self)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options
+            .open(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        file.write_all(text.as_bytes())?;
+        Ok(())
+    }
+
+    /// The device key.
+    pub fn signing_key(&self) -> Result<SigningKey> {
+        SigningKey::from_multibase(&self.key).map_err(|e| anyhow::anyhow!("device key: {e}"))
+    }
+
+    /// Jobs run at once.
+    pub fn effective_slots(&self) -> usize {
+        if self.slots > 0 {
+            return self.slots;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / 2).max(1)
+    }
+
+    /// The component and artifact directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| mesh_host::cache_dir().join("host"))
+    }
+}

@@ -1,0 +1,6 @@
+//! The device agent: `join`, `run` and `submit`.
+
+pub mod config;
+pub mod join;
+pub mod serve;
+pub mod submit;

@@ -1,0 +1,638 @@
+//! `mesh-host run`: the device agent. Heartbeats with the control plane, keeps its
+//! certificate fresh, reserves a slot on the relays, and serves `/mesh/job/1` (bounded queue,
+//! ticket and certificate checks, signed receipts) and `/mesh/blob/1`.
+
+use super::config::HostConfig;
+use anyhow::{Context, Result};
+use mesh_client::{Client, ClientError};
+use mesh_host::{ExecError, Executor};
+use mesh_net::{Inbound, Node, NodeConfig, PeerId};
+use mesh_proto::api::{CompleteJobRequest, DeviceStatus, FailJobRequest, JobTicket};
+use mesh_proto::device::{DeviceCert, DeviceLoad, Heartbeat};
+use mesh_proto::p2p::{
+    BlobRequest, BlobResponse, JobRefusal, JobRequest, JobResponse, MAX_BLOB_CHUNK_BYTES,
+};
+use mesh_proto::{Blake3Hash, JobId, NetworkId, PublicKey, SignDomain, Signed, SigningKey};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a finished job's answer is kept for a requester that asks again.
+const ANSWER_CACHE_TIME: Duration = Duration::from_secs(600);
+/// Finished answers kept at most.
+const ANSWER_CACHE_ENTRIES: usize = 32;
+/// Longest wait for running jobs at shutdown.
+const DRAIN_TIME: Duration = Duration::from_secs(120);
+/// Longest pause between retries of control-plane calls.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Certificates are refreshed this often.
+const CERT_REFRESH: Duration = Duration::from_secs(3600);
+
+/// A job accepted into the queue.
+struct Queued {
+    peer: PeerId,
+    ticket: JobTicket,
+    signed_ticket: Signed<JobTicket>,
+    input: Vec<u8>,
+    reply: oneshot::Sender<JobResponse>,
+}
+
+enum Seen {
+    Running,
+    Done(Box<JobResponse>, Instant),
+}
+
+/// State shared by the agent's tasks.
+pub struct Agent {
+    executor: Arc<Executor>,
+    client: Client,
+    node: Node,
+    key: SigningKey,
+    network: NetworkId,
+    control_plane: PublicKey,
+    peer: PeerId,
+    cert: RwLock<Option<Signed<DeviceCert>>>,
+    queue: mpsc::Sender<Queued>,
+    queued: AtomicU32,
+    running: AtomicU32,
+    slots: u32,
+    seen: Mutex<HashMap<JobId, Seen>>,
+    accepting: AtomicBool,
+    partial_dir: PathBuf,
+}
+
+/// Wait with exponential backoff between attempts.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(Duration::from_millis(500))
+    }
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Run the agent until `shutdown` resolves, then drain running jobs.
+pub async fn run(
+    config: HostConfig,
+    executor: Executor,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let key = config.signing_key()?;
+    let client = Client::new(&config.control_plane, Some(config.token.clone()))?;
+    // The control plane's relay list wins over the one saved at join time.
+    let mut relays = config.relays.clone();
+    match client.control_plane_key().await {
+        Ok(k) if !k.relays.is_empty() => relays = k.relays,
+        Ok(_) => {}
+        Err(e) => tracing::warn!("control plane unreachable at start ({e}); using saved relays"),
+    }
+    let node_config = NodeConfig {
+        listen: config
+            .listen
+            .iter()
+            .map(|a| a.parse().with_context(|| format!("listen address {a}")))
+            .collect::<Result<_>>()?,
+        relays: relays
+            .iter()
+            .map(|a| a.parse().with_context(|| format!("relay address {a}")))
+            .collect::<Result<_>>()?,
+        reserve: true,
+        ..NodeConfig::default()
+    };
+    let (node, inbound) = Node::spawn(&key, node_config).await?;
+    let slots = config.effective_slots();
+    let (queue, queue_rx) = mpsc::channel(config.queue_capacity.max(1));
+    let agent = Arc::new(Agent {
+        executor: Arc::new(executor),
+        client,
+        peer: node.peer_id(),
+        node,
+        key,
+        network: config.network,
+        control_plane: config.control_plane_key,
+        cert: RwLock::new(None),
+        queue,
+        queued: AtomicU32::new(0),
+        running: AtomicU32::new(0),
+        slots: slots as u32,
+        seen: Mutex::new(HashMap::new()),
+        accepting: AtomicBool::new(true),
+        partial_dir: config.data_dir().join("partial"),
+    });
+    eprintln!(
+        "mesh-host {} device {} peer {} ({} slots, queue {}, backend {})",
+        env!("CARGO_PKG_VERSION"),
+        config.device,
+        agent.peer,
+        slots,
+        config.queue_capacity,
+        agent.executor.backend().name()
+    );
+    let (revoked_tx, mut revoked_rx) = mpsc::channel::<()>(1);
+    tokio::spawn(heartbeats(agent.clone(), config.device, revoked_tx));
+    tokio::spawn(certificates(agent.clone(), config.device));
+    let queue_rx = Arc::new(tokio::sync::Mutex::new(queue_rx));
+    for _ in 0..slots {
+        tokio::spawn(worker(agent.clone(), queue_rx.clone()));
+    }
+    tokio::spawn(serve_inbound(agent.clone(), inbound));
+    tokio::select! {
+        _ = shutdown => eprintln!("shutting down: draining jobs"),
+        _ = revoked_rx.recv() => eprintln!("this device was revoked: stopping"),
+    }
+    agent.accepting.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + DRAIN_TIME;
+    while agent.queued.load(Ordering::SeqCst) + agent.running.load(Ordering::SeqCst) > 0
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the last answers leave before the swarm goes away.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    eprintln!("stopped");
+    Ok(())
+}
+
+async fn heartbeats(agent: Arc<Agent>, device: mesh_proto::DeviceId, revoked: mpsc::Sender<()>) {
+    let mut backoff = Backoff::new();
+    loop {
+        let heartbeat = Heartbeat {
+            device,
+            network: agent.network,
+            sent_at_ms: mesh_net::verify::now_ms(),
+            load: DeviceLoad {
+                running: agent.running.load(Ordering::Relaxed),
+                queued: agent.queued.load(Ordering::Relaxed),
+                slots: agent.slots,
+            },
+        };
+        let signed = match Signed::sign(
+            &heartbeat,
+            &agent.key,
+            SignDomain::Heartbeat,
+            &agent.network,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("signing a heartbeat: {e}");
+                return;
+            }
+        };
+        match agent.client.heartbeat(&device, &signed).await {
+            Ok(answer) => {
+                backoff = Backoff::new();
+                if answer.status == DeviceStatus::Revoked {
+                    let _ = revoked.send(()).await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(answer.interval_s.clamp(1, 300))).await;
+            }
+            Err(e) => {
+                tracing::warn!("heartbeat failed (retrying): {e}");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+async fn certificates(agent: Arc<Agent>, device: mesh_proto::DeviceId) {
+    let mut backoff = Backoff::new();
+    let mut waiting_logged = false;
+    loop {
+        match agent.client.certificate(&device).await {
+            Ok(answer) => {
+                *agent.cert.write().expect("cert lock") = Some(answer.certificate);
+                backoff = Backoff::new();
+                tokio::time::sleep(CERT_REFRESH).await;
+            }
+            Err(e) if e.code() == Some("not_approved") => {
+                if !waiting_logged {
+                    eprintln!("waiting for an admin to approve this device");
+                    waiting_logged = true;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => {
+                tracing::warn!("fetching the certificate failed (retrying): {e}");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+async fn serve_inbound(agent: Arc<Agent>, mut inbound: mpsc::Receiver<Inbound>) {
+    while let Some(request) = inbound.recv().await {
+        match request {
+            Inbound::Job {
+                peer,
+                relayed,
+                request,
+                reply,
+            } => {
+                tracing::info!(%peer, relayed, "job request");
+                if let Err((reply, refusal)) = agent.accept(peer, *request, reply) {
+                    tracing::info!(%peer, "refused a job: {refusal}");
+                    let _ = reply.send(JobResponse::Refused(refusal));
+                }
+            }
+            Inbound::Blob {
+                peer,
+                request,
+                reply,
+            } => {
+                let agent = agent.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _ = reply.send(agent.serve_blob(&peer, &request));
+                });
+            }
+        }
+    }
+}
+
+type Refused = (oneshot::Sender<JobResponse>, JobRefusal);
+
+impl Agent {
+    /// Check a job request and queue it, or say why not.
+    fn accept(
+        &self,
+        peer: PeerId,
+        request: JobRequest,
+        reply: oneshot::Sender<JobResponse>,
+    ) -> Result<(), Refused> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err((reply, JobRefusal::ShuttingDown));
+        }
+        let now = mesh_net::verify::now_ms();
+        let ticket = match mesh_net::verify::job_ticket(
+            &request.ticket,
+            &self.control_plane,
+            &self.network,
+            &self.peer,
+            &peer,
+            now,
+        ) {
+            Ok(t) => t,
+            Err(e) => return Err((reply, JobRefusal::InvalidTicket(e.to_string()))),
+        };
+        // A device requester must hold a valid certificate of this network; the control
+        // plane (gateway) is vouched for by its own signature on the ticket.
+        if ticket.requester_peer != self.control_plane.peer_id() {
+            let Some(cert) = &request.requester_cert else {
+                return Err((
+                    reply,
+                    JobRefusal::NotAuthorized("no device certificate".into()),
+                ));
+            };
+            if let Err(e) = mesh_net::verify::device_cert(
+                cert,
+                &self.control_plane,
+                Some(&self.network),
+                Some(&peer),
+                now,
+            ) {
+                return Err((reply, JobRefusal::NotAuthorized(format!("certificate {e}"))));
+            }
+        }
+        if Blake3Hash::of(&request.input) != ticket.input {
+            return Err((reply, JobRefusal::InputMismatch));
+        }
+        {
+            let mut seen = self.seen.lock().expect("seen lock");
+            seen.retain(|_, s| match s {
+                Seen::Running => true,
+                Seen::Done(_, at) => at.elapsed() < ANSWER_CACHE_TIME,
+            });
+            match seen.get(&ticket.job) {
+                Some(Seen::Running) => {
+                    return Err((reply, JobRefusal::Replayed(ticket.job.to_string())));
+                }
+                Some(Seen::Done(answer, _)) => {
+                    // The requester asks again (its answer was lost): same answer, no rerun.
+                    let _ = reply.send((**answer).clone());
+                    return Ok(());
+                }
+                None => {}
+            }
+            seen.insert(ticket.job, Seen::Running);
+        }
+        let job = ticket.job;
+        let queued = Queued {
+            peer,
+            ticket,
+            signed_ticket: request.ticket,
+            input: request.input,
+            reply,
+        };
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        match self.queue.try_send(queued) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                self.seen.lock().expect("seen lock").remove(&job);
+                let queued = e.into_inner();
+                Err((
+                    queued.reply,
+                    JobRefusal::Busy {
+                        queued: self.queued.load(Ordering::SeqCst),
+                    },
+                ))
+            }
+        }
+    }
+
+    /// A piece of a stored component, for the executor a valid ticket names.
+    fn serve_blob(&self, peer: &PeerId, request: &BlobRequest) -> BlobResponse {
+        let claims = match request.ticket.peek() {
+            Ok(c) => c,
+            Err(_) => return BlobResponse::Refused("unreadable ticket".into()),
+        };
+        let requester = claims.requester_peer.parse().unwrap_or(*peer);
+        if let Err(e) = mesh_net::verify::job_ticket(
+            &request.ticket,
+            &self.control_plane,
+            &self.network,
+            peer,
+            &requester,
+            mesh_net::verify::now_ms(),
+        ) {
+            return BlobResponse::Refused(format!("invalid ticket: {e}"));
+        }
+        if claims.workload != request.hash {
+            return BlobResponse::Refused("the ticket does not cover this blob".into());
+        }
+        if !self.executor.has_component(&request.hash) {
+            return BlobResponse::NotFound;
+        }
+        match self.executor.component_bytes(&request.hash) {
+            Ok(bytes) => mesh_net::blob_chunk(&bytes, request.offset, request.length),
+            Err(e) => BlobResponse::Refused(e.to_string()),
+        }
+    }
+
+    /// Make sure the component is stored and verified here: from the requester over
+    /// `/mesh/blob/1` (resuming a partial transfer), else from the control plane.
+    async fn ensure_component(&self, job: &Queued) -> Result<(), String> {
+        let hash = job.ticket.workload;
+        if self.executor.has_component(&hash) {
+            return Ok(());
+        }
+        let bytes = match self.fetch_blob(job.peer, &job.signed_ticket, &hash).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::info!(%hash, "fetching from the requester failed ({e}); asking the control plane");
+                self.client
+                    .download_component(&self.network, &hash)
+                    .await
+                    .map_err(|e| format!("downloading {hash}: {e}"))?
+            }
+        };
+        let executor = self.executor.clone();
+        let metadata = tokio::task::spawn_blocking(move || executor.add_component(&bytes))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if metadata.component != hash {
+            return Err(format!(
+                "stored component hashes to {}, not {hash}",
+                metadata.component
+            ));
+        }
+        Ok(())
+    }
+
+    async fn fetch_blob(
+        &self,
+        peer: PeerId,
+        ticket: &Signed<JobTicket>,
+        hash: &Blake3Hash,
+    ) -> Result<Vec<u8>, String> {
+        std::fs::create_dir_all(&self.partial_dir).map_err(|e| e.to_string())?;
+        let path = self.partial_dir.join(format!("{}.part", hash.to_hex()));
+        let mut have = std::fs::read(&path).unwrap_or_default();
+        loop {
+            let answer = self
+                .node
+                .request_blob(
+                    peer,
+                    BlobRequest {
+                        ticket: ticket.clone(),
+                        hash: *hash,
+                        offset: have.len() as u64,
+                        length: MAX_BLOB_CHUNK_BYTES as u32,
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            match answer {
+                BlobResponse::Chunk {
+                    total,
+                    offset,
+                    data,
+                } => {
+                    if offset != have.len() as u64
+                        || total > mesh_host::limits::MAX_COMPONENT_BYTES as u64
+                        || (data.is_empty() && offset < total)
+                        || offset + data.len() as u64 > total
+                    {
+                        return Err(format!(
+                            "bad chunk: offset {offset}, {} bytes, total {total}",
+                            data.len()
+                        ));
+                    }
+                    have.extend_from_slice(&data);
+                    if let Err(e) = append(&path, &data) {
+                        tracing::debug!("saving a partial transfer: {e}");
+                    }
+                    if have.len() as u64 == total {
+                        break;
+                    }
+                }
+                BlobResponse::NotFound => {
+                    let _ = std::fs::remove_file(&path);
+                    return Err("the requester does not have it".into());
+                }
+                BlobResponse::Refused(reason) => return Err(reason),
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+        let actual = Blake3Hash::of(&have);
+        if actual != *hash {
+            return Err(format!("wrong blake3: expected {hash}, got {actual}"));
+        }
+        Ok(have)
+    }
+
+    /// Run one queued job and answer it.
+    async fn process(self: &Arc<Self>, job: Queued) {
+        let id = job.ticket.job;
+        if job.reply.is_closed() {
+            tracing::info!(%id, "requester gave up before the job started");
+            self.seen.lock().expect("seen lock").remove(&id);
+            self.report_failure(id, "the requester went away", true)
+                .await;
+            return;
+        }
+        if let Err(reason) = self.ensure_component(&job).await {
+            self.seen.lock().expect("seen lock").remove(&id);
+            let _ = job
+                .reply
+                .send(JobResponse::Refused(JobRefusal::ComponentUnavailable(
+                    reason.clone(),
+                )));
+            self.report_failure(id, &reason, true).await;
+            return;
+        }
+        if let Err(e) = self.client.start_job(&id).await {
+            if matches!(e, ClientError::Api { .. }) {
+                self.seen.lock().expect("seen lock").remove(&id);
+                let _ = job
+                    .reply
+                    .send(JobResponse::Refused(JobRefusal::InvalidTicket(format!(
+                        "the control plane says: {e}"
+                    ))));
+                return;
+            }
+            tracing::warn!(%id, "could not tell the control plane the job started ({e}); running it anyway");
+        }
+        let executor = self.executor.clone();
+        let component = job.ticket.workload;
+        let input = job.input;
+        let started = Instant::now();
+        let result =
+            match tokio::task::spawn_blocking(move || executor.run(&component, &input)).await {
+                Ok(Ok(run)) => Ok(run),
+                Ok(Err(e)) => Err((classify(&e), e.to_string())),
+                Err(e) => Err((("internal", true), format!("the executor task failed: {e}"))),
+            };
+        match result {
+            Ok(run) => {
+                let mut receipt = run.receipt;
+                receipt.job = Some(id);
+                receipt.ticket = Some(job.signed_ticket.hash());
+                let signed =
+                    match Signed::sign(&receipt, &self.key, SignDomain::Receipt, &self.network) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = job.reply.send(JobResponse::Refused(JobRefusal::Failed {
+                                kind: "internal".into(),
+                                message: e.to_string(),
+                                retryable: true,
+                            }));
+                            return;
+                        }
+                    };
+                let response = JobResponse::Done {
+                    output: run.output,
+                    receipt: signed.clone(),
+                };
+                tracing::info!(%id, elapsed_ms = started.elapsed().as_millis() as u64, "job done");
+                {
+                    let mut seen = self.seen.lock().expect("seen lock");
+                    seen.insert(id, Seen::Done(Box::new(response.clone()), Instant::now()));
+                    if seen.len() > ANSWER_CACHE_ENTRIES {
+                        let oldest = seen
+                            .iter()
+                            .filter_map(|(k, s)| match s {
+                                Seen::Done(_, at) => Some((*k, *at)),
+                                Seen::Running => None,
+                            })
+                            .min_by_key(|(_, at)| *at)
+                            .map(|(k, _)| k);
+                        if let Some(k) = oldest {
+                            seen.remove(&k);
+                        }
+                    }
+                }
+                let _ = job.reply.send(response);
+                let agent = self.clone();
+                tokio::spawn(async move { agent.report_done(id, signed).await });
+            }
+            Err(((kind, retryable), message)) => {
+                self.seen.lock().expect("seen lock").remove(&id);
+                tracing::info!(%id, "job failed: {message}");
+                let _ = job.reply.send(JobResponse::Refused(JobRefusal::Failed {
+                    kind: kind.into(),
+                    message: message.clone(),
+                    retryable,
+                }));
+                self.report_failure(id, &message, retryable).await;
+            }
+        }
+    }
+
+    /// Report the receipt; retried while the control plane is unreachable.
+    async fn report_done(&self, id: JobId, receipt: Signed<mesh_proto::RunReceipt>) {
+        let mut backoff = Backoff::new();
+        for _ in 0..12 {
+            match self
+                .client
+                .complete_job(
+                    &id,
+                    &CompleteJobRequest {
+                        receipt: receipt.clone(),
+                    },
+                )
+                .await
+            {
+                Ok(_) => return,
+                // Already settled (the requester reported first) or no longer ours.
+                Err(ClientError::Api { code, message, .. }) => {
+                    tracing::debug!(%id, "complete: {code}: {message}");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%id, "reporting the receipt failed (retrying): {e}");
+                    backoff.wait().await;
+                }
+            }
+        }
+    }
+
+    async fn report_failure(&self, id: JobId, reason: &str, retryable: bool) {
+        let request = FailJobRequest {
+            reason: reason.chars().take(1000).collect(),
+            retryable,
+        };
+        if let Err(e) = self.client.fail_job(&id, &request).await {
+            tracing::debug!(%id, "reporting the failure: {e}");
+        }
+    }
+}
+
+/// The refusal class of an execution error, and whether another device might succeed.
+fn classify(e: &ExecError) -> (&'static str, bool) {
+    match e {
+        ExecError::Backend(_) | ExecError::Model(_) | ExecError::Store(_) => ("internal", true),
+        ExecError::Timeout(_) | ExecError::InferenceTimeout | ExecError::ResourceLimit(_) => {
+            ("limit", false)
+        }
+        ExecError::Inference(_) => ("inference", true),
+        _ => ("workload", false),
+    }
+}
+
+fn append(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(data)
+}
+
+async fn worker(agent: Arc<Agent>, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>) {
+    loop {
+        let next = queue.lock().await.recv().await;
+        let Some(job) = next else { return };
+        agent.queued.fetch_sub(1, Ordering::SeqCst);
+        agent.running.fetch_add(1, Ordering::SeqCst);
+        agent.process(job).await;
+        agent.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,157 @@
+//! `mesh-host submit`: this device as requester. Ask the control plane for an assignment,
+//! send the job to the executor over libp2p (relayed, then direct), check the receipt,
+//! report it, and print the result.
+
+use super::config::HostConfig;
+use anyhow::{Context, Result, bail};
+use mesh_client::Client;
+use mesh_net::dispatch::{self, Assignment};
+use mesh_net::{Inbound, Node, NodeConfig};
+use mesh_proto::api::{CompleteJobRequest, FailJobRequest, JobAssignment, SubmitJobRequest};
+use mesh_proto::p2p::{BlobResponse, JobRefusal, JobResponse};
+use mesh_proto::{Blake3Hash, JobId, NetworkId};
+use std::time::Duration;
+
+/// How long to wait for a device to take the job.
+const QUEUE_WAIT: Duration = Duration::from_secs(15);
+
+async fn wait_for_ticket(
+    client: &Client,
+    network: &NetworkId,
+    job: &JobId,
+    first: JobAssignment,
+) -> Result<JobAssignment> {
+    let deadline = tokio::time::Instant::now() + QUEUE_WAIT;
+    let mut current = first;
+    while current.ticket.is_none()
+        && current.job.state == mesh_proto::api::JobState::Queued
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        current = client.job(network, job).await?;
+    }
+    Ok(current)
+}
+
+/// Run one job of `workload` on the mesh and return the printed result document.
+pub async fn submit(
+    config: &HostConfig,
+    workload: Blake3Hash,
+    input: Vec<u8>,
+    idempotency_key: Option<String>,
+) -> Result<serde_json::Value> {
+    let key = config.signing_key()?;
+    let client = Client::new(&config.control_plane, Some(config.token.clone()))?;
+    let cert = client
+        .certificate(&config.device)
+        .await
+        .context("fetching this device's certificate (is it approved?)")?
+        .certificate;
+    let relays = match client.control_plane_key().await {
+        Ok(k) if !k.relays.is_empty() => k.relays,
+        _ => config.relays.clone(),
+    };
+    let (node, mut inbound) = Node::spawn(
+        &key,
+        NodeConfig {
+            listen: vec![
+                "/ip4/0.0.0.0/udp/0/quic-v1".parse()?,
+                "/ip4/0.0.0.0/tcp/0".parse()?,
+            ],
+            relays: relays.iter().map(|a| a.parse()).collect::<Result<_, _>>()?,
+            reserve: false,
+            ..NodeConfig::default()
+        },
+    )
+    .await?;
+    // Serve the component to the executor from this device's store when it has it.
+    let store = mesh_host::components::ComponentStore::open(&config.data_dir().join("components"))?;
+    tokio::spawn(async move {
+        while let Some(request) = inbound.recv().await {
+            match request {
+                Inbound::Blob { request, reply, .. } => {
+                    let answer = match request.ticket.peek() {
+                        Ok(t) if t.workload == request.hash && store.contains(&request.hash) => {
+                            match store.get(&request.hash) {
+                                Ok(bytes) => {
+                                    mesh_net::blob_chunk(&bytes, request.offset, request.length)
+                                }
+                                Err(e) => BlobResponse::Refused(e.to_string()),
+                            }
+                        }
+                        Ok(_) => BlobResponse::NotFound,
+                        Err(_) => BlobResponse::Refused("unreadable ticket".into()),
+                    };
+                    let _ = reply.send(answer);
+                }
+                Inbound::Job { reply, .. } => {
+                    let _ = reply.send(JobResponse::Refused(JobRefusal::ShuttingDown));
+                }
+            }
+        }
+    });
+    let network = config.network;
+    let submitted = client
+        .submit_job(
+            &network,
+            &SubmitJobRequest {
+                workload,
+                input: Blake3Hash::of(&input),
+                input_size: input.len() as u64,
+                idempotency_key,
+            },
+        )
+        .await
+        .context("submitting the job")?;
+    let job = submitted.job.id;
+    let first = wait_for_ticket(&client, &network, &job, submitted).await?;
+    let Some(ticket) = first.ticket else {
+        bail!(
+            "no device took job {job} within {QUEUE_WAIT:?} (state {})",
+            first.job.state.as_str()
+        );
+    };
+    let first = Assignment::from_ticket(ticket)?;
+    let reassign = |reason: String, retryable: bool| {
+        let client = client.clone();
+        async move {
+            let next = client
+                .reassign_job(&network, &job, &FailJobRequest { reason, retryable })
+                .await
+                .map_err(|e| e.to_string())?;
+            if !retryable {
+                return Ok(None);
+            }
+            let next = wait_for_ticket(&client, &network, &job, next)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(next.ticket.and_then(|t| Assignment::from_ticket(t).ok()))
+        }
+    };
+    let completed = dispatch::dispatch(&node, first, &input, Some(cert), 4, reassign).await?;
+    let claims = completed.ticket.peek()?;
+    let settled = client
+        .report_receipt(
+            &network,
+            &job,
+            &CompleteJobRequest {
+                receipt: completed.signed_receipt.clone(),
+            },
+        )
+        .await
+        .context("reporting the receipt")?;
+    let output = mesh_proto::document::parse(&completed.output).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&completed.output).into())
+    });
+    Ok(serde_json::json!({
+        "job": job,
+        "state": settled.state,
+        "price": settled.price,
+        "executor": claims.executor,
+        "executor_peer": claims.executor_peer,
+        "relayed": completed.relayed,
+        "attempts": completed.attempts,
+        "output": output,
+        "receipt": completed.receipt,
+    }))
+}

@@ -1,0 +1,164 @@
+//! The requester's side of a job: send it to the assigned executor, check the answer, and on
+//! a busy, unreachable or failing executor ask the control plane for another one.
+
+use crate::verify::{self, VerifyError};
+use crate::{NetError, Node};
+use libp2p::PeerId;
+use mesh_proto::api::JobTicket;
+use mesh_proto::device::DeviceCert;
+use mesh_proto::p2p::{JobRefusal, JobRequest, JobResponse};
+use mesh_proto::{RunReceipt, Signed};
+use std::future::Future;
+
+/// Where to send a job: the control plane's ticket and the executor it names.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    /// The ticket.
+    pub ticket: Signed<JobTicket>,
+    /// The executor's peer id.
+    pub executor: PeerId,
+}
+
+impl Assignment {
+    /// An assignment from a ticket (the executor is the one it names).
+    pub fn from_ticket(ticket: Signed<JobTicket>) -> Result<Self, DispatchError> {
+        let claims = ticket
+            .peek()
+            .map_err(|e| DispatchError::Control(format!("unreadable ticket: {e}")))?;
+        let executor = claims
+            .executor_peer
+            .parse()
+            .map_err(|_| DispatchError::Control("the ticket names no valid peer".into()))?;
+        Ok(Assignment { ticket, executor })
+    }
+}
+
+/// A job that ran, with its checked receipt.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    /// The output bytes.
+    pub output: Vec<u8>,
+    /// The receipt, checked against ticket, input and output.
+    pub receipt: RunReceipt,
+    /// The receipt as the executor signed it (to report to the control plane).
+    pub signed_receipt: Signed<RunReceipt>,
+    /// The ticket it ran under.
+    pub ticket: Signed<JobTicket>,
+    /// The device that ran it.
+    pub executor: PeerId,
+    /// Whether the answer came over a relay circuit.
+    pub relayed: bool,
+    /// Executors tried, this one included.
+    pub attempts: u32,
+}
+
+/// Why a job did not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DispatchError {
+    /// An executor refused it for a reason no other device would avoid.
+    #[error("refused by {executor}: {refusal}")]
+    Refused {
+        /// Who refused.
+        executor: PeerId,
+        /// Why.
+        refusal: Box<JobRefusal>,
+    },
+    /// No executor could be reached or agreed, after `attempts`.
+    #[error("gave up after {attempts} attempts; last: {last}")]
+    GaveUp {
+        /// Executors tried.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// The control plane has no device for it now.
+    #[error("no device can take the job now ({0})")]
+    NoExecutor(String),
+    /// The control plane could not be asked.
+    #[error("control plane: {0}")]
+    Control(String),
+}
+
+/// What the control plane says when asked for another executor.
+pub type Reassigned = Result<Option<Assignment>, String>;
+
+/// Send `input` to the assigned executor and wait for a checked result. When the executor is
+/// busy, unreachable, gives a bad receipt or fails in a way another device might not,
+/// `reassign(reason, retryable)` asks the control plane for another assignment (with
+/// `retryable` false it fails the job for good). At most `max_attempts` executors are tried.
+pub async fn dispatch<F, Fut>(
+    node: &Node,
+    first: Assignment,
+    input: &[u8],
+    requester_cert: Option<Signed<DeviceCert>>,
+    max_attempts: u32,
+    mut reassign: F,
+) -> Result<Completed, DispatchError>
+where
+    F: FnMut(String, bool) -> Fut,
+    Fut: Future<Output = Reassigned>,
+{
+    let mut assignment = first;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let request = JobRequest {
+            ticket: assignment.ticket.clone(),
+            requester_cert: requester_cert.clone(),
+            input: input.to_vec(),
+        };
+        let executor = assignment.executor;
+        let failure = match node.request_job(executor, request).await {
+            Ok(answer) => match answer.response {
+                JobResponse::Done { output, receipt } => {
+                    match verify::receipt(&receipt, &assignment.ticket, &output) {
+                        Ok(checked) => {
+                            return Ok(Completed {
+                                output,
+                                receipt: checked,
+                                signed_receipt: receipt,
+                                ticket: assignment.ticket,
+                                executor,
+                                relayed: answer.relayed,
+                                attempts,
+                            });
+                        }
+                        Err(e) => bad_receipt(executor, e),
+                    }
+                }
+                JobResponse::Refused(refusal) if refusal.retryable() => {
+                    format!("{executor} refused: {refusal}")
+                }
+                JobResponse::Refused(refusal) => {
+                    let _ = reassign(refusal.to_string(), false).await;
+                    return Err(DispatchError::Refused {
+                        executor,
+                        refusal: Box::new(refusal),
+                    });
+                }
+            },
+            Err(NetError::Stopped) => {
+                return Err(DispatchError::Control("network node stopped".into()));
+            }
+            Err(e) => e.to_string(),
+        };
+        tracing::info!(attempt = attempts, "job not done: {failure}");
+        if attempts >= max_attempts {
+            let _ = reassign(failure.clone(), false).await;
+            return Err(DispatchError::GaveUp {
+                attempts,
+                last: failure,
+            });
+        }
+        match reassign(failure.clone(), true).await {
+            Ok(Some(next)) => assignment = next,
+            Ok(None) => return Err(DispatchError::NoExecutor(failure)),
+            Err(e) => return Err(DispatchError::Control(e)),
+        }
+    }
+}
+
+fn bad_receipt(executor: PeerId, e: VerifyError) -> String {
+    format!("{executor} returned an invalid receipt: {e}")
+}
