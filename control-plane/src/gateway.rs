@@ -172,13 +172,14 @@ pub async fn run_job(
             "no online device can run this workload now",
         ));
     };
-    let reassign = |reason: String, retryable: bool| {
+    let reassign = |failed: mesh_net::PeerId, reason: String, retryable: bool| {
         let state = state.clone();
         async move {
             let info = find_job(&state, None, &job)
                 .await
                 .map_err(|e| e.to_string())?;
-            let next = jobs::reassign_job(&state, &info, &reason, retryable)
+            let failed = failed.to_string();
+            let next = jobs::reassign_job(&state, &info, Some(&failed), &reason, retryable)
                 .await
                 .map_err(|e| e.to_string())?;
             if !retryable {

@@ -185,7 +185,12 @@ pub async fn try_assign(state: &AppState, job: &JobId) -> ApiResult<Option<(Devi
     };
     // Devices that already had a go come last: a busy or unreachable device is retried only
     // when nobody else can take the job.
-    let mut candidates = candidates(state, &row.network, &models).await?;
+    // A device never runs its own request (it would have to dial itself).
+    let mut candidates: Vec<Candidate> = candidates(state, &row.network, &models)
+        .await?
+        .into_iter()
+        .filter(|c| row.requester_peer.as_deref() != Some(c.peer_id.as_str()))
+        .collect();
     candidates.sort_by_key(|c| row.tried_devices.contains(&c.device.to_string()));
     let Some(candidate) = candidates.into_iter().next() else {
         return Ok(None);

@@ -582,6 +582,7 @@ async fn jobs_are_assigned_run_and_settled_once() {
                 &FailJobRequest {
                     reason: "out of memory".into(),
                     retryable: false,
+                    executor_peer: None,
                 },
             )
             .await

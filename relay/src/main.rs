@@ -52,6 +52,10 @@ struct Cli {
     /// Write peer id and addresses as JSON here once listening (for scripts and tests).
     #[arg(long)]
     info_file: Option<PathBuf>,
+    /// Seconds between allow-list polls (the bound on how long a revoked device keeps
+    /// relay service).
+    #[arg(long)]
+    allow_list_interval: Option<u64>,
     /// Print the relay's peer id (creating its key if needed) and exit.
     #[arg(long)]
     print_peer_id: bool,
@@ -280,6 +284,9 @@ fn load_config(cli: &Cli) -> Result<Config> {
     if let Some(dir) = &cli.data_dir {
         config.data_dir = dir.clone();
     }
+    if let Some(secs) = cli.allow_list_interval {
+        config.allow_list_interval_secs = secs;
+    }
     Ok(config)
 }
 
@@ -355,7 +362,7 @@ async fn main() -> Result<()> {
             noise::Config::new,
             yamux::Config::default,
         )?
-        .with_quic()
+        .with_quic_config(mesh_net::quic_config)
         .with_behaviour(|keypair| RelayBehaviour {
             allowed: allow_block_list::Behaviour::default(),
             limits: connection_limits::Behaviour::new(connection_limits),

@@ -230,19 +230,38 @@ pub async fn reassign(
     let job = job_id(&job)?;
     let info = requester_job(&state, &principal, &network, &job).await?;
     let reason: String = request.reason.chars().take(1000).collect();
-    reassign_job(&state, &info, &reason, request.retryable)
-        .await
-        .map(Json)
+    reassign_job(
+        &state,
+        &info,
+        request.executor_peer.as_deref(),
+        &reason,
+        request.retryable,
+    )
+    .await
+    .map(Json)
 }
 
 /// Requeue `info` away from its current executor (or fail it when it may not be retried)
-/// and try to assign it again.
+/// and try to assign it again. When `failed_peer` names an executor the job has already left
+/// (its lease expired and the sweeper moved it), the current assignment stands.
 pub async fn reassign_job(
     state: &AppState,
     info: &JobInfo,
+    failed_peer: Option<&str>,
     reason: &str,
     retryable: bool,
 ) -> ApiResult<JobAssignment> {
+    if let (Some(failed), Some(current), JobState::Assigned | JobState::Running) =
+        (failed_peer, info.executor, info.state)
+    {
+        let peer: String = sqlx::query_scalar("SELECT peer_id FROM devices WHERE id = $1")
+            .bind(current.to_string())
+            .fetch_one(&state.db.pool)
+            .await?;
+        if peer != failed && retryable {
+            return assignment(state, &info.id).await;
+        }
+    }
     match (info.state, info.executor) {
         (JobState::Assigned | JobState::Running, Some(executor)) => {
             scheduler::requeue_or_fail(state, &info.id, Some(&executor), reason, retryable).await?;

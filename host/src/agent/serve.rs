@@ -28,6 +28,9 @@ const ANSWER_CACHE_ENTRIES: usize = 32;
 const DRAIN_TIME: Duration = Duration::from_secs(120);
 /// Longest pause between retries of control-plane calls.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a running job's lease is renewed when the control plane did not say how long
+/// it lasts.
+const DEFAULT_LEASE_RENEWAL: Duration = Duration::from_secs(10);
 /// Certificates are refreshed this often.
 const CERT_REFRESH: Duration = Duration::from_secs(3600);
 
@@ -192,6 +195,12 @@ async fn heartbeats(agent: Arc<Agent>, device: mesh_proto::DeviceId, revoked: mp
                     return;
                 }
                 tokio::time::sleep(Duration::from_secs(answer.interval_s.clamp(1, 300))).await;
+            }
+            // The device's token no longer works: it was revoked (or removed with its owner).
+            Err(e) if e.status().map(|s| s.as_u16()) == Some(401) => {
+                tracing::warn!("the control plane no longer accepts this device: {e}");
+                let _ = revoked.send(()).await;
+                return;
             }
             Err(e) => {
                 tracing::warn!("heartbeat failed (retrying): {e}");
@@ -488,8 +497,18 @@ impl Agent {
             self.report_failure(id, &reason, true).await;
             return;
         }
-        if let Err(e) = self.client.start_job(&id).await {
-            if matches!(e, ClientError::Api { .. }) {
+        let mut renewal = DEFAULT_LEASE_RENEWAL;
+        match self.client.start_job(&id).await {
+            Ok(info) => {
+                // Renew at a third of the lease, so two renewals may fail before it ends.
+                if let Some(until) = info.lease_expires_at_ms {
+                    let left = until
+                        .saturating_sub(mesh_net::verify::now_ms() as i64)
+                        .max(0) as u64;
+                    renewal = Duration::from_millis(left / 3).max(Duration::from_millis(500));
+                }
+            }
+            Err(e) if matches!(e, ClientError::Api { .. }) => {
                 self.seen.lock().expect("seen lock").remove(&id);
                 let _ = job
                     .reply
@@ -498,18 +517,33 @@ impl Agent {
                     ))));
                 return;
             }
-            tracing::warn!(%id, "could not tell the control plane the job started ({e}); running it anyway");
+            Err(e) => {
+                tracing::warn!(%id, "could not tell the control plane the job started ({e}); running it anyway");
+            }
         }
         let executor = self.executor.clone();
         let component = job.ticket.workload;
         let input = job.input;
         let started = Instant::now();
-        let result =
-            match tokio::task::spawn_blocking(move || executor.run(&component, &input)).await {
-                Ok(Ok(run)) => Ok(run),
-                Ok(Err(e)) => Err((classify(&e), e.to_string())),
-                Err(e) => Err((("internal", true), format!("the executor task failed: {e}"))),
-            };
+        // Renew the lease while the job runs, so a long job is not taken away.
+        let renew = {
+            let agent = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(renewal).await;
+                    if let Err(e) = agent.client.start_job(&id).await {
+                        tracing::debug!(%id, "renewing the lease: {e}");
+                    }
+                }
+            })
+        };
+        let result = tokio::task::spawn_blocking(move || executor.run(&component, &input)).await;
+        renew.abort();
+        let result = match result {
+            Ok(Ok(run)) => Ok(run),
+            Ok(Err(e)) => Err((classify(&e), e.to_string())),
+            Err(e) => Err((("internal", true), format!("the executor task failed: {e}"))),
+        };
         match result {
             Ok(run) => {
                 let mut receipt = run.receipt;
@@ -598,6 +632,7 @@ impl Agent {
         let request = FailJobRequest {
             reason: reason.chars().take(1000).collect(),
             retryable,
+            executor_peer: None,
         };
         if let Err(e) = self.client.fail_job(&id, &request).await {
             tracing::debug!(%id, "reporting the failure: {e}");

@@ -112,11 +112,16 @@ pub async fn submit(
         );
     };
     let first = Assignment::from_ticket(ticket)?;
-    let reassign = |reason: String, retryable: bool| {
+    let reassign = |failed: mesh_net::PeerId, reason: String, retryable: bool| {
         let client = client.clone();
         async move {
+            let request = FailJobRequest {
+                reason,
+                retryable,
+                executor_peer: Some(failed.to_string()),
+            };
             let next = client
-                .reassign_job(&network, &job, &FailJobRequest { reason, retryable })
+                .reassign_job(&network, &job, &request)
                 .await
                 .map_err(|e| e.to_string())?;
             if !retryable {

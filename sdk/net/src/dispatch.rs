@@ -85,8 +85,8 @@ pub type Reassigned = Result<Option<Assignment>, String>;
 
 /// Send `input` to the assigned executor and wait for a checked result. When the executor is
 /// busy, unreachable, gives a bad receipt or fails in a way another device might not,
-/// `reassign(reason, retryable)` asks the control plane for another assignment (with
-/// `retryable` false it fails the job for good). At most `max_attempts` executors are tried.
+/// `reassign(executor, reason, retryable)` asks the control plane for another assignment
+/// away from `executor` (with `retryable` false it fails the job for good). At most `max_attempts` executors are tried.
 pub async fn dispatch<F, Fut>(
     node: &Node,
     first: Assignment,
@@ -96,7 +96,7 @@ pub async fn dispatch<F, Fut>(
     mut reassign: F,
 ) -> Result<Completed, DispatchError>
 where
-    F: FnMut(String, bool) -> Fut,
+    F: FnMut(PeerId, String, bool) -> Fut,
     Fut: Future<Output = Reassigned>,
 {
     let mut assignment = first;
@@ -131,7 +131,7 @@ where
                     format!("{executor} refused: {refusal}")
                 }
                 JobResponse::Refused(refusal) => {
-                    let _ = reassign(refusal.to_string(), false).await;
+                    let _ = reassign(executor, refusal.to_string(), false).await;
                     return Err(DispatchError::Refused {
                         executor,
                         refusal: Box::new(refusal),
@@ -145,13 +145,13 @@ where
         };
         tracing::info!(attempt = attempts, "job not done: {failure}");
         if attempts >= max_attempts {
-            let _ = reassign(failure.clone(), false).await;
+            let _ = reassign(executor, failure.clone(), false).await;
             return Err(DispatchError::GaveUp {
                 attempts,
                 last: failure,
             });
         }
-        match reassign(failure.clone(), true).await {
+        match reassign(executor, failure.clone(), true).await {
             Ok(Some(next)) => assignment = next,
             Ok(None) => return Err(DispatchError::NoExecutor(failure)),
             Err(e) => return Err(DispatchError::Control(e)),

@@ -12,8 +12,8 @@ pub mod verify;
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{
     ConnectionInfo, DEFAULT_BLOB_TIMEOUT, DEFAULT_JOB_TIMEOUT, IDENTIFY_PROTOCOL, Inbound,
-    JobAnswer, MeshBehaviour, NetError, Node, NodeConfig, NodeError, NodeStatus, is_relayed,
-    keypair, relay_peer,
+    JobAnswer, MeshBehaviour, NetError, Node, NodeConfig, NodeError, NodeStatus, QUIC_IDLE_TIMEOUT,
+    QUIC_KEEP_ALIVE, is_relayed, keypair, quic_config, relay_peer,
 };
 
 /// Bytes `offset..offset + length` of a blob, capped at one chunk, as a blob server answers.

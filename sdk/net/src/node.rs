@@ -37,6 +37,20 @@ pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(150);
 pub const DEFAULT_BLOB_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections idle this long are closed.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// QUIC keep-alive period: a silent peer costs one small packet per second.
+pub const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// A QUIC connection with no packet for this long is dead (a crashed peer is noticed within
+/// this bound, well inside a job lease).
+pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Mesh's QUIC settings: keep-alives and a short idle timeout, so dead peers (and dead
+/// relay circuits) are noticed in seconds, not minutes.
+pub fn quic_config(mut config: libp2p::quic::Config) -> libp2p::quic::Config {
+    config.keep_alive_interval = QUIC_KEEP_ALIVE;
+    config.max_idle_timeout = QUIC_IDLE_TIMEOUT.as_millis() as u32;
+    config
+}
+
 /// Inbound requests waiting for the application before the node answers for it.
 const INBOUND_BUFFER: usize = 1024;
 
@@ -281,7 +295,7 @@ impl Node {
                 yamux::Config::default,
             )
             .map_err(|e| NodeError::Transport(e.to_string()))?
-            .with_quic()
+            .with_quic_config(quic_config)
             .with_relay_client(noise::Config::new, yamux::Config::default)
             .map_err(|e| NodeError::Transport(e.to_string()))?
             .with_behaviour(|keypair, relay_client| MeshBehaviour {
@@ -474,7 +488,7 @@ struct Driver {
 impl Driver {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut replies: FuturesUnordered<Reply> = FuturesUnordered::new();
-        let mut redial = tokio::time::interval(Duration::from_secs(5));
+        let mut redial = tokio::time::interval(Duration::from_secs(2));
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

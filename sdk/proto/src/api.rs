@@ -682,6 +682,10 @@ pub struct FailJobRequest {
     /// Whether another device could succeed (the job is requeued) or not (it fails).
     #[serde(default)]
     pub retryable: bool,
+    /// For a requester's reassign: the executor (libp2p peer id) that failed. When the job
+    /// has meanwhile moved to another device (its lease expired), that assignment is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor_peer: Option<String>,
 }
 
 /// Run a job through the control plane as gateway: it schedules the job, sends it to the

@@ -1,0 +1,461 @@
+//! A local mesh of real processes for end-to-end tests: `mesh-control-plane` (SQLite),
+//! `mesh-relay` and N `mesh-host run` agents, each with its own data directory, on loopback.
+//! Everything is killed and removed when the [`Mesh`] is dropped.
+
+use mesh_client::Client;
+use mesh_proto::api::{CreateInviteRequest, InviteKind, NetworkInfo, NetworkPolicy};
+use mesh_proto::{Blake3Hash, NetworkId};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The directory holding the workspace's binaries (next to the test executable's `deps/`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().expect("deps dir");
+    if dir.ends_with("deps") {
+        dir.parent().expect("profile dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// Path of a workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo test --workspace builds every binary)",
+        path.display()
+    );
+    path
+}
+
+/// A UDP+TCP port free on loopback right now.
+pub fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A child process that is killed when dropped; its stderr goes to a log file.
+pub struct Process {
+    /// What it is.
+    pub name: String,
+    child: Child,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Spawn `program` with `args`, logging to `<dir>/<name>.log`.
+    pub fn spawn(
+        dir: &Path,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Process {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .env("RUST_LOG", "info,libp2p=warn")
+            .env("NO_COLOR", "1");
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        Process {
+            name: name.into(),
+            child,
+            log,
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{} did not log {needle:?} within {timeout:?}; log:\n{}",
+            self.name,
+            self.log_text()
+        );
+    }
+
+    /// Stop it: SIGTERM (graceful), then kill after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kill it at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running local mesh.
+pub struct Mesh {
+    /// Scratch directory (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// The control plane's URL.
+    pub url: String,
+    /// The admin (network owner).
+    pub admin: Client,
+    admin_token: String,
+    /// The network.
+    pub network: NetworkInfo,
+    /// The relay's multiaddr (QUIC).
+    pub relay_addr: String,
+    /// The relay secret.
+    pub relay_secret: String,
+    /// The control plane.
+    pub control_plane: Process,
+    /// The relay.
+    pub relay: Process,
+    /// The hosts, in order.
+    pub hosts: Vec<Host>,
+}
+
+/// One device agent.
+pub struct Host {
+    /// Its process.
+    pub process: Process,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its device id.
+    pub device: mesh_proto::DeviceId,
+    /// Its peer id.
+    pub peer: String,
+}
+
+/// Options of a [`Mesh`].
+#[derive(Clone)]
+pub struct MeshOptions {
+    /// Hosts to start.
+    pub hosts: usize,
+    /// Inference backend of every host.
+    pub backend: String,
+    /// Jobs a host runs at once.
+    pub slots: usize,
+    /// Jobs a host queues.
+    pub queue_capacity: usize,
+    /// Job lease of the control plane, in seconds.
+    pub job_lease_s: f64,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        MeshOptions {
+            hosts: 2,
+            backend: "onnxruntime".into(),
+            slots: 1,
+            queue_capacity: 64,
+            job_lease_s: 60.0,
+        }
+    }
+}
+
+impl Mesh {
+    /// Start a control plane, a relay and `options.hosts` hosts, create a network (devices
+    /// join without approval) and wait until every host holds a relay reservation.
+    pub async fn start(options: MeshOptions) -> Mesh {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let relay_secret = "e2e-relay-secret".to_string();
+        let relay_peer = String::from_utf8(
+            Command::new(bin("mesh-relay"))
+                .args([
+                    "--data-dir",
+                    root.join("relay").to_str().unwrap(),
+                    "--print-peer-id",
+                ])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim()
+        .to_string();
+        let relay_port = free_port();
+        let relay_addr = format!("/ip4/127.0.0.1/udp/{relay_port}/quic-v1/p2p/{relay_peer}");
+        let cp_dir = root.join("cp");
+        let init = Command::new(bin("mesh-control-plane"))
+            .args([
+                "--data-dir",
+                cp_dir.to_str().unwrap(),
+                "init",
+                "--name",
+                "owner",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let token = String::from_utf8(init.stdout).unwrap().trim().to_string();
+        let config = root.join("cp.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "sweep_interval = 0.2\nheartbeat_interval = 1.0\noffline_after = 5.0\njob_lease = {}\n",
+                options.job_lease_s
+            ),
+        )
+        .unwrap();
+        let addr_file = root.join("cp.addr");
+        let control_plane = Process::spawn(
+            &root,
+            "control-plane",
+            &bin("mesh-control-plane"),
+            &[
+                "--data-dir",
+                cp_dir.to_str().unwrap(),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+                config.to_str().unwrap(),
+                "--addr-file",
+                addr_file.to_str().unwrap(),
+                "--relay",
+                &relay_addr,
+            ],
+            &[("MESH_RELAY_SECRET", &relay_secret)],
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file)
+                && !a.is_empty()
+            {
+                break a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "control plane did not start:\n{}",
+                control_plane.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let url = format!("http://{}", addr.trim());
+        let relay = Process::spawn(
+            &root,
+            "relay",
+            &bin("mesh-relay"),
+            &[
+                "--data-dir",
+                root.join("relay").to_str().unwrap(),
+                "--control-plane",
+                &url,
+                "--listen",
+                &format!("/ip4/127.0.0.1/udp/{relay_port}/quic-v1"),
+                "--listen",
+                &format!("/ip4/127.0.0.1/tcp/{relay_port}"),
+                "--allow-list-interval",
+                "1",
+            ],
+            &[("MESH_RELAY_SECRET", &relay_secret)],
+        );
+        relay.wait_for_log("allow-list loaded", Duration::from_secs(30));
+        let admin = Client::new(&url, Some(token.clone())).unwrap();
+        let network = admin
+            .create_network(&mesh_proto::api::CreateNetworkRequest {
+                name: "e2e".into(),
+                policy: NetworkPolicy {
+                    require_device_approval: false,
+                    ..NetworkPolicy::default()
+                },
+            })
+            .await
+            .unwrap();
+        let mut mesh = Mesh {
+            dir,
+            url,
+            admin,
+            admin_token: token,
+            network,
+            relay_addr,
+            relay_secret,
+            control_plane,
+            relay,
+            hosts: Vec::new(),
+        };
+        for i in 0..options.hosts {
+            let host = mesh.start_host(&format!("host{i}"), &options).await;
+            mesh.hosts.push(host);
+        }
+        for host in &mesh.hosts {
+            host.process
+                .wait_for_log("reservation accepted", Duration::from_secs(30));
+        }
+        mesh.wait_online(options.hosts).await;
+        mesh
+    }
+
+    /// The admin's bearer token.
+    pub fn admin_token(&self) -> String {
+        self.admin_token.clone()
+    }
+
+    /// The network id.
+    pub fn network_id(&self) -> NetworkId {
+        self.network.id
+    }
+
+    /// Register and start one more host named `name`.
+    pub async fn start_host(&self, name: &str, options: &MeshOptions) -> Host {
+        let root = self.dir.path();
+        let invite = self
+            .admin
+            .create_invite(
+                &self.network.id,
+                &CreateInviteRequest {
+                    kind: InviteKind::Device,
+                    role: None,
+                    expires_in_s: None,
+                },
+            )
+            .await
+            .unwrap();
+        let config = root.join(format!("{name}.toml"));
+        let data = root.join(name);
+        let slots = options.slots.to_string();
+        let queue = options.queue_capacity.to_string();
+        let join = Command::new(bin("mesh-host"))
+            .args([
+                "join",
+                &invite.code,
+                "--control-plane",
+                &self.url,
+                "--name",
+                name,
+                "--config",
+                config.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--slots",
+                &slots,
+                "--queue-capacity",
+                &queue,
+                "--backend",
+                &options.backend,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            join.status.success(),
+            "join failed: {}",
+            String::from_utf8_lossy(&join.stderr)
+        );
+        let text = std::fs::read_to_string(&config).unwrap();
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key} = \"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap()
+        };
+        let device: mesh_proto::DeviceId = field("device").parse().unwrap();
+        let key = mesh_proto::SigningKey::from_multibase(&field("key")).unwrap();
+        let process = Process::spawn(
+            root,
+            name,
+            &bin("mesh-host"),
+            &["run", "--config", config.to_str().unwrap()],
+            &[],
+        );
+        Host {
+            process,
+            config,
+            device,
+            peer: key.public_key().peer_id(),
+        }
+    }
+
+    /// Wait until `n` devices of the network are online.
+    pub async fn wait_online(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let online = self
+                .admin
+                .devices(&self.network.id)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|d| d.online)
+                .count();
+            if online >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {online} of {n} devices came online"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Publish a component; returns its hash.
+    pub async fn publish(&self, component: &str) -> Blake3Hash {
+        self.admin
+            .publish_workload(&self.network.id, std::fs::read(component).unwrap())
+            .await
+            .unwrap()
+            .hash
+    }
+
+    /// Every process's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in [&self.control_plane, &self.relay]
+            .into_iter()
+            .chain(self.hosts.iter().map(|h| &h.process))
+        {
+            out.push_str(&format!("==== {}\n{}\n", p.name, p.log_text()));
+        }
+        out
+    }
+}

@@ -1,0 +1,613 @@
+//! End to end on loopback: a control plane, a relay and hosts as real processes; jobs through
+//! the gateway, device to device and through the OpenAI endpoint; hostile peers; a host
+//! killed mid-job.
+
+use base64::Engine as _;
+use mesh_e2e::{Mesh, MeshOptions};
+use mesh_net::dispatch::Assignment;
+use mesh_net::{Inbound, NetError, Node, NodeConfig, PeerId};
+use mesh_proto::api::{
+    CreateInviteRequest, InviteKind, JobState, RegisterDeviceRequest, RunJobRequest,
+    SubmitJobRequest,
+};
+use mesh_proto::device::{Capabilities, RegistrationProof};
+use mesh_proto::p2p::{BlobResponse, JobRefusal, JobRequest, JobResponse};
+use mesh_proto::{Blake3Hash, SignDomain, Signed, SigningKey};
+use std::time::Duration;
+
+/// The first `n` sentences of the reference corpus with their sentence-transformers vectors.
+fn reference(n: usize) -> Vec<(String, Vec<f32>)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/embeddings-reference.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .take(n)
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let text = v["text"]
+                .as_str()
+                .or(v["sentence"].as_str())
+                .unwrap()
+                .to_string();
+            let vector = v["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            (text, vector)
+        })
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+fn vectors(output: &serde_json::Value) -> Vec<Vec<f32>> {
+    output["embeddings"]
+        .as_array()
+        .expect("embeddings in the output")
+        .iter()
+        .map(|v| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+/// A device registered in the mesh's network (or `network`), run in-process.
+struct Rogue {
+    key: SigningKey,
+    client: mesh_client::Client,
+    cert: Signed<mesh_proto::device::DeviceCert>,
+    device: mesh_proto::DeviceId,
+}
+
+async fn register(mesh: &Mesh, network: &mesh_proto::NetworkId) -> Rogue {
+    let invite = mesh
+        .admin
+        .create_invite(
+            network,
+            &CreateInviteRequest {
+                kind: InviteKind::Device,
+                role: None,
+                expires_in_s: None,
+            },
+        )
+        .await
+        .unwrap();
+    let mut seed = [0u8; 32];
+    for (i, b) in seed.iter_mut().enumerate() {
+        *b = (std::process::id() as u8)
+            .wrapping_mul(31)
+            .wrapping_add(i as u8)
+            ^ (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos() as u8);
+    }
+    let key = SigningKey::from_seed(seed);
+    let anonymous = mesh.admin.with_token(None);
+    let challenge = anonymous.challenge(&invite.code).await.unwrap();
+    let proof = RegistrationProof {
+        challenge: challenge.challenge.clone(),
+        public_key: key.public_key(),
+    };
+    let registered = anonymous
+        .register_device(&RegisterDeviceRequest {
+            invite: invite.code,
+            challenge: challenge.challenge,
+            name: "in-process".into(),
+            public_key: key.public_key(),
+            proof: key.sign(
+                SignDomain::Registration,
+                &challenge.network,
+                &mesh_proto::cbor::to_vec(&proof).unwrap(),
+            ),
+            // No backends: the scheduler never picks it as an executor.
+            capabilities: Capabilities::default(),
+        })
+        .await
+        .unwrap();
+    let client = mesh.admin.with_token(Some(registered.token));
+    let cert = client
+        .certificate(&registered.device)
+        .await
+        .unwrap()
+        .certificate;
+    Rogue {
+        key,
+        client,
+        cert,
+        device: registered.device,
+    }
+}
+
+/// Connect `node` to `peer`, retrying while the relay has not yet learnt (from its next
+/// allow-list poll) that a freshly registered device may use it.
+async fn connect(node: &Node, peer: PeerId) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match node.connect(peer).await {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("could not reach {peer}: {e}"),
+        }
+    }
+}
+
+async fn node(mesh: &Mesh, key: &SigningKey) -> (Node, tokio::sync::mpsc::Receiver<Inbound>) {
+    Node::spawn(
+        key,
+        NodeConfig {
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+            relays: vec![mesh.relay_addr.parse().unwrap()],
+            reserve: false,
+            job_timeout: Duration::from_secs(60),
+            ..NodeConfig::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_across_the_mesh_and_settle_once() {
+    let mesh = Mesh::start(MeshOptions::default()).await;
+    let network = mesh.network_id();
+    let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
+    let reference = reference(4);
+    let texts: Vec<&str> = reference.iter().map(|(t, _)| t.as_str()).collect();
+
+    // Gateway: REST in, libp2p to a host through the relay, checked receipt back.
+    let result = mesh
+        .admin
+        .run_job(
+            &network,
+            &RunJobRequest {
+                workload,
+                input: serde_json::json!({ "texts": texts }),
+                idempotency_key: None,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("gateway job failed: {e}\n{}", mesh.logs()));
+    assert_eq!(result.job.state, JobState::Done);
+    assert_eq!(result.attempts, 1);
+    assert_eq!(result.receipt.job, Some(result.job.id));
+    assert_eq!(result.receipt.component, workload);
+    let got = vectors(&result.output);
+    assert_eq!(got.len(), reference.len());
+    for ((_, want), got) in reference.iter().zip(&got) {
+        assert_eq!(got.len(), 384);
+        assert!(cosine(want, got) >= 0.9999, "cosine {}", cosine(want, got));
+    }
+    let executor = mesh
+        .hosts
+        .iter()
+        .find(|h| h.device == result.executor)
+        .expect("a host of the mesh ran it");
+    assert_eq!(executor.peer, result.executor_peer);
+    executor
+        .process
+        .wait_for_log("job done", Duration::from_secs(5));
+
+    // Device to device: host 0 as requester; the scheduler never picks the requester.
+    let input = mesh.dir.path().join("d2d.json");
+    std::fs::write(
+        &input,
+        serde_json::json!({ "texts": [texts[0]] }).to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(mesh_e2e::bin("mesh-host"))
+        .args([
+            "submit",
+            "--config",
+            mesh.hosts[0].config.to_str().unwrap(),
+            "--workload",
+            &workload.to_string(),
+            "--input",
+            input.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "submit failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        mesh.logs()
+    );
+    let d2d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d2d["state"], "done");
+    assert_eq!(d2d["executor"], mesh.hosts[1].device.to_string());
+    let v = &vectors(&d2d["output"])[0];
+    assert!(cosine(&reference[0].1, v) >= 0.9999);
+
+    // OpenAI-compatible endpoint, float and base64 encodings.
+    let http = reqwest::Client::new();
+    let pair = [texts[1].to_string(), texts[2].to_string()];
+    let openai = |format: &'static str| {
+        let http = http.clone();
+        let pair = pair.clone();
+        let url = format!("{}/v1/embeddings", mesh.url);
+        let token = mesh.admin_token();
+        async move {
+            http.post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({
+                    "model": "sentence-transformers/all-MiniLM-L6-v2",
+                    "input": pair,
+                    "encoding_format": format,
+                }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let floats = openai("float").await;
+    assert_eq!(floats.status(), 200);
+    let floats: serde_json::Value = floats.json().await.unwrap();
+    assert_eq!(floats["object"], "list");
+    assert_eq!(floats["data"][1]["index"], 1);
+    let first: Vec<f32> = floats["data"][0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    assert!(cosine(&reference[1].1, &first) >= 0.9999);
+    assert!(floats["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    let encoded: serde_json::Value = openai("base64").await.json().await.unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let decoded: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert!(cosine(&decoded, &first) >= 0.99999);
+    let unknown = http
+        .post(format!("{}/v1/embeddings", mesh.url))
+        .bearer_auth(mesh.admin_token())
+        .json(&serde_json::json!({"model": "gpt-4", "input": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    // Credits: four jobs, each reserved once and settled once; the ledger balances.
+    let history = mesh.admin.history(&network, None).await.unwrap();
+    let count = |kind: &str| history.iter().filter(|e| e.kind == kind).count();
+    assert_eq!(count("job_reserve"), 4, "{history:?}");
+    assert_eq!(count("job_settle"), 4, "{history:?}");
+    assert_eq!(count("job_refund"), 0);
+    let jobs = mesh.admin.jobs(&network).await.unwrap();
+    assert_eq!(jobs.len(), 4);
+    assert!(jobs.iter().all(|j| j.state == JobState::Done), "{jobs:?}");
+
+    // An unlisted peer is refused at the relay and cannot reach any host.
+    let stranger = SigningKey::from_seed([0x5a; 32]);
+    let (stranger_node, _inbound) = node(&mesh, &stranger).await;
+    let host: PeerId = mesh.hosts[1].peer.parse().unwrap();
+    let err = stranger_node.connect(host).await.unwrap_err();
+    assert!(matches!(err, NetError::Unreachable { .. }), "{err:?}");
+    mesh.relay
+        .wait_for_log("refused connection", Duration::from_secs(5));
+
+    // A revoked device is dropped by the relay within the poll interval and stops.
+    mesh.admin
+        .revoke_device(&network, &mesh.hosts[0].device)
+        .await
+        .unwrap();
+    mesh.relay
+        .wait_for_log("no longer vouched for", Duration::from_secs(10));
+    mesh.hosts[0]
+        .process
+        .wait_for_log("revoked: stopping", Duration::from_secs(15));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
+    let mesh = Mesh::start(MeshOptions {
+        hosts: 1,
+        ..MeshOptions::default()
+    })
+    .await;
+    let network = mesh.network_id();
+    let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
+    let host: PeerId = mesh.hosts[0].peer.parse().unwrap();
+    let rogue = register(&mesh, &network).await;
+    let (rogue_node, mut inbound) = node(&mesh, &rogue.key).await;
+    // The rogue serves garbage for every blob it is asked for.
+    tokio::spawn(async move {
+        while let Some(request) = inbound.recv().await {
+            if let Inbound::Blob { request, reply, .. } = request {
+                let _ = reply.send(BlobResponse::Chunk {
+                    total: 1000,
+                    offset: request.offset,
+                    data: vec![0xab; (1000 - request.offset as usize).min(400)],
+                });
+            }
+        }
+    });
+    let input = serde_json::to_vec(&serde_json::json!({"texts": ["hostile"]})).unwrap();
+    let assignment = rogue
+        .client
+        .submit_job(
+            &network,
+            &SubmitJobRequest {
+                workload,
+                input: Blake3Hash::of(&input),
+                input_size: input.len() as u64,
+                idempotency_key: None,
+            },
+        )
+        .await
+        .unwrap();
+    let ticket = assignment.ticket.clone().expect("assigned at once");
+    assert_eq!(
+        Assignment::from_ticket(ticket.clone()).unwrap().executor,
+        host
+    );
+    connect(&rogue_node, host).await;
+    let send = |request: JobRequest| {
+        let node = rogue_node.clone();
+        async move {
+            match node.request_job(host, request).await.unwrap().response {
+                JobResponse::Refused(r) => r,
+                JobResponse::Done { .. } => panic!("a hostile request ran"),
+            }
+        }
+    };
+
+    // A ticket signed by anyone but the control plane.
+    let forger = SigningKey::from_seed([0x66; 32]);
+    let forged = Signed::sign(
+        &ticket.peek().unwrap(),
+        &forger,
+        SignDomain::JobTicket,
+        &network,
+    )
+    .unwrap();
+    let refusal = send(JobRequest {
+        ticket: forged,
+        requester_cert: Some(rogue.cert.clone()),
+        input: input.clone(),
+    })
+    .await;
+    assert!(
+        matches!(refusal, JobRefusal::InvalidTicket(_)),
+        "{refusal:?}"
+    );
+
+    // A real ticket without a certificate, and with input that does not match it.
+    let refusal = send(JobRequest {
+        ticket: ticket.clone(),
+        requester_cert: None,
+        input: input.clone(),
+    })
+    .await;
+    assert!(
+        matches!(refusal, JobRefusal::NotAuthorized(_)),
+        "{refusal:?}"
+    );
+    let refusal = send(JobRequest {
+        ticket: ticket.clone(),
+        requester_cert: Some(rogue.cert.clone()),
+        input: b"{\"texts\":[\"something else\"]}".to_vec(),
+    })
+    .await;
+    assert_eq!(refusal, JobRefusal::InputMismatch);
+
+    // The ticket presented by another peer (stolen or replayed elsewhere).
+    let thief = register(&mesh, &network).await;
+    let (thief_node, _thief_inbound) = node(&mesh, &thief.key).await;
+    connect(&thief_node, host).await;
+    let stolen = thief_node
+        .request_job(
+            host,
+            JobRequest {
+                ticket: ticket.clone(),
+                requester_cert: Some(thief.cert.clone()),
+                input: input.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(stolen.response, JobResponse::Refused(JobRefusal::InvalidTicket(ref m)) if m.contains("another peer")),
+        "{:?}",
+        stolen.response
+    );
+
+    // A device of another network, with its own valid certificate.
+    let other = mesh
+        .admin
+        .create_network(&mesh_proto::api::CreateNetworkRequest {
+            name: "elsewhere".into(),
+            policy: mesh_proto::api::NetworkPolicy {
+                require_device_approval: false,
+                ..Default::default()
+            },
+        })
+        .await
+        .unwrap();
+    let outsider = register(&mesh, &other.id).await;
+    let (outsider_node, _o) = node(&mesh, &outsider.key).await;
+    connect(&outsider_node, host).await;
+    let answer = outsider_node
+        .request_job(
+            host,
+            JobRequest {
+                ticket: ticket.clone(),
+                requester_cert: Some(outsider.cert.clone()),
+                input: input.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            answer.response,
+            JobResponse::Refused(JobRefusal::InvalidTicket(_))
+        ),
+        "{:?}",
+        answer.response
+    );
+
+    // The honest request runs, although the rogue serves a component with the wrong
+    // BLAKE3: the host rejects it and fetches a verified copy from the control plane.
+    let answer = rogue_node
+        .request_job(
+            host,
+            JobRequest {
+                ticket: ticket.clone(),
+                requester_cert: Some(rogue.cert.clone()),
+                input: input.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    let JobResponse::Done { output, receipt } = answer.response else {
+        panic!("refused: {:?}\n{}", answer.response, mesh.logs());
+    };
+    mesh_net::verify::receipt(&receipt, &ticket, &output).unwrap();
+    mesh.hosts[0]
+        .process
+        .wait_for_log("wrong blake3", Duration::from_secs(1));
+    // A forged receipt (signed by the rogue, not the executor) is rejected by the plane.
+    let mut claims = receipt.peek().unwrap();
+    claims.output = Blake3Hash::of(b"forged");
+    let forged_receipt = Signed::sign(&claims, &rogue.key, SignDomain::Receipt, &network).unwrap();
+    let err = rogue
+        .client
+        .report_receipt(
+            &network,
+            &assignment.job.id,
+            &mesh_proto::api::CompleteJobRequest {
+                receipt: forged_receipt,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(401), "{err}");
+    rogue
+        .client
+        .report_receipt(
+            &network,
+            &assignment.job.id,
+            &mesh_proto::api::CompleteJobRequest { receipt },
+        )
+        .await
+        .unwrap();
+
+    // Nothing else was disturbed: the host still serves, and the rogue's job settled once.
+    let result = mesh
+        .admin
+        .run_job(
+            &network,
+            &RunJobRequest {
+                workload,
+                input: serde_json::json!({"texts": ["still fine"]}),
+                idempotency_key: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.job.state, JobState::Done);
+    let history = mesh.admin.history(&network, None).await.unwrap();
+    let settles = history
+        .iter()
+        .filter(|e| e.kind == "job_settle" && e.job == Some(assignment.job.id))
+        .count();
+    assert_eq!(settles, 1, "{history:?}");
+    let _ = rogue.device;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_mid_job_is_replaced_and_the_job_is_charged_once() {
+    let mut mesh = Mesh::start(MeshOptions {
+        job_lease_s: 5.0,
+        ..MeshOptions::default()
+    })
+    .await;
+    let network = mesh.network_id();
+    let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
+    // Enough sentences that the job runs for a while on one slot.
+    let corpus = reference(101);
+    let texts: Vec<String> = (0..2000)
+        .map(|i| format!("{} ({i})", corpus[i % corpus.len()].0))
+        .collect();
+    let admin = mesh.admin.clone();
+    let job = tokio::spawn(async move {
+        admin
+            .run_job(
+                &network,
+                &RunJobRequest {
+                    workload,
+                    input: serde_json::json!({ "texts": texts }),
+                    idempotency_key: Some("crash".into()),
+                },
+            )
+            .await
+    });
+    // Kill whichever host received it, as soon as it has.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let victim = loop {
+        if let Some(i) = mesh
+            .hosts
+            .iter()
+            .position(|h| h.process.log_text().contains("job request"))
+        {
+            break i;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no host got the job\n{}",
+            mesh.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    mesh.hosts[victim].process.kill();
+    let result = job
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the job did not survive the crash: {e}\n{}", mesh.logs()));
+    assert_eq!(result.job.state, JobState::Done);
+    assert_eq!(result.attempts, 2);
+    assert_eq!(result.executor, mesh.hosts[1 - victim].device);
+    assert_eq!(vectors(&result.output).len(), 2000);
+    let history = mesh.admin.history(&network, None).await.unwrap();
+    let of_job: Vec<&str> = history
+        .iter()
+        .filter(|e| e.job == Some(result.job.id))
+        .map(|e| e.kind.as_str())
+        .collect();
+    assert_eq!(
+        of_job.iter().filter(|k| **k == "job_reserve").count(),
+        1,
+        "{of_job:?}"
+    );
+    assert_eq!(
+        of_job.iter().filter(|k| **k == "job_settle").count(),
+        1,
+        "{of_job:?}"
+    );
+    assert_eq!(
+        of_job.iter().filter(|k| **k == "job_refund").count(),
+        0,
+        "{of_job:?}"
+    );
+}
