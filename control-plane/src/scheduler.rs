@@ -79,7 +79,17 @@ pub async fn candidates(
             trust,
         });
     }
-    out.sort_by(|a, b| a.load.total_cmp(&b.load).then(b.trust.total_cmp(&a.trust)));
+    // Equal load and trust: a random order, so idle devices share the work.
+    let mut tiebreak = vec![0u8; out.len()];
+    getrandom::fill(&mut tiebreak).expect("the OS random number generator works");
+    let mut keyed: Vec<(u8, Candidate)> = tiebreak.into_iter().zip(out).collect();
+    keyed.sort_by(|(ra, a), (rb, b)| {
+        a.load
+            .total_cmp(&b.load)
+            .then(b.trust.total_cmp(&a.trust))
+            .then(ra.cmp(rb))
+    });
+    let out: Vec<Candidate> = keyed.into_iter().map(|(_, c)| c).collect();
     Ok(out)
 }
 

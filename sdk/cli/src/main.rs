@@ -58,6 +58,12 @@ enum Command {
     /// Jobs.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Embed texts with the network's embeddings workload (all-MiniLM-L6-v2) on the mesh.
+    Embed {
+        /// The texts.
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -186,6 +192,17 @@ enum JobCommand {
         /// Job id.
         job: String,
     },
+    /// Run a job on the mesh (dispatched by the control plane) and print its output.
+    Submit {
+        /// The workload: its hash (b3:…) or its name (the newest live version).
+        workload: String,
+        /// Input document (JSON); `-` reads standard input.
+        #[arg(long, short)]
+        input: std::path::PathBuf,
+        /// Retrying with the same key runs (and charges) the job once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
 }
 
 fn exit_code(error: &anyhow::Error) -> u8 {
@@ -275,7 +292,79 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Workload(command) => workload(ctx, command).await,
         Command::Credits(command) => credits(ctx, command).await,
         Command::Job(command) => job(ctx, command).await,
+        Command::Embed { texts } => embed(ctx, texts).await,
     }
+}
+
+/// The workload `spec` names: a hash, or the newest live workload of that name.
+async fn resolve_workload(ctx: &Ctx, network: &NetworkId, spec: &str) -> Result<Blake3Hash> {
+    if let Ok(hash) = spec.parse::<Blake3Hash>() {
+        return Ok(hash);
+    }
+    let mut matching: Vec<_> = ctx
+        .client
+        .workloads(network)
+        .await?
+        .into_iter()
+        .filter(|w| !w.yanked && (w.name == spec || w.models.iter().any(|m| m == spec)))
+        .collect();
+    matching.sort_by_key(|w| std::cmp::Reverse(w.published_at_ms));
+    matching
+        .first()
+        .map(|w| w.hash)
+        .ok_or_else(|| anyhow::anyhow!("no live workload named {spec:?} in this network"))
+}
+
+fn run_summary(r: &mesh_proto::api::RunJobResponse) -> String {
+    format!(
+        "{}  {}  ran on {} ({}, {} attempt{})  price:{}  backend:{}  output:{}",
+        r.job.id,
+        r.job.state.as_str(),
+        r.executor,
+        if r.relayed { "relayed" } else { "direct" },
+        r.attempts,
+        if r.attempts == 1 { "" } else { "s" },
+        r.job.price,
+        r.receipt.backend,
+        r.receipt.output
+    )
+}
+
+async fn embed(ctx: Ctx, texts: Vec<String>) -> Result<()> {
+    let network = ctx.network()?;
+    let workload = resolve_workload(&ctx, &network, "all-minilm-l6-v2").await?;
+    let result = ctx
+        .client
+        .run_job(
+            &network,
+            &mesh_proto::api::RunJobRequest {
+                workload,
+                input: serde_json::json!({ "texts": texts }),
+                idempotency_key: None,
+            },
+        )
+        .await?;
+    if ctx.json {
+        println!("{}", serde_json::to_string(&result)?);
+        return Ok(());
+    }
+    let vectors = result.output["embeddings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (text, vector) in texts.iter().zip(&vectors) {
+        let values: Vec<String> = vector
+            .as_array()
+            .into_iter()
+            .flatten()
+            .take(4)
+            .map(|x| format!("{:+.4}", x.as_f64().unwrap_or(0.0)))
+            .collect();
+        let dim = vector.as_array().map_or(0, Vec::len);
+        println!("[{}, …] ({dim} dims)  {text}", values.join(", "));
+    }
+    println!("{}", run_summary(&result));
+    Ok(())
 }
 
 async fn login(mut ctx: Ctx, args: LoginArgs) -> Result<()> {
@@ -588,6 +677,41 @@ async fn job(ctx: Ctx, command: JobCommand) -> Result<()> {
             let job: JobId = parse(&job, "job id")?;
             let assignment = ctx.client.job(&network, &job).await?;
             print(ctx.json, &assignment, |a| line(&a.job))
+        }
+        JobCommand::Submit {
+            workload,
+            input,
+            idempotency_key,
+        } => {
+            let workload = resolve_workload(&ctx, &network, &workload).await?;
+            let text = if input.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+                text
+            } else {
+                std::fs::read_to_string(&input)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", input.display()))?
+            };
+            let input: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("the input is not JSON: {e}"))?;
+            let result = ctx
+                .client
+                .run_job(
+                    &network,
+                    &mesh_proto::api::RunJobRequest {
+                        workload,
+                        input,
+                        idempotency_key,
+                    },
+                )
+                .await?;
+            if ctx.json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                println!("{}", serde_json::to_string(&result.output)?);
+                eprintln!("{}", run_summary(&result));
+            }
+            Ok(())
         }
     }
 }

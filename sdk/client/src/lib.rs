@@ -11,6 +11,8 @@ use std::time::Duration;
 
 /// Time a request may take before it fails.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Timeout of calls that wait for a job to run (`run_job`).
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -506,8 +508,12 @@ impl Client {
         network: &NetworkId,
         request: &mesh_proto::api::RunJobRequest,
     ) -> Result<mesh_proto::api::RunJobResponse> {
-        self.post(&format!("/v1/networks/{network}/jobs/run"), request)
-            .await
+        // The call lasts as long as the job: allow more than the default timeout.
+        let builder = self
+            .request(Method::POST, &format!("/v1/networks/{network}/jobs/run"))
+            .timeout(RUN_TIMEOUT)
+            .json(request);
+        Self::send(builder).await
     }
 
     // --- relays ---
