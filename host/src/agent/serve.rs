@@ -31,6 +31,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a running job's lease is renewed when the control plane did not say how long
 /// it lasts.
 const DEFAULT_LEASE_RENEWAL: Duration = Duration::from_secs(10);
+/// How long the agent waits for a relay reservation before it announces itself anyway.
+const RESERVATION_WAIT: Duration = Duration::from_secs(20);
 /// Certificates are refreshed this often.
 const CERT_REFRESH: Duration = Duration::from_secs(3600);
 
@@ -44,7 +46,8 @@ struct Queued {
 }
 
 enum Seen {
-    Running,
+    /// Running; the requester asked again (its first stream broke) and waits here.
+    Running(Vec<oneshot::Sender<JobResponse>>),
     Done(Box<JobResponse>, Instant),
 }
 
@@ -137,6 +140,18 @@ pub async fn run(
         config.queue_capacity,
         agent.executor.backend().name()
     );
+    // Heartbeats make the device a candidate for jobs, so they start once peers can reach it:
+    // when a relay holds a reservation (or after a while, when none does).
+    if !relays.is_empty()
+        && !agent
+            .node
+            .wait_for(RESERVATION_WAIT, |s| !s.reserved_on.is_empty())
+            .await
+    {
+        tracing::warn!(
+            "no relay reservation after {RESERVATION_WAIT:?}; announcing the device anyway"
+        );
+    }
     let (revoked_tx, mut revoked_rx) = mpsc::channel::<()>(1);
     tokio::spawn(heartbeats(agent.clone(), config.device, revoked_tx));
     tokio::spawn(certificates(agent.clone(), config.device));
@@ -314,12 +329,15 @@ impl Agent {
         {
             let mut seen = self.seen.lock().expect("seen lock");
             seen.retain(|_, s| match s {
-                Seen::Running => true,
+                Seen::Running(_) => true,
                 Seen::Done(_, at) => at.elapsed() < ANSWER_CACHE_TIME,
             });
-            match seen.get(&ticket.job) {
-                Some(Seen::Running) => {
-                    return Err((reply, JobRefusal::Replayed(ticket.job.to_string())));
+            match seen.get_mut(&ticket.job) {
+                // The ticket's own requester asks again while it runs (its connection broke):
+                // it gets the one answer, the job does not run twice.
+                Some(Seen::Running(waiters)) => {
+                    waiters.push(reply);
+                    return Ok(());
                 }
                 Some(Seen::Done(answer, _)) => {
                     // The requester asks again (its answer was lost): same answer, no rerun.
@@ -328,7 +346,7 @@ impl Agent {
                 }
                 None => {}
             }
-            seen.insert(ticket.job, Seen::Running);
+            seen.insert(ticket.job, Seen::Running(Vec::new()));
         }
         let job = ticket.job;
         let queued = Queued {
@@ -480,7 +498,11 @@ impl Agent {
     /// Run one queued job and answer it.
     async fn process(self: &Arc<Self>, job: Queued) {
         let id = job.ticket.job;
-        if job.reply.is_closed() {
+        let waiting = matches!(
+            self.seen.lock().expect("seen lock").get(&id),
+            Some(Seen::Running(w)) if !w.is_empty()
+        );
+        if job.reply.is_closed() && !waiting {
             tracing::info!(%id, "requester gave up before the job started");
             self.seen.lock().expect("seen lock").remove(&id);
             self.report_failure(id, "the requester went away", true)
@@ -488,12 +510,8 @@ impl Agent {
             return;
         }
         if let Err(reason) = self.ensure_component(&job).await {
-            self.seen.lock().expect("seen lock").remove(&id);
-            let _ = job
-                .reply
-                .send(JobResponse::Refused(JobRefusal::ComponentUnavailable(
-                    reason.clone(),
-                )));
+            let refusal = JobRefusal::ComponentUnavailable(reason.clone());
+            self.finish(id, job.reply, JobResponse::Refused(refusal));
             self.report_failure(id, &reason, true).await;
             return;
         }
@@ -509,12 +527,8 @@ impl Agent {
                 }
             }
             Err(e) if matches!(e, ClientError::Api { .. }) => {
-                self.seen.lock().expect("seen lock").remove(&id);
-                let _ = job
-                    .reply
-                    .send(JobResponse::Refused(JobRefusal::InvalidTicket(format!(
-                        "the control plane says: {e}"
-                    ))));
+                let refusal = JobRefusal::InvalidTicket(format!("the control plane says: {e}"));
+                self.finish(id, job.reply, JobResponse::Refused(refusal));
                 return;
             }
             Err(e) => {
@@ -553,11 +567,12 @@ impl Agent {
                     match Signed::sign(&receipt, &self.key, SignDomain::Receipt, &self.network) {
                         Ok(s) => s,
                         Err(e) => {
-                            let _ = job.reply.send(JobResponse::Refused(JobRefusal::Failed {
+                            let refusal = JobRefusal::Failed {
                                 kind: "internal".into(),
                                 message: e.to_string(),
                                 retryable: true,
-                            }));
+                            };
+                            self.finish(id, job.reply, JobResponse::Refused(refusal));
                             return;
                         }
                     };
@@ -566,38 +581,54 @@ impl Agent {
                     receipt: signed.clone(),
                 };
                 tracing::info!(%id, elapsed_ms = started.elapsed().as_millis() as u64, "job done");
-                {
-                    let mut seen = self.seen.lock().expect("seen lock");
-                    seen.insert(id, Seen::Done(Box::new(response.clone()), Instant::now()));
-                    if seen.len() > ANSWER_CACHE_ENTRIES {
-                        let oldest = seen
-                            .iter()
-                            .filter_map(|(k, s)| match s {
-                                Seen::Done(_, at) => Some((*k, *at)),
-                                Seen::Running => None,
-                            })
-                            .min_by_key(|(_, at)| *at)
-                            .map(|(k, _)| k);
-                        if let Some(k) = oldest {
-                            seen.remove(&k);
-                        }
-                    }
-                }
-                let _ = job.reply.send(response);
+                self.finish(id, job.reply, response);
                 let agent = self.clone();
                 tokio::spawn(async move { agent.report_done(id, signed).await });
             }
             Err(((kind, retryable), message)) => {
-                self.seen.lock().expect("seen lock").remove(&id);
                 tracing::info!(%id, "job failed: {message}");
-                let _ = job.reply.send(JobResponse::Refused(JobRefusal::Failed {
+                let refusal = JobRefusal::Failed {
                     kind: kind.into(),
                     message: message.clone(),
                     retryable,
-                }));
+                };
+                self.finish(id, job.reply, JobResponse::Refused(refusal));
                 self.report_failure(id, &message, retryable).await;
             }
         }
+    }
+
+    /// Answer a job (and whoever asked again while it ran); keep a `Done` answer for a
+    /// requester that asks once more.
+    fn finish(&self, id: JobId, reply: oneshot::Sender<JobResponse>, response: JobResponse) {
+        let waiters = {
+            let mut seen = self.seen.lock().expect("seen lock");
+            let waiters = match seen.remove(&id) {
+                Some(Seen::Running(waiters)) => waiters,
+                _ => Vec::new(),
+            };
+            if matches!(response, JobResponse::Done { .. }) {
+                seen.insert(id, Seen::Done(Box::new(response.clone()), Instant::now()));
+                if seen.len() > ANSWER_CACHE_ENTRIES {
+                    let oldest = seen
+                        .iter()
+                        .filter_map(|(k, s)| match s {
+                            Seen::Done(_, at) => Some((*k, *at)),
+                            Seen::Running(_) => None,
+                        })
+                        .min_by_key(|(_, at)| *at)
+                        .map(|(k, _)| k);
+                    if let Some(k) = oldest {
+                        seen.remove(&k);
+                    }
+                }
+            }
+            waiters
+        };
+        for waiter in waiters {
+            let _ = waiter.send(response.clone());
+        }
+        let _ = reply.send(response);
     }
 
     /// Report the receipt; retried while the control plane is unreachable.

@@ -4,6 +4,7 @@
 //!
 //! Message types live in `mesh_proto::p2p`; this crate adds the I/O.
 
+mod candidates;
 pub mod codec;
 pub mod dispatch;
 mod node;

@@ -191,6 +191,8 @@ pub struct ConnectionInfo {
     pub address: Multiaddr,
     /// Whether it runs over a relay circuit.
     pub relayed: bool,
+    /// Whether this node dialled it.
+    pub outbound: bool,
 }
 
 /// What a node can tell about itself.
@@ -236,6 +238,7 @@ enum Command {
 #[derive(NetworkBehaviour)]
 pub struct MeshBehaviour {
     limits: connection_limits::Behaviour,
+    observed: crate::candidates::ObservedAddresses,
     relay_client: relay::client::Behaviour,
     dcutr: dcutr::Behaviour,
     identify: identify::Behaviour,
@@ -300,6 +303,7 @@ impl Node {
             .map_err(|e| NodeError::Transport(e.to_string()))?
             .with_behaviour(|keypair, relay_client| MeshBehaviour {
                 limits: connection_limits::Behaviour::new(limits),
+                observed: Default::default(),
                 relay_client,
                 dcutr: dcutr::Behaviour::new(keypair.public().to_peer_id()),
                 identify: identify::Behaviour::new(identify::Config::new(
@@ -348,6 +352,7 @@ impl Node {
             reserving: HashSet::new(),
             connections: HashMap::new(),
             pending_jobs: HashMap::new(),
+            closed_by_us: HashSet::new(),
             pending_blobs: HashMap::new(),
             in_flight: HashMap::new(),
             pending_dials: HashMap::new(),
@@ -464,6 +469,14 @@ pub enum NodeError {
 
 type Reply = Pin<Box<dyn Future<Output = Outgoing> + Send>>;
 
+/// A job request waiting for its answer, with a copy to send again if the connection it went
+/// out on was one this node closed (the executor answers a repeated ticket once).
+struct PendingJob {
+    peer: PeerId,
+    resend: Option<Box<JobRequest>>,
+    reply: oneshot::Sender<Result<JobAnswer, NetError>>,
+}
+
 enum Outgoing {
     Job(ResponseChannel<JobResponse>, Option<JobResponse>),
     Blob(ResponseChannel<BlobResponse>, Option<BlobResponse>),
@@ -476,8 +489,9 @@ struct Driver {
     reserved: HashSet<PeerId>,
     reserving: HashSet<PeerId>,
     connections: HashMap<PeerId, HashMap<ConnectionId, ConnectionInfo>>,
-    pending_jobs:
-        HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<JobAnswer, NetError>>)>,
+    pending_jobs: HashMap<OutboundRequestId, PendingJob>,
+    /// Relayed connections this node closed after a direct one came up.
+    closed_by_us: HashSet<ConnectionId>,
     pending_blobs: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobResponse, NetError>>>,
     in_flight: HashMap<PeerId, usize>,
     pending_dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetError>>>>,
@@ -543,13 +557,20 @@ impl Driver {
                 reply,
             } => {
                 let addresses = self.circuit_addresses(peer);
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .job
-                    .send_request_with_addresses(&peer, *request, addresses);
+                let id = self.swarm.behaviour_mut().job.send_request_with_addresses(
+                    &peer,
+                    (*request).clone(),
+                    addresses,
+                );
                 *self.in_flight.entry(peer).or_default() += 1;
-                self.pending_jobs.insert(id, (peer, reply));
+                self.pending_jobs.insert(
+                    id,
+                    PendingJob {
+                        peer,
+                        resend: Some(request),
+                        reply,
+                    },
+                );
             }
             Command::Blob {
                 peer,
@@ -608,13 +629,18 @@ impl Driver {
         if !connections.values().any(|c| !c.relayed) {
             return;
         }
+        // Only the side that dialled closes: the other may be answering on it.
         let relayed: Vec<ConnectionId> = connections
             .iter()
-            .filter(|(_, c)| c.relayed)
+            .filter(|(_, c)| c.relayed && c.outbound)
             .map(|(id, _)| *id)
             .collect();
+        if self.closed_by_us.len() > 4096 {
+            self.closed_by_us.clear();
+        }
         for id in relayed {
             tracing::info!(%peer, "direct connection up; closing the relayed one");
+            self.closed_by_us.insert(id);
             self.swarm.close_connection(id);
         }
     }
@@ -694,10 +720,14 @@ impl Driver {
                 };
                 let relayed = endpoint.is_relayed();
                 tracing::info!(peer = %peer_id, %address, relayed, "connection established");
-                self.connections
-                    .entry(peer_id)
-                    .or_default()
-                    .insert(connection_id, ConnectionInfo { address, relayed });
+                self.connections.entry(peer_id).or_default().insert(
+                    connection_id,
+                    ConnectionInfo {
+                        address,
+                        relayed,
+                        outbound: endpoint.is_dialer(),
+                    },
+                );
                 if let Some(waiters) = self.pending_dials.remove(&peer_id) {
                     for w in waiters {
                         let _ = w.send(Ok(()));
@@ -750,6 +780,9 @@ impl Driver {
                 }
                 self.publish();
             }
+            SwarmEvent::NewExternalAddrCandidate { address } => {
+                tracing::debug!(%address, "external address candidate");
+            }
             SwarmEvent::Behaviour(event) => self.on_behaviour(event, replies),
             _ => {}
         }
@@ -761,7 +794,12 @@ impl Driver {
                 if self.relays.contains_key(&peer_id) =>
             {
                 // The relay tells us how the world sees us: a candidate for hole punching.
-                self.swarm.add_external_address(info.observed_addr.clone());
+                tracing::debug!(observed = %info.observed_addr, "identified by relay");
+                // (Not confirmed as external: the swarm drops candidates it already confirmed.)
+                self.swarm
+                    .behaviour_mut()
+                    .observed
+                    .observed(info.observed_addr.clone());
                 self.reserve(peer_id);
             }
             MeshBehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
@@ -846,8 +884,8 @@ impl Driver {
                     },
             } => {
                 let relayed = self.relayed(&peer, &connection_id);
-                if let Some((_, reply)) = self.pending_jobs.remove(&request_id) {
-                    let _ = reply.send(Ok(JobAnswer { response, relayed }));
+                if let Some(pending) = self.pending_jobs.remove(&request_id) {
+                    let _ = pending.reply.send(Ok(JobAnswer { response, relayed }));
                 }
                 self.request_done(peer);
             }
@@ -855,11 +893,24 @@ impl Driver {
                 peer,
                 request_id,
                 error,
-                ..
+                connection_id,
             } => {
-                tracing::info!(%peer, "job request failed: {error}");
-                if let Some((_, reply)) = self.pending_jobs.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::from_outbound(peer, error)));
+                let pending = self.pending_jobs.remove(&request_id);
+                if let Some(mut pending) = pending {
+                    let ours = matches!(error, request_response::OutboundFailure::ConnectionClosed)
+                        && self.closed_by_us.contains(&connection_id);
+                    if let (true, Some(request)) = (ours, pending.resend.take()) {
+                        // It went out on the relayed connection we were closing: send it
+                        // again, over the direct one.
+                        tracing::info!(%peer, "resending a job over the direct connection");
+                        let id = self.swarm.behaviour_mut().job.send_request(&peer, *request);
+                        self.pending_jobs.insert(id, pending);
+                        return;
+                    }
+                    tracing::info!(peer = %pending.peer, "job request failed: {error}");
+                    let _ = pending
+                        .reply
+                        .send(Err(NetError::from_outbound(peer, error)));
                 }
                 self.request_done(peer);
             }
