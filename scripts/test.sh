@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2 >/dev/null
+# The NAT tests build network namespaces with iproute2 and iptables (root only).
+if [ "$(id -u)" = 0 ] && ! command -v iptables >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables iproute2 >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables iproute2 >/dev/null; }
+fi
 bash scripts/setup.sh
 MESH_TEST_POSTGRES_URL="$(bash scripts/postgres.sh)"
 export MESH_TEST_POSTGRES_URL

@@ -130,6 +130,10 @@ enum Command {
         /// Retrying with the same key runs (and charges) the job once.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Run the job this many times, one after the other over one network node (one JSON
+        /// line each).
+        #[arg(long, default_value_t = 1)]
+        count: usize,
         /// Config file (default: $XDG_CONFIG_HOME/mesh/host.toml).
         #[arg(long, env = agent::config::CONFIG_ENV)]
         config: Option<PathBuf>,
@@ -263,18 +267,19 @@ fn run(cli: Cli) -> Result<()> {
             workload,
             input,
             idempotency_key,
+            count,
             config,
         } => {
             let path = config.unwrap_or_else(agent::config::HostConfig::default_path);
             let config = agent::config::HostConfig::load(&path)?;
             let input = read_input(&input, Limits::default().input_bytes)?;
-            let result = runtime()?.block_on(agent::submit::submit(
+            runtime()?.block_on(agent::submit::submit(
                 &config,
                 workload,
                 input,
                 idempotency_key,
-            ))?;
-            print_stdout(&serde_json::to_string(&result)?)
+                count,
+            ))
         }
         Command::Backends { json, backend } => {
             let statuses = backend::probe(&backend.config());

@@ -33,13 +33,16 @@ async fn wait_for_ticket(
     Ok(current)
 }
 
-/// Run one job of `workload` on the mesh and return the printed result document.
+/// Run `count` jobs of `workload` one after the other on the mesh (over the same network
+/// node, so later ones use the direct connection once hole punching succeeded), printing one
+/// JSON result line per job.
 pub async fn submit(
     config: &HostConfig,
     workload: Blake3Hash,
     input: Vec<u8>,
     idempotency_key: Option<String>,
-) -> Result<serde_json::Value> {
+    count: usize,
+) -> Result<()> {
     let key = config.signing_key()?;
     let client = Client::new(&config.control_plane, Some(config.token.clone()))?;
     let cert = client
@@ -90,13 +93,39 @@ pub async fn submit(
             }
         }
     });
-    let network = config.network;
+    for i in 0..count.max(1) {
+        let key = idempotency_key.as_ref().map(|k| {
+            if count > 1 {
+                format!("{k}-{i}")
+            } else {
+                k.clone()
+            }
+        });
+        let result = run_one(&client, &node, &cert, config.network, workload, &input, key).await?;
+        let line = serde_json::to_string(&result)?;
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{line}")?;
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+async fn run_one(
+    client: &Client,
+    node: &Node,
+    cert: &mesh_proto::Signed<mesh_proto::device::DeviceCert>,
+    network: NetworkId,
+    workload: Blake3Hash,
+    input: &[u8],
+    idempotency_key: Option<String>,
+) -> Result<serde_json::Value> {
     let submitted = client
         .submit_job(
             &network,
             &SubmitJobRequest {
                 workload,
-                input: Blake3Hash::of(&input),
+                input: Blake3Hash::of(input),
                 input_size: input.len() as u64,
                 idempotency_key,
             },
@@ -104,7 +133,7 @@ pub async fn submit(
         .await
         .context("submitting the job")?;
     let job = submitted.job.id;
-    let first = wait_for_ticket(&client, &network, &job, submitted).await?;
+    let first = wait_for_ticket(client, &network, &job, submitted).await?;
     let Some(ticket) = first.ticket else {
         bail!(
             "no device took job {job} within {QUEUE_WAIT:?} (state {})",
@@ -133,7 +162,7 @@ pub async fn submit(
             Ok(next.ticket.and_then(|t| Assignment::from_ticket(t).ok()))
         }
     };
-    let completed = dispatch::dispatch(&node, first, &input, Some(cert), 4, reassign).await?;
+    let completed = dispatch::dispatch(node, first, input, Some(cert.clone()), 4, reassign).await?;
     let claims = completed.ticket.peek()?;
     let settled = client
         .report_receipt(

@@ -2,9 +2,12 @@
 //! `mesh-relay` and N `mesh-host run` agents, each with its own data directory, on loopback.
 //! Everything is killed and removed when the [`Mesh`] is dropped.
 
+pub mod netns;
+
 use mesh_client::Client;
 use mesh_proto::api::{CreateInviteRequest, InviteKind, NetworkInfo, NetworkPolicy};
 use mesh_proto::{Blake3Hash, NetworkId};
+pub use netns::{NatKind, Topology};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,6 +45,18 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A command for `program`, run inside network namespace `ns` when given.
+pub fn command_in(ns: Option<&str>, program: &Path) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// A child process that is killed when dropped; its stderr goes to a log file.
 pub struct Process {
     /// What it is.
@@ -52,17 +67,19 @@ pub struct Process {
 }
 
 impl Process {
-    /// Spawn `program` with `args`, logging to `<dir>/<name>.log`.
+    /// Spawn `program` with `args` (inside network namespace `ns`, if given), logging to
+    /// `<dir>/<name>.log`.
     pub fn spawn(
         dir: &Path,
         name: &str,
+        ns: Option<&str>,
         program: &Path,
         args: &[&str],
         envs: &[(&str, &str)],
     ) -> Process {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
-        let mut command = Command::new(program);
+        let mut command = command_in(ns, program);
         command
             .args(args)
             .stdout(Stdio::null())
@@ -153,6 +170,19 @@ pub struct Mesh {
     pub relay: Process,
     /// The hosts, in order.
     pub hosts: Vec<Host>,
+    /// How hosts reach the relay.
+    pub transport: Transport,
+    /// Namespaces of a NAT test (dropped last, after every process).
+    pub topology: Option<Topology>,
+}
+
+/// The transport of relay connections (and so of hole punching).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// QUIC.
+    Quic,
+    /// TCP.
+    Tcp,
 }
 
 /// One device agent.
@@ -165,6 +195,8 @@ pub struct Host {
     pub device: mesh_proto::DeviceId,
     /// Its peer id.
     pub peer: String,
+    /// Its network namespace, in a NAT test.
+    pub ns: Option<String>,
 }
 
 /// Options of a [`Mesh`].
@@ -180,6 +212,11 @@ pub struct MeshOptions {
     pub queue_capacity: usize,
     /// Job lease of the control plane, in seconds.
     pub job_lease_s: f64,
+    /// Put every host behind its own NAT router, and the control plane and relay in a
+    /// "public" namespace.
+    pub nat: Option<NatKind>,
+    /// Transport of relay connections.
+    pub transport: Transport,
 }
 
 impl Default for MeshOptions {
@@ -190,6 +227,8 @@ impl Default for MeshOptions {
             slots: 1,
             queue_capacity: 64,
             job_lease_s: 60.0,
+            nat: None,
+            transport: Transport::Quic,
         }
     }
 }
@@ -200,6 +239,16 @@ impl Mesh {
     pub async fn start(options: MeshOptions) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
+        let topology = options.nat.map(|kind| {
+            Topology::create(options.hosts, kind).unwrap_or_else(|e| {
+                panic!("building the NAT namespaces (needs root, iproute2, iptables): {e}")
+            })
+        });
+        let public_ns = topology.as_ref().map(|t| t.public.clone());
+        let public_ns = public_ns.as_deref();
+        let server_ip = topology
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_string(), |t| t.public_server.clone());
         let relay_secret = "e2e-relay-secret".to_string();
         let relay_peer = String::from_utf8(
             Command::new(bin("mesh-relay"))
@@ -215,8 +264,17 @@ impl Mesh {
         .unwrap()
         .trim()
         .to_string();
-        let relay_port = free_port();
-        let relay_addr = format!("/ip4/127.0.0.1/udp/{relay_port}/quic-v1/p2p/{relay_peer}");
+        let relay_port = if topology.is_some() {
+            4001
+        } else {
+            free_port()
+        };
+        let relay_quic = format!("/ip4/{server_ip}/udp/{relay_port}/quic-v1");
+        let relay_tcp = format!("/ip4/{server_ip}/tcp/{relay_port}");
+        let relay_addr = match options.transport {
+            Transport::Quic => format!("{relay_quic}/p2p/{relay_peer}"),
+            Transport::Tcp => format!("{relay_tcp}/p2p/{relay_peer}"),
+        };
         let cp_dir = root.join("cp");
         let init = Command::new(bin("mesh-control-plane"))
             .args([
@@ -238,22 +296,25 @@ impl Mesh {
         std::fs::write(
             &config,
             format!(
-                "sweep_interval = 0.2\nheartbeat_interval = 1.0\noffline_after = 5.0\njob_lease = {}\n",
+                "sweep_interval = 0.2\nheartbeat_interval = 1.0\noffline_after = 5.0\njob_lease = {}\n\
+                 p2p_listen = [\"/ip4/{server_ip}/udp/0/quic-v1\", \"/ip4/{server_ip}/tcp/0\"]\n",
                 options.job_lease_s
             ),
         )
         .unwrap();
         let addr_file = root.join("cp.addr");
+        let listen = format!("{server_ip}:{}", if topology.is_some() { 7420 } else { 0 });
         let control_plane = Process::spawn(
             &root,
             "control-plane",
+            public_ns,
             &bin("mesh-control-plane"),
             &[
                 "--data-dir",
                 cp_dir.to_str().unwrap(),
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                &listen,
                 "--config",
                 config.to_str().unwrap(),
                 "--addr-file",
@@ -281,6 +342,7 @@ impl Mesh {
         let relay = Process::spawn(
             &root,
             "relay",
+            public_ns,
             &bin("mesh-relay"),
             &[
                 "--data-dir",
@@ -288,9 +350,9 @@ impl Mesh {
                 "--control-plane",
                 &url,
                 "--listen",
-                &format!("/ip4/127.0.0.1/udp/{relay_port}/quic-v1"),
+                &relay_quic,
                 "--listen",
-                &format!("/ip4/127.0.0.1/tcp/{relay_port}"),
+                &relay_tcp,
                 "--allow-list-interval",
                 "1",
             ],
@@ -319,9 +381,14 @@ impl Mesh {
             control_plane,
             relay,
             hosts: Vec::new(),
+            transport: options.transport,
+            topology,
         };
         for i in 0..options.hosts {
-            let host = mesh.start_host(&format!("host{i}"), &options).await;
+            let ns = mesh.topology.as_ref().map(|t| t.homes[i].clone());
+            let host = mesh
+                .start_host(&format!("host{i}"), ns.as_deref(), &options)
+                .await;
             mesh.hosts.push(host);
         }
         for host in &mesh.hosts {
@@ -342,8 +409,8 @@ impl Mesh {
         self.network.id
     }
 
-    /// Register and start one more host named `name`.
-    pub async fn start_host(&self, name: &str, options: &MeshOptions) -> Host {
+    /// Register and start one more host named `name` (inside namespace `ns`, if given).
+    pub async fn start_host(&self, name: &str, ns: Option<&str>, options: &MeshOptions) -> Host {
         let root = self.dir.path();
         let invite = self
             .admin
@@ -361,7 +428,14 @@ impl Mesh {
         let data = root.join(name);
         let slots = options.slots.to_string();
         let queue = options.queue_capacity.to_string();
-        let join = Command::new(bin("mesh-host"))
+        let (listen_ip, listen) = match (ns.is_some(), options.transport) {
+            (true, Transport::Quic) => ("0.0.0.0", "udp/0/quic-v1"),
+            (true, Transport::Tcp) => ("0.0.0.0", "tcp/0"),
+            (false, Transport::Quic) => ("127.0.0.1", "udp/0/quic-v1"),
+            (false, Transport::Tcp) => ("127.0.0.1", "tcp/0"),
+        };
+        let listen = format!("/ip4/{listen_ip}/{listen}");
+        let join = command_in(ns, &bin("mesh-host"))
             .args([
                 "join",
                 &invite.code,
@@ -374,9 +448,7 @@ impl Mesh {
                 "--data-dir",
                 data.to_str().unwrap(),
                 "--listen",
-                "/ip4/127.0.0.1/udp/0/quic-v1",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
+                &listen,
                 "--slots",
                 &slots,
                 "--queue-capacity",
@@ -403,6 +475,7 @@ impl Mesh {
         let process = Process::spawn(
             root,
             name,
+            ns,
             &bin("mesh-host"),
             &["run", "--config", config.to_str().unwrap()],
             &[],
@@ -412,6 +485,7 @@ impl Mesh {
             config,
             device,
             peer: key.public_key().peer_id(),
+            ns: ns.map(str::to_string),
         }
     }
 
