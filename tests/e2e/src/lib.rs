@@ -64,6 +64,8 @@ pub struct Process {
     child: Child,
     /// Its log file.
     pub log: PathBuf,
+    command: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 impl Process {
@@ -78,25 +80,49 @@ impl Process {
         envs: &[(&str, &str)],
     ) -> Process {
         let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut command = command_in(ns, program);
-        command
-            .args(args)
+        let mut command: Vec<String> = match ns {
+            Some(ns) => vec!["ip".into(), "netns".into(), "exec".into(), ns.into()],
+            None => Vec::new(),
+        };
+        command.push(program.to_string_lossy().into_owned());
+        command.extend(args.iter().map(|a| a.to_string()));
+        let envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = Self::start(&command, &envs, &log);
+        Process {
+            name: name.into(),
+            child,
+            log,
+            command,
+            envs,
+        }
+    }
+
+    fn start(command: &[String], envs: &[(String, String)], log: &Path) -> Child {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut c = Command::new(&command[0]);
+        c.args(&command[1..])
             .stdout(Stdio::null())
             .stderr(file)
             .env("RUST_LOG", "info,libp2p=warn")
             .env("NO_COLOR", "1");
         for (k, v) in envs {
-            command.env(k, v);
+            c.env(k, v);
         }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
-        Process {
-            name: name.into(),
-            child,
-            log,
-        }
+        c.spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", command.join(" ")))
+    }
+
+    /// Kill it and start it again with the same command line (its log continues).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::start(&self.command, &self.envs, &self.log);
     }
 
     /// The log so far.
@@ -303,7 +329,13 @@ impl Mesh {
         )
         .unwrap();
         let addr_file = root.join("cp.addr");
-        let listen = format!("{server_ip}:{}", if topology.is_some() { 7420 } else { 0 });
+        // A fixed port, so a restarted control plane is found where it was.
+        let cp_port = if topology.is_some() {
+            7420
+        } else {
+            free_port()
+        };
+        let listen = format!("{server_ip}:{cp_port}");
         let control_plane = Process::spawn(
             &root,
             "control-plane",
