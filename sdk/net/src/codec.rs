@@ -92,11 +92,20 @@ where
     type Request = Req;
     type Response = Resp;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
+    async fn read_request<T>(&mut self, protocol: &StreamProtocol, io: &mut T) -> io::Result<Req>
     where
         T: AsyncRead + Unpin + Send,
     {
-        decode(&read_frame(io, self.max_request).await?, self.max_request)
+        // libp2p drops a request that fails to read without telling the behaviour: say why
+        // here, so a refused peer is visible.
+        let request = match read_frame(io, self.max_request).await {
+            Ok(frame) => decode(&frame, self.max_request),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &request {
+            tracing::info!(%protocol, "refused an inbound request: {e}");
+        }
+        request
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
