@@ -515,34 +515,39 @@ impl Agent {
             self.report_failure(id, &reason, true).await;
             return;
         }
-        let mut renewal = DEFAULT_LEASE_RENEWAL;
-        match self.client.start_job(&id).await {
-            Ok(info) => {
-                // Renew at a third of the lease, so two renewals may fail before it ends.
-                if let Some(until) = info.lease_expires_at_ms {
-                    let left = until
-                        .saturating_sub(mesh_net::verify::now_ms() as i64)
-                        .max(0) as u64;
-                    renewal = Duration::from_millis(left / 3).max(Duration::from_millis(500));
-                }
-            }
-            Err(e) if matches!(e, ClientError::Api { .. }) => {
-                let refusal = JobRefusal::InvalidTicket(format!("the control plane says: {e}"));
-                self.finish(id, job.reply, JobResponse::Refused(refusal));
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(%id, "could not tell the control plane the job started ({e}); running it anyway");
-            }
-        }
+        // Tell the control plane the job started (state `running`, lease renewed) while it
+        // already runs: the ticket, signed by the control plane and naming this device until
+        // its lease ends, is the authorisation, and settlement only pays the executor of
+        // record, so nobody waits for this call.
+        let started_call = {
+            let client = self.client.clone();
+            tokio::spawn(async move { client.start_job(&id).await })
+        };
         let executor = self.executor.clone();
         let component = job.ticket.workload;
         let input = job.input;
         let started = Instant::now();
-        // Renew the lease while the job runs, so a long job is not taken away.
         let renew = {
             let agent = self.clone();
             tokio::spawn(async move {
+                // Renew at a third of the lease the control plane granted.
+                let renewal = match started_call.await {
+                    Ok(Ok(info)) => {
+                        info.lease_expires_at_ms
+                            .map_or(DEFAULT_LEASE_RENEWAL, |until| {
+                                let left = until
+                                    .saturating_sub(mesh_net::verify::now_ms() as i64)
+                                    .max(0);
+                                Duration::from_millis(left as u64 / 3)
+                                    .max(Duration::from_millis(500))
+                            })
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(%id, "the control plane did not take the start: {e}");
+                        DEFAULT_LEASE_RENEWAL
+                    }
+                    Err(_) => DEFAULT_LEASE_RENEWAL,
+                };
                 loop {
                     tokio::time::sleep(renewal).await;
                     if let Err(e) = agent.client.start_job(&id).await {
@@ -551,8 +556,22 @@ impl Agent {
                 }
             })
         };
-        let result = tokio::task::spawn_blocking(move || executor.run(&component, &input)).await;
+        let finished = tokio::task::spawn_blocking(move || executor.run(&component, &input)).await;
         renew.abort();
+        self.answer(id, job.reply, job.signed_ticket, finished, started)
+            .await;
+    }
+
+    /// Answer a finished run: sign the receipt, answer (and whoever asked again), report it.
+    async fn answer(
+        self: &Arc<Self>,
+        id: JobId,
+        reply: oneshot::Sender<JobResponse>,
+        signed_ticket: Signed<JobTicket>,
+        finished: Result<Result<mesh_host::RunOutput, ExecError>, tokio::task::JoinError>,
+        started: Instant,
+    ) {
+        let result = finished;
         let result = match result {
             Ok(Ok(run)) => Ok(run),
             Ok(Err(e)) => Err((classify(&e), e.to_string())),
@@ -562,7 +581,7 @@ impl Agent {
             Ok(run) => {
                 let mut receipt = run.receipt;
                 receipt.job = Some(id);
-                receipt.ticket = Some(job.signed_ticket.hash());
+                receipt.ticket = Some(signed_ticket.hash());
                 let signed =
                     match Signed::sign(&receipt, &self.key, SignDomain::Receipt, &self.network) {
                         Ok(s) => s,
@@ -572,7 +591,7 @@ impl Agent {
                                 message: e.to_string(),
                                 retryable: true,
                             };
-                            self.finish(id, job.reply, JobResponse::Refused(refusal));
+                            self.finish(id, reply, JobResponse::Refused(refusal));
                             return;
                         }
                     };
@@ -581,7 +600,7 @@ impl Agent {
                     receipt: signed.clone(),
                 };
                 tracing::info!(%id, elapsed_ms = started.elapsed().as_millis() as u64, "job done");
-                self.finish(id, job.reply, response);
+                self.finish(id, reply, response);
                 let agent = self.clone();
                 tokio::spawn(async move { agent.report_done(id, signed).await });
             }
@@ -592,7 +611,7 @@ impl Agent {
                     message: message.clone(),
                     retryable,
                 };
-                self.finish(id, job.reply, JobResponse::Refused(refusal));
+                self.finish(id, reply, JobResponse::Refused(refusal));
                 self.report_failure(id, &message, retryable).await;
             }
         }

@@ -77,6 +77,9 @@ pub struct NodeConfig {
     pub max_connections_per_peer: u32,
     /// Established connections allowed in total.
     pub max_connections: u32,
+    /// Upgrade relayed connections by hole punching (DCUtR). Off only to measure or force the
+    /// relayed path.
+    pub hole_punching: bool,
 }
 
 impl Default for NodeConfig {
@@ -92,6 +95,7 @@ impl Default for NodeConfig {
             blob_timeout: DEFAULT_BLOB_TIMEOUT,
             max_connections_per_peer: 8,
             max_connections: 1024,
+            hole_punching: true,
         }
     }
 }
@@ -240,7 +244,7 @@ pub struct MeshBehaviour {
     limits: connection_limits::Behaviour,
     observed: crate::candidates::ObservedAddresses,
     relay_client: relay::client::Behaviour,
-    dcutr: dcutr::Behaviour,
+    dcutr: libp2p::swarm::behaviour::toggle::Toggle<dcutr::Behaviour>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     job: request_response::Behaviour<JobCodec>,
@@ -305,7 +309,10 @@ impl Node {
                 limits: connection_limits::Behaviour::new(limits),
                 observed: Default::default(),
                 relay_client,
-                dcutr: dcutr::Behaviour::new(keypair.public().to_peer_id()),
+                dcutr: config
+                    .hole_punching
+                    .then(|| dcutr::Behaviour::new(keypair.public().to_peer_id()))
+                    .into(),
                 identify: identify::Behaviour::new(identify::Config::new(
                     IDENTIFY_PROTOCOL.into(),
                     keypair.public(),

@@ -119,6 +119,11 @@ impl Process {
             .unwrap_or_else(|e| panic!("starting {}: {e}", command.join(" ")))
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kill it and start it again with the same command line (its log continues).
     pub fn restart(&mut self) {
         self.kill();
@@ -551,6 +556,56 @@ impl Mesh {
             .await
             .unwrap()
             .hash
+    }
+
+    /// Register a device with `key` in the network (no backends, so it never executes) and
+    /// return its API client and certificate; the relay serves it after its next poll.
+    pub async fn register_device(
+        &self,
+        key: &mesh_proto::SigningKey,
+    ) -> (Client, mesh_proto::Signed<mesh_proto::device::DeviceCert>) {
+        use mesh_proto::api::RegisterDeviceRequest;
+        use mesh_proto::device::RegistrationProof;
+        let invite = self
+            .admin
+            .create_invite(
+                &self.network.id,
+                &CreateInviteRequest {
+                    kind: InviteKind::Device,
+                    role: None,
+                    expires_in_s: None,
+                },
+            )
+            .await
+            .unwrap();
+        let anonymous = self.admin.with_token(None);
+        let challenge = anonymous.challenge(&invite.code).await.unwrap();
+        let proof = RegistrationProof {
+            challenge: challenge.challenge.clone(),
+            public_key: key.public_key(),
+        };
+        let registered = anonymous
+            .register_device(&RegisterDeviceRequest {
+                invite: invite.code,
+                challenge: challenge.challenge,
+                name: "in-process".into(),
+                public_key: key.public_key(),
+                proof: key.sign(
+                    mesh_proto::SignDomain::Registration,
+                    &challenge.network,
+                    &mesh_proto::cbor::to_vec(&proof).unwrap(),
+                ),
+                capabilities: Default::default(),
+            })
+            .await
+            .unwrap();
+        let client = self.admin.with_token(Some(registered.token));
+        let cert = client
+            .certificate(&registered.device)
+            .await
+            .unwrap()
+            .certificate;
+        (client, cert)
     }
 
     /// Every process's log, for failure messages.
