@@ -16,4 +16,7 @@ export MESH_TEST_POSTGRES_URL
 
 # Benchmarks are not run here (cargo bench runs them), but they must keep compiling.
 cargo test --workspace --all-targets --no-run
+# The end-to-end tests start the binaries themselves (mesh-relay has no tests of its own, so
+# `cargo test` would not build it).
+cargo build --workspace --bins
 cargo test --workspace "$@"

@@ -3,6 +3,7 @@
 //! Everything is killed and removed when the [`Mesh`] is dropped.
 
 pub mod netns;
+pub mod raw;
 
 use mesh_client::Client;
 use mesh_proto::api::{CreateInviteRequest, InviteKind, NetworkInfo, NetworkPolicy};
@@ -558,18 +559,34 @@ impl Mesh {
             .hash
     }
 
-    /// Register a device with `key` in the network (no backends, so it never executes) and
-    /// return its API client and certificate; the relay serves it after its next poll.
+    /// Register a device with `key` in the mesh's network (no backends, so it never
+    /// executes) and return its API client and certificate; the relay serves it after its
+    /// next poll.
     pub async fn register_device(
         &self,
         key: &mesh_proto::SigningKey,
     ) -> (Client, mesh_proto::Signed<mesh_proto::device::DeviceCert>) {
+        let (client, cert, _) = self.register_device_in(&self.network.id, key).await;
+        (client, cert)
+    }
+
+    /// Register a device with `key` in `network` (which the admin owns); returns its API
+    /// client, certificate and id.
+    pub async fn register_device_in(
+        &self,
+        network: &NetworkId,
+        key: &mesh_proto::SigningKey,
+    ) -> (
+        Client,
+        mesh_proto::Signed<mesh_proto::device::DeviceCert>,
+        mesh_proto::DeviceId,
+    ) {
         use mesh_proto::api::RegisterDeviceRequest;
         use mesh_proto::device::RegistrationProof;
         let invite = self
             .admin
             .create_invite(
-                &self.network.id,
+                network,
                 &CreateInviteRequest {
                     kind: InviteKind::Device,
                     role: None,
@@ -605,7 +622,7 @@ impl Mesh {
             .await
             .unwrap()
             .certificate;
-        (client, cert)
+        (client, cert, registered.device)
     }
 
     /// Every process's log, for failure messages.
@@ -619,4 +636,56 @@ impl Mesh {
         }
         out
     }
+}
+
+/// A fresh random device key.
+pub fn fresh_key() -> mesh_proto::SigningKey {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).unwrap();
+    mesh_proto::SigningKey::from_seed(seed)
+}
+
+/// The first `n` sentences of the reference corpus with their sentence-transformers vectors.
+pub fn reference(n: usize) -> Vec<(String, Vec<f32>)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/embeddings-reference.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .take(n)
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                v["text"].as_str().unwrap().to_string(),
+                floats(&v["embedding"]),
+            )
+        })
+        .collect()
+}
+
+/// A JSON array of numbers as f32.
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .expect("an array of numbers")
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// The vectors of an embeddings workload's output document.
+pub fn vectors(output: &serde_json::Value) -> Vec<Vec<f32>> {
+    output["embeddings"]
+        .as_array()
+        .expect("embeddings in the output")
+        .iter()
+        .map(floats)
+        .collect()
+}
+
+/// Cosine similarity.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
 }

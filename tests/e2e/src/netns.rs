@@ -31,6 +31,19 @@ fn in_ns(ns: &str, args: &[&str]) -> Result<(), String> {
     run(&full)
 }
 
+/// Connect namespace `ns` to `bridge` with a veth pair (`outer` on the bridge, `inner` in
+/// `ns` with `address`), and bring up `ns`'s loopback.
+fn plug(bridge: &str, outer: &str, inner: &str, ns: &str, address: &str) -> Result<(), String> {
+    run(&[
+        "ip", "link", "add", outer, "type", "veth", "peer", "name", inner,
+    ])?;
+    run(&["ip", "link", "set", outer, "master", bridge, "up"])?;
+    run(&["ip", "link", "set", inner, "netns", ns])?;
+    in_ns(ns, &["ip", "addr", "add", address, "dev", inner])?;
+    in_ns(ns, &["ip", "link", "set", inner, "up"])?;
+    in_ns(ns, &["ip", "link", "set", "lo", "up"])
+}
+
 /// How the routers translate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NatKind {
@@ -93,25 +106,14 @@ impl Topology {
         // The public namespace: control plane and relay.
         let public = self.public.clone();
         run(&["ip", "netns", "add", &public])?;
-        let (outer, inner) = (format!("mpo{t}"), format!("mpi{t}"));
-        run(&[
-            "ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner,
-        ])?;
-        run(&["ip", "link", "set", &outer, "master", &bridge, "up"])?;
-        run(&["ip", "link", "set", &inner, "netns", &public])?;
-        in_ns(
+        let address = format!("{}/24", self.public_server);
+        plug(
+            &bridge,
+            &format!("mpo{t}"),
+            &format!("mpi{t}"),
             &public,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("{}/24", self.public_server),
-                "dev",
-                &inner,
-            ],
+            &address,
         )?;
-        in_ns(&public, &["ip", "link", "set", &inner, "up"])?;
-        in_ns(&public, &["ip", "link", "set", "lo", "up"])?;
         for i in 1..=homes {
             let router = format!("mr{i}{t}");
             let home = format!("mh{i}{t}");
@@ -120,25 +122,9 @@ impl Topology {
             run(&["ip", "netns", "add", &router])?;
             run(&["ip", "netns", "add", &home])?;
             // Router's WAN side on the public bridge.
-            let (wo, wi) = (format!("mw{i}o{t}"), format!("mw{i}i{t}"));
-            run(&[
-                "ip", "link", "add", &wo, "type", "veth", "peer", "name", &wi,
-            ])?;
-            run(&["ip", "link", "set", &wo, "master", &bridge, "up"])?;
-            run(&["ip", "link", "set", &wi, "netns", &router])?;
-            in_ns(
-                &router,
-                &[
-                    "ip",
-                    "addr",
-                    "add",
-                    &format!("{}.{}/24", self.public_net, 10 + i),
-                    "dev",
-                    &wi,
-                ],
-            )?;
-            in_ns(&router, &["ip", "link", "set", &wi, "up"])?;
-            in_ns(&router, &["ip", "link", "set", "lo", "up"])?;
+            let wi = format!("mw{i}i{t}");
+            let address = format!("{}.{}/24", self.public_net, 10 + i);
+            plug(&bridge, &format!("mw{i}o{t}"), &wi, &router, &address)?;
             // LAN between router and host.
             let (lr, lh) = (format!("ml{i}r{t}"), format!("ml{i}h{t}"));
             run(&[

@@ -15,61 +15,15 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, noise, relay, yamux};
+use mesh_e2e::raw::RawCodec;
 use mesh_e2e::{Mesh, MeshOptions};
 use mesh_net::{Inbound, Node, NodeConfig};
 use mesh_proto::api::SubmitJobRequest;
 use mesh_proto::p2p::{BlobRequest, BlobResponse, JobRequest, JobResponse, MAX_BLOB_CHUNK_BYTES};
 use mesh_proto::{Blake3Hash, SigningKey};
-use std::io;
 use std::time::{Duration, Instant};
 
 const SAMPLES: usize = 40;
-
-#[derive(Clone)]
-struct RawCodec;
-
-#[async_trait::async_trait]
-impl request_response::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        let mut b = Vec::new();
-        io.read_to_end(&mut b).await?;
-        Ok(b)
-    }
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        let mut b = Vec::new();
-        io.read_to_end(&mut b).await?;
-        Ok(b)
-    }
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        r: Vec<u8>,
-    ) -> io::Result<()> {
-        io.write_all(&r).await?;
-        io.close().await
-    }
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        r: Vec<u8>,
-    ) -> io::Result<()> {
-        io.write_all(&r).await?;
-        io.close().await
-    }
-}
 
 #[derive(NetworkBehaviour)]
 struct Bare {

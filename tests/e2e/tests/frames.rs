@@ -7,68 +7,11 @@ use futures::prelude::*;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, noise, relay, yamux};
+use mesh_e2e::raw::RawCodec;
 use mesh_e2e::{Mesh, MeshOptions};
-use mesh_proto::api::{
-    CreateInviteRequest, InviteKind, JobState, RegisterDeviceRequest, RunJobRequest,
-};
-use mesh_proto::device::{Capabilities, RegistrationProof};
-use mesh_proto::{SignDomain, SigningKey};
-use std::io;
+use mesh_proto::SigningKey;
+use mesh_proto::api::{JobState, RunJobRequest};
 use std::time::Duration;
-
-/// Writes the request bytes as they are; reads whatever comes back until the stream ends.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-#[async_trait::async_trait]
-impl request_response::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        io.read_to_end(&mut buf).await?;
-        Ok(buf)
-    }
-
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        io.take(1 << 20).read_to_end(&mut buf).await?;
-        if buf.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "no answer"));
-        }
-        Ok(buf)
-    }
-
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> io::Result<()> {
-        io.write_all(&req).await?;
-        io.close().await
-    }
-
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> io::Result<()> {
-        io.write_all(&res).await?;
-        io.close().await
-    }
-}
 
 #[derive(NetworkBehaviour)]
 struct Raw {
@@ -77,41 +20,8 @@ struct Raw {
 }
 
 async fn registered_key(mesh: &Mesh) -> SigningKey {
-    let network = mesh.network_id();
-    let invite = mesh
-        .admin
-        .create_invite(
-            &network,
-            &CreateInviteRequest {
-                kind: InviteKind::Device,
-                role: None,
-                expires_in_s: None,
-            },
-        )
-        .await
-        .unwrap();
-    let key = SigningKey::from_seed([0x77; 32]);
-    let anonymous = mesh.admin.with_token(None);
-    let challenge = anonymous.challenge(&invite.code).await.unwrap();
-    let proof = RegistrationProof {
-        challenge: challenge.challenge.clone(),
-        public_key: key.public_key(),
-    };
-    anonymous
-        .register_device(&RegisterDeviceRequest {
-            invite: invite.code,
-            challenge: challenge.challenge,
-            name: "raw".into(),
-            public_key: key.public_key(),
-            proof: key.sign(
-                SignDomain::Registration,
-                &network,
-                &mesh_proto::cbor::to_vec(&proof).unwrap(),
-            ),
-            capabilities: Capabilities::default(),
-        })
-        .await
-        .unwrap();
+    let key = mesh_e2e::fresh_key();
+    mesh.register_device(&key).await;
     // Let the relay's next allow-list poll pick the new device up.
     tokio::time::sleep(Duration::from_secs(2)).await;
     key

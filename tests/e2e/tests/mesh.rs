@@ -3,65 +3,13 @@
 //! killed mid-job.
 
 use base64::Engine as _;
-use mesh_e2e::{Mesh, MeshOptions};
+use mesh_e2e::{Mesh, MeshOptions, cosine, reference, vectors};
 use mesh_net::dispatch::Assignment;
 use mesh_net::{Inbound, NetError, Node, NodeConfig, PeerId};
-use mesh_proto::api::{
-    CreateInviteRequest, InviteKind, JobState, RegisterDeviceRequest, RunJobRequest,
-    SubmitJobRequest,
-};
-use mesh_proto::device::{Capabilities, RegistrationProof};
+use mesh_proto::api::{JobState, RunJobRequest, SubmitJobRequest};
 use mesh_proto::p2p::{BlobResponse, JobRefusal, JobRequest, JobResponse};
 use mesh_proto::{Blake3Hash, SignDomain, Signed, SigningKey};
 use std::time::Duration;
-
-/// The first `n` sentences of the reference corpus with their sentence-transformers vectors.
-fn reference(n: usize) -> Vec<(String, Vec<f32>)> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/embeddings-reference.jsonl");
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .take(n)
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let text = v["text"]
-                .as_str()
-                .or(v["sentence"].as_str())
-                .unwrap()
-                .to_string();
-            let vector = v["embedding"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect();
-            (text, vector)
-        })
-        .collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
-}
-
-fn vectors(output: &serde_json::Value) -> Vec<Vec<f32>> {
-    output["embeddings"]
-        .as_array()
-        .expect("embeddings in the output")
-        .iter()
-        .map(|v| {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect()
-}
 
 /// A device registered in the mesh's network (or `network`), run in-process.
 struct Rogue {
@@ -72,62 +20,13 @@ struct Rogue {
 }
 
 async fn register(mesh: &Mesh, network: &mesh_proto::NetworkId) -> Rogue {
-    let invite = mesh
-        .admin
-        .create_invite(
-            network,
-            &CreateInviteRequest {
-                kind: InviteKind::Device,
-                role: None,
-                expires_in_s: None,
-            },
-        )
-        .await
-        .unwrap();
-    let mut seed = [0u8; 32];
-    for (i, b) in seed.iter_mut().enumerate() {
-        *b = (std::process::id() as u8)
-            .wrapping_mul(31)
-            .wrapping_add(i as u8)
-            ^ (std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos() as u8);
-    }
-    let key = SigningKey::from_seed(seed);
-    let anonymous = mesh.admin.with_token(None);
-    let challenge = anonymous.challenge(&invite.code).await.unwrap();
-    let proof = RegistrationProof {
-        challenge: challenge.challenge.clone(),
-        public_key: key.public_key(),
-    };
-    let registered = anonymous
-        .register_device(&RegisterDeviceRequest {
-            invite: invite.code,
-            challenge: challenge.challenge,
-            name: "in-process".into(),
-            public_key: key.public_key(),
-            proof: key.sign(
-                SignDomain::Registration,
-                &challenge.network,
-                &mesh_proto::cbor::to_vec(&proof).unwrap(),
-            ),
-            // No backends: the scheduler never picks it as an executor.
-            capabilities: Capabilities::default(),
-        })
-        .await
-        .unwrap();
-    let client = mesh.admin.with_token(Some(registered.token));
-    let cert = client
-        .certificate(&registered.device)
-        .await
-        .unwrap()
-        .certificate;
+    let key = mesh_e2e::fresh_key();
+    let (client, cert, device) = mesh.register_device_in(network, &key).await;
     Rogue {
         key,
         client,
         cert,
-        device: registered.device,
+        device,
     }
 }
 

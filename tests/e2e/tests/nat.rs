@@ -7,7 +7,9 @@
 //! Needs root, iproute2 and iptables (`.ci/run` installs iptables). Without them the tests
 //! fail under `CI=true` and are skipped otherwise.
 
-use mesh_e2e::{Mesh, MeshOptions, NatKind, Transport, bin, command_in};
+use mesh_e2e::{
+    Mesh, MeshOptions, NatKind, Transport, bin, command_in, cosine, reference, vectors,
+};
 use std::process::Command;
 
 fn can_build_namespaces() -> bool {
@@ -34,33 +36,6 @@ fn can_build_namespaces() -> bool {
     );
     eprintln!("skipping: NAT tests need root, iproute2 and iptables");
     false
-}
-
-fn reference(n: usize) -> Vec<(String, Vec<f32>)> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/embeddings-reference.jsonl");
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .take(n)
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let vector = v["embedding"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect();
-            (v["text"].as_str().unwrap().to_string(), vector)
-        })
-        .collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
 }
 
 /// Run `count` jobs from host 0 to host 1 and return each result line.
@@ -113,14 +88,7 @@ async fn jobs_across(
     for result in &results {
         assert_eq!(result["state"], "done", "{result}");
         assert_eq!(result["executor"], mesh.hosts[1].device.to_string());
-        let vectors = result["output"]["embeddings"].as_array().unwrap();
-        for ((_, want), got) in reference.iter().zip(vectors) {
-            let got: Vec<f32> = got
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect();
+        for ((_, want), got) in reference.iter().zip(vectors(&result["output"])) {
             assert!(cosine(want, &got) >= 0.9999);
         }
     }
