@@ -447,13 +447,11 @@ impl Mesh {
         self.network.id
     }
 
-    /// Register and start one more host named `name` (inside namespace `ns`, if given).
-    pub async fn start_host(&self, name: &str, ns: Option<&str>, options: &MeshOptions) -> Host {
-        let root = self.dir.path();
-        let invite = self
-            .admin
+    /// A single-use device invite for `network`, made by the admin.
+    pub async fn device_invite(&self, network: &NetworkId) -> mesh_proto::api::CreatedInvite {
+        self.admin
             .create_invite(
-                &self.network.id,
+                network,
                 &CreateInviteRequest {
                     kind: InviteKind::Device,
                     role: None,
@@ -461,7 +459,30 @@ impl Mesh {
                 },
             )
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// How many ledger entries of each kind (`job_reserve`, `job_settle`, `job_refund`)
+    /// `job` has.
+    pub async fn job_entries(&self, job: mesh_proto::JobId) -> (usize, usize, usize) {
+        let history = self.admin.history(&self.network.id, None).await.unwrap();
+        let count = |kind: &str| {
+            history
+                .iter()
+                .filter(|e| e.job == Some(job) && e.kind == kind)
+                .count()
+        };
+        (
+            count("job_reserve"),
+            count("job_settle"),
+            count("job_refund"),
+        )
+    }
+
+    /// Register and start one more host named `name` (inside namespace `ns`, if given).
+    pub async fn start_host(&self, name: &str, ns: Option<&str>, options: &MeshOptions) -> Host {
+        let root = self.dir.path();
+        let invite = self.device_invite(&self.network.id).await;
         let config = root.join(format!("{name}.toml"));
         let data = root.join(name);
         let slots = options.slots.to_string();
@@ -583,18 +604,7 @@ impl Mesh {
     ) {
         use mesh_proto::api::RegisterDeviceRequest;
         use mesh_proto::device::RegistrationProof;
-        let invite = self
-            .admin
-            .create_invite(
-                network,
-                &CreateInviteRequest {
-                    kind: InviteKind::Device,
-                    role: None,
-                    expires_in_s: None,
-                },
-            )
-            .await
-            .unwrap();
+        let invite = self.device_invite(network).await;
         let anonymous = self.admin.with_token(None);
         let challenge = anonymous.challenge(&invite.code).await.unwrap();
         let proof = RegistrationProof {

@@ -103,27 +103,8 @@ async fn relay_and_control_plane_restarts_lose_nothing() {
 
     // Settled once, although executor and requester both reported around the restart.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let history = mesh.admin.history(&network, None).await.unwrap();
-    let kinds: Vec<&str> = history
-        .iter()
-        .filter(|e| e.job == Some(job))
-        .map(|e| e.kind.as_str())
-        .collect();
-    assert_eq!(
-        kinds.iter().filter(|k| **k == "job_reserve").count(),
-        1,
-        "{kinds:?}"
-    );
-    assert_eq!(
-        kinds.iter().filter(|k| **k == "job_settle").count(),
-        1,
-        "{kinds:?}"
-    );
-    assert_eq!(
-        kinds.iter().filter(|k| **k == "job_refund").count(),
-        0,
-        "{kinds:?}"
-    );
+    // (reserve, settle, refund) entries of the job.
+    assert_eq!(mesh.job_entries(job).await, (1, 1, 0));
     let jobs = mesh.admin.jobs(&network).await.unwrap();
     assert!(jobs.iter().all(|j| j.state == JobState::Done), "{jobs:?}");
 }

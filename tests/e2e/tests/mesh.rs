@@ -452,12 +452,8 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
         .await
         .unwrap();
     assert_eq!(result.job.state, JobState::Done);
-    let history = mesh.admin.history(&network, None).await.unwrap();
-    let settles = history
-        .iter()
-        .filter(|e| e.kind == "job_settle" && e.job == Some(assignment.job.id))
-        .count();
-    assert_eq!(settles, 1, "{history:?}");
+    let (_, settles, _) = mesh.job_entries(assignment.job.id).await;
+    assert_eq!(settles, 1);
     let _ = rogue.device;
 }
 
@@ -515,25 +511,6 @@ async fn a_host_killed_mid_job_is_replaced_and_the_job_is_charged_once() {
     assert_eq!(result.attempts, 2);
     assert_eq!(result.executor, mesh.hosts[1 - victim].device);
     assert_eq!(vectors(&result.output).len(), 2000);
-    let history = mesh.admin.history(&network, None).await.unwrap();
-    let of_job: Vec<&str> = history
-        .iter()
-        .filter(|e| e.job == Some(result.job.id))
-        .map(|e| e.kind.as_str())
-        .collect();
-    assert_eq!(
-        of_job.iter().filter(|k| **k == "job_reserve").count(),
-        1,
-        "{of_job:?}"
-    );
-    assert_eq!(
-        of_job.iter().filter(|k| **k == "job_settle").count(),
-        1,
-        "{of_job:?}"
-    );
-    assert_eq!(
-        of_job.iter().filter(|k| **k == "job_refund").count(),
-        0,
-        "{of_job:?}"
-    );
+    // (reserve, settle, refund) entries of the job.
+    assert_eq!(mesh.job_entries(result.job.id).await, (1, 1, 0));
 }
