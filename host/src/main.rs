@@ -134,6 +134,9 @@ enum Command {
         /// line each).
         #[arg(long, default_value_t = 1)]
         count: usize,
+        /// Pause between those jobs, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
         /// Config file (default: $XDG_CONFIG_HOME/mesh/host.toml).
         #[arg(long, env = agent::config::CONFIG_ENV)]
         config: Option<PathBuf>,
@@ -268,6 +271,7 @@ fn run(cli: Cli) -> Result<()> {
             input,
             idempotency_key,
             count,
+            pause_ms,
             config,
         } => {
             let path = config.unwrap_or_else(agent::config::HostConfig::default_path);
@@ -279,6 +283,7 @@ fn run(cli: Cli) -> Result<()> {
                 input,
                 idempotency_key,
                 count,
+                std::time::Duration::from_millis(pause_ms),
             ))
         }
         Command::Backends { json, backend } => {

@@ -42,6 +42,7 @@ pub async fn submit(
     input: Vec<u8>,
     idempotency_key: Option<String>,
     count: usize,
+    pause: Duration,
 ) -> Result<()> {
     let key = config.signing_key()?;
     let client = Client::new(&config.control_plane, Some(config.token.clone()))?;
@@ -94,6 +95,9 @@ pub async fn submit(
         }
     });
     for i in 0..count.max(1) {
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+        }
         let key = idempotency_key.as_ref().map(|k| {
             if count > 1 {
                 format!("{k}-{i}")

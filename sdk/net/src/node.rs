@@ -333,11 +333,27 @@ impl Node {
             .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
             .build();
         // Listen first, so the relay and hole punching see (and reuse) these ports.
+        let mut listeners = std::collections::HashSet::new();
         for address in &config.listen {
-            swarm
-                .listen_on(address.clone())
-                .map_err(|e| NodeError::Listen(address.clone(), e.to_string()))?;
+            listeners.insert(
+                swarm
+                    .listen_on(address.clone())
+                    .map_err(|e| NodeError::Listen(address.clone(), e.to_string()))?,
+            );
         }
+        // Wait until the sockets are bound: a relay dialled earlier would go out from an
+        // ephemeral port instead of the listening one, and TCP hole punching needs the relay
+        // to observe the port peers can reach.
+        let bound = async {
+            while !listeners.is_empty() {
+                if let SwarmEvent::NewListenAddr { listener_id, .. } =
+                    swarm.select_next_some().await
+                {
+                    listeners.remove(&listener_id);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), bound).await;
         let mut relays = HashMap::new();
         for address in &config.relays {
             let peer =

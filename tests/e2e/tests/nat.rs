@@ -68,6 +68,9 @@ async fn jobs_across(
             input.to_str().unwrap(),
             "--count",
             &count.to_string(),
+            // Time for DCUtR between jobs (a TCP simultaneous open can take a while).
+            "--pause-ms",
+            "300",
         ])
         .env("RUST_LOG", "info,libp2p=warn")
         .env("NO_COLOR", "1")
@@ -99,7 +102,7 @@ async fn hole_punch(transport: Transport) {
     if !can_build_namespaces() {
         return;
     }
-    let (mesh, results) = jobs_across(transport, NatKind::Cone, 5).await;
+    let (mesh, results) = jobs_across(transport, NatKind::Cone, 8).await;
     let relayed: Vec<bool> = results
         .iter()
         .map(|r| r["relayed"].as_bool().unwrap())
