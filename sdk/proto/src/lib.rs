@@ -15,6 +15,8 @@ mod ids;
 pub mod p2p;
 pub mod receipt;
 pub mod signed;
+pub mod verification;
+pub mod vrf;
 pub mod workload;
 
 pub use compare::{Comparison, Mismatch};
