@@ -12,7 +12,7 @@ use mesh_net::dispatch::{self, Assignment, DispatchError};
 use mesh_net::{Inbound, Node, NodeConfig};
 use mesh_proto::api::{JobAssignment, JobState, RunJobResponse, SubmitJobRequest};
 use mesh_proto::p2p::{BlobRequest, BlobResponse, JobRefusal, JobResponse};
-use mesh_proto::{Blake3Hash, JobId, NetworkId, PersonId};
+use mesh_proto::{Blake3Hash, DeviceId, JobId, NetworkId, PersonId};
 use std::time::Duration;
 
 /// How long a job may wait in the queue for a device before the gateway gives up.
@@ -133,6 +133,10 @@ fn to_dispatch(a: &JobAssignment) -> Option<Assignment> {
 }
 
 /// Run a job of `person` in `network` through the gateway and wait for its checked result.
+///
+/// A batched job carries ringers ([`crate::ringers`]); when the executor gets one wrong, that
+/// is a failed check and the job runs once more on another device, whose answer is returned.
+/// When the VRF selects the job for re-execution, its input and output are kept for the check.
 pub async fn run_job(
     state: &AppState,
     network: &NetworkId,
@@ -141,6 +145,51 @@ pub async fn run_job(
     input: Vec<u8>,
     idempotency_key: Option<String>,
 ) -> ApiResult<RunJobResponse> {
+    let first = run_once(
+        state,
+        network,
+        person,
+        workload,
+        &input,
+        idempotency_key.clone(),
+        &[],
+    )
+    .await?;
+    match first {
+        Ok(response) => Ok(response),
+        Err((job, cheater)) => {
+            // Run it again away from every device of the cheater's owner.
+            let avoid: Vec<DeviceId> = sqlx::query_scalar::<_, String>(
+                "SELECT id FROM devices WHERE owner_id = (SELECT owner_id FROM devices WHERE id = $1)",
+            )
+            .bind(cheater.to_string())
+            .fetch_all(&state.db.pool)
+            .await?
+            .into_iter()
+            .filter_map(|id| id.parse().ok())
+            .collect();
+            let key = format!("{job}:rerun");
+            match run_once(state, network, person, workload, &input, Some(key), &avoid).await? {
+                Ok(response) => Ok(response),
+                Err((rerun, _)) => Err(ApiError::unavailable(
+                    "verification_failed",
+                    format!("jobs {job} and {rerun} both failed their known-answer checks"),
+                )),
+            }
+        }
+    }
+}
+
+/// One run of a gateway job. The inner error names the job and executor when a ringer failed.
+async fn run_once(
+    state: &AppState,
+    network: &NetworkId,
+    person: PersonId,
+    workload: Blake3Hash,
+    input: &[u8],
+    idempotency_key: Option<String>,
+    avoid: &[DeviceId],
+) -> ApiResult<Result<RunJobResponse, (JobId, DeviceId)>> {
     let Some(node) = state.gateway.clone() else {
         return Err(ApiError::unavailable(
             "no_gateway",
@@ -149,11 +198,11 @@ pub async fn run_job(
     };
     let request = SubmitJobRequest {
         workload,
-        input: Blake3Hash::of(&input),
+        input: Blake3Hash::of(input),
         input_size: input.len() as u64,
         idempotency_key,
     };
-    let (_, submitted) = submit_job(state, network, person, None, &request).await?;
+    let (_, submitted) = submit_job(state, network, person, None, &request, avoid).await?;
     let job = submitted.0.job.id;
     if submitted.0.job.state == JobState::Done || submitted.0.job.state == JobState::Failed {
         return Err(ApiError::conflict(
@@ -164,6 +213,83 @@ pub async fn run_job(
             ),
         ));
     }
+    // Ringers are chosen for the device the job was assigned to (never one it has seen), and
+    // the job's input hash is updated before its ticket is first handed out.
+    let mut input = input.to_vec();
+    let mut planted = Vec::new();
+    if let (JobState::Assigned, Some(executor)) = (submitted.0.job.state, submitted.0.job.executor)
+        && let Some((mixed, ringers)) =
+            crate::ringers::mix(state, network, &workload, &person, &executor, &input).await?
+    {
+        let updated = sqlx::query(
+            "UPDATE jobs SET input_hash = $1, input_size = $2 WHERE id = $3 AND state = 'assigned' AND executor_id = $4",
+        )
+        .bind(Blake3Hash::of(&mixed).to_string())
+        .bind(mixed.len() as i64)
+        .bind(job.to_string())
+        .bind(executor.to_string())
+        .execute(&state.db.pool)
+        .await?
+        .rows_affected();
+        if updated == 1 {
+            tracing::debug!(%job, ringers = ringers.len(), "ringers mixed in");
+            input = mixed;
+            planted = ringers;
+        }
+    }
+    let completed = dispatch_submitted(state, &node, job, &input).await?;
+    let claims = completed.ticket.peek().map_err(ApiError::internal)?;
+    let info = find_job(state, None, &job).await?;
+    // The executor reports too; whichever arrives first settles, the other is a no-op.
+    let info = match settle_receipt(state, &info, &claims.executor, &completed.receipt).await {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::warn!(%job, "settling from the gateway: {e}");
+            find_job(state, None, &job).await?
+        }
+    };
+    if crate::checks::check_info(state, &job)
+        .await?
+        .is_some_and(|c| c.selection.selected)
+    {
+        crate::checks::store_payload(state, &input).await?;
+        crate::checks::store_payload(state, &completed.output).await?;
+    }
+    let output = if planted.is_empty() {
+        mesh_proto::document::parse(&completed.output).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&completed.output).into())
+        })
+    } else {
+        let rule = crate::checks::comparison(state, network, &workload).await?;
+        match crate::ringers::evaluate(&rule, &completed.output, &planted) {
+            Ok(output) => output,
+            Err(reason) => {
+                tracing::warn!(%job, executor = %claims.executor, "ringer failed: {reason}");
+                crate::checks::ringer_failed(state, &info, &claims.executor, &reason).await?;
+                return Ok(Err((job, claims.executor)));
+            }
+        }
+    };
+    Ok(Ok(RunJobResponse {
+        job: info,
+        output,
+        receipt: completed.receipt,
+        executor: claims.executor,
+        executor_peer: claims.executor_peer,
+        relayed: completed.relayed,
+        attempts: completed.attempts,
+    }))
+}
+
+/// Send the submitted `job` with `input` to its executor, moving on to other devices when it
+/// is refused or unreachable, and return the checked result. A job nobody could take fails
+/// and is refunded.
+pub(crate) async fn dispatch_submitted(
+    state: &AppState,
+    node: &Node,
+    job: JobId,
+    input: &[u8],
+) -> ApiResult<dispatch::Completed> {
     let first = wait_for_ticket(state, &job).await?;
     let Some(first) = to_dispatch(&first) else {
         scheduler::fail_queued(state, &job, "no device could take the job").await?;
@@ -195,41 +321,20 @@ pub async fn run_job(
             Ok(to_dispatch(&next))
         }
     };
-    let completed =
-        match dispatch::dispatch(&node, first, &input, None, MAX_ATTEMPTS, reassign).await {
-            Ok(c) => c,
-            Err(e) => {
-                if let DispatchError::NoExecutor(_) = e {
-                    let _ = scheduler::fail_queued(state, &job, &e.to_string()).await;
-                }
-                return Err(match e {
-                    DispatchError::Refused { refusal, .. } => {
-                        ApiError::unprocessable("job_refused", refusal.to_string())
-                    }
-                    other => ApiError::unavailable("job_not_run", other.to_string()),
-                });
-            }
-        };
-    let claims = completed.ticket.peek().map_err(ApiError::internal)?;
-    let info = find_job(state, None, &job).await?;
-    // The executor reports too; whichever arrives first settles, the other is a no-op.
-    let info = match settle_receipt(state, &info, &claims.executor, &completed.receipt).await {
-        Ok(info) => info,
+    let completed = match dispatch::dispatch(node, first, input, None, MAX_ATTEMPTS, reassign).await
+    {
+        Ok(c) => c,
         Err(e) => {
-            tracing::warn!(%job, "settling from the gateway: {e}");
-            find_job(state, None, &job).await?
+            if let DispatchError::NoExecutor(_) = e {
+                let _ = scheduler::fail_queued(state, &job, &e.to_string()).await;
+            }
+            return Err(match e {
+                DispatchError::Refused { refusal, .. } => {
+                    ApiError::unprocessable("job_refused", refusal.to_string())
+                }
+                other => ApiError::unavailable("job_not_run", other.to_string()),
+            });
         }
     };
-    let output = mesh_proto::document::parse(&completed.output).unwrap_or_else(|_| {
-        serde_json::Value::String(String::from_utf8_lossy(&completed.output).into())
-    });
-    Ok(RunJobResponse {
-        job: info,
-        output,
-        receipt: completed.receipt,
-        executor: claims.executor,
-        executor_peer: claims.executor_peer,
-        relayed: completed.relayed,
-        attempts: completed.attempts,
-    })
+    Ok(completed)
 }

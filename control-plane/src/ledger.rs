@@ -15,6 +15,10 @@ use crate::error::{ApiError, ApiResult};
 use mesh_proto::{JobId, NetworkId, PersonId};
 use sqlx::{Any, Transaction};
 
+/// Kind of the transfer that claws a job's credits back from a device owner who failed its
+/// check. It may take the owner's balance below its floor: the credits were never theirs.
+pub const CLAWBACK: &str = "job_clawback";
+
 /// Kinds of account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Account {
@@ -147,7 +151,11 @@ pub async fn transfer(
             .await?;
     let from = t.from.id(&t.network);
     let to = t.to.id(&t.network);
-    let debited = match floor(t.from, allow_credit != 0, credit_limit) {
+    let floor = match t.kind {
+        CLAWBACK => None,
+        _ => floor(t.from, allow_credit != 0, credit_limit),
+    };
+    let debited = match floor {
         None => sqlx::query("UPDATE accounts SET balance = balance - $1 WHERE id = $2")
             .bind(t.amount)
             .bind(&from)

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod checks;
 pub mod db;
 pub mod error;
 pub mod gateway;
@@ -13,6 +14,7 @@ pub mod keys;
 pub mod ledger;
 pub mod metrics;
 pub mod presence;
+pub mod ringers;
 pub mod scheduler;
 pub mod state;
 pub mod validate;
@@ -40,11 +42,15 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let key = keys::load_or_create(&db)
         .await
         .context("loading the signing key")?;
+    let vrf = keys::load_or_create_vrf(&db)
+        .await
+        .context("loading the VRF key")?;
     let mut state = AppState {
         presence: presence::PresenceWriter::spawn(db.clone()),
         db,
         config: Arc::new(config),
         key: Arc::new(key),
+        vrf: Arc::new(vrf),
         metrics: Arc::new(metrics::Metrics::default()),
         validator: Arc::new(validate::ComponentValidator::new()?),
         gateway: None,
@@ -61,6 +67,7 @@ pub struct Server {
     state: AppState,
     serve: JoinHandle<()>,
     sweeper: JoinHandle<()>,
+    checker: JoinHandle<()>,
 }
 
 impl Server {
@@ -79,12 +86,14 @@ impl Server {
             }
         });
         let sweeper = tokio::spawn(sweep_forever(state.clone()));
+        let checker = tokio::spawn(checks::run(state.clone()));
         tracing::info!(%addr, "control plane listening");
         Ok(Server {
             addr,
             state,
             serve,
             sweeper,
+            checker,
         })
     }
 
@@ -108,6 +117,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.serve.abort();
         self.sweeper.abort();
+        self.checker.abort();
     }
 }
 

@@ -32,18 +32,21 @@ pub struct Candidate {
     pub load: f64,
     /// Its trust score.
     pub trust: f64,
+    /// Its owner.
+    pub owner: String,
 }
 
 /// Devices of `network` able to run a workload needing `models`: approved, online, with an
-/// inference backend and every model, trusted enough; least loaded first, then most trusted.
+/// inference backend and every model, trusted enough, not quarantined; least loaded first,
+/// then most trusted.
 pub async fn candidates(
     state: &AppState,
     network: &NetworkId,
     models: &[String],
 ) -> ApiResult<Vec<Candidate>> {
     let rows = sqlx::query(
-        "SELECT id, peer_id, capabilities, load_running, load_queued, load_slots, trust FROM devices \
-         WHERE network_id = $1 AND status = 'approved' AND online = 1",
+        "SELECT id, owner_id, peer_id, capabilities, load_running, load_queued, load_slots, trust FROM devices \
+         WHERE network_id = $1 AND status = 'approved' AND online = 1 AND quarantined_at IS NULL",
     )
     .bind(network.to_string())
     .fetch_all(&state.db.pool)
@@ -77,6 +80,7 @@ pub async fn candidates(
             peer_id: row.try_get("peer_id")?,
             load: (holding.max(row.try_get::<i64, _>("load_running")? as f64) + reported) / slots,
             trust,
+            owner: row.try_get("owner_id")?,
         });
     }
     // Equal load and trust: a random order, so idle devices share the work.
@@ -146,12 +150,17 @@ pub struct JobRow {
     pub requester_peer: Option<String>,
     /// Devices that already had a go, in order.
     pub tried_devices: Vec<String>,
+    /// `job`, or `check` / `tiebreak` for the control plane's re-executions.
+    pub purpose: String,
+    /// For re-executions: the job re-executed.
+    pub verifies: Option<JobId>,
 }
 
 /// Read a job's scheduling fields.
 pub async fn job_row(state: &AppState, job: &JobId) -> ApiResult<JobRow> {
     let row = sqlx::query(
-        "SELECT network_id, requester_id, workload_hash, input_hash, price, attempts, requester_peer, tried_devices \
+        "SELECT network_id, requester_id, workload_hash, input_hash, price, attempts, requester_peer, tried_devices, \
+         purpose, verifies \
          FROM jobs WHERE id = $1",
     )
         .bind(job.to_string())
@@ -172,6 +181,11 @@ pub async fn job_row(state: &AppState, job: &JobId) -> ApiResult<JobRow> {
             .filter(|d| !d.is_empty())
             .map(str::to_string)
             .collect(),
+        purpose: row.try_get("purpose")?,
+        verifies: row
+            .try_get::<Option<String>, _>("verifies")?
+            .map(parse)
+            .transpose()?,
     })
 }
 
@@ -201,6 +215,12 @@ pub async fn try_assign(state: &AppState, job: &JobId) -> ApiResult<Option<(Devi
         .into_iter()
         .filter(|c| row.requester_peer.as_deref() != Some(c.peer_id.as_str()))
         .collect();
+    // A re-execution goes to another owner's device, the most trusted first.
+    if let Some(verifies) = &row.verifies {
+        let excluded = crate::checks::excluded_owners(state, verifies).await?;
+        candidates.retain(|c| !excluded.contains(&c.owner));
+        candidates.sort_by(|a, b| b.trust.total_cmp(&a.trust));
+    }
     candidates.sort_by_key(|c| row.tried_devices.contains(&c.device.to_string()));
     let Some(candidate) = candidates.into_iter().next() else {
         return Ok(None);

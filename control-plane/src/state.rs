@@ -4,6 +4,8 @@ use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::validate::ComponentValidator;
 use mesh_proto::SigningKey;
+use mesh_proto::verification::{CheckPolicy, RingerPolicy};
+use mesh_proto::vrf::VrfSecretKey;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,6 +60,11 @@ pub struct Config {
     /// How long the gateway waits for an executor's answer (default 130 s).
     #[serde(with = "secs")]
     pub gateway_timeout: Duration,
+    /// How often results are re-executed, per device (adaptive; see
+    /// `mesh_proto::verification::CheckPolicy`).
+    pub check_policy: CheckPolicy,
+    /// How many ringers the gateway mixes into batched jobs.
+    pub ringers: RingerPolicy,
 }
 
 impl Default for Config {
@@ -78,6 +85,8 @@ impl Default for Config {
             relay_secret: None,
             p2p_listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
             gateway_timeout: Duration::from_secs(130),
+            check_policy: CheckPolicy::default(),
+            ringers: RingerPolicy::default(),
         }
     }
 }
@@ -105,6 +114,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The control plane's signing key (certificates, tickets).
     pub key: Arc<SigningKey>,
+    /// The control plane's VRF key (check selection).
+    pub vrf: Arc<VrfSecretKey>,
     /// Request and domain counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Checks uploaded components against the Mesh world.

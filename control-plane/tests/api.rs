@@ -1023,3 +1023,147 @@ where
     }
     out
 }
+
+#[tokio::test]
+async fn every_settled_job_gets_a_verifiable_selection_and_payloads_are_checked() {
+    for store in stores() {
+        let plane = TestPlane::spawn(store).await;
+        let (network, workload, device) =
+            network_with_device(&plane, NetworkPolicy::default()).await;
+        let vrf = plane.anonymous().vrf_key().await.unwrap();
+        assert_eq!(vrf.suite, "ECVRF-EDWARDS25519-SHA512-TAI");
+        let mut selected = None;
+        let mut not_selected = 0;
+        for i in 0..24 {
+            let input = format!("input {i}").into_bytes();
+            let job = plane
+                .admin
+                .submit_job(
+                    &network.id,
+                    &SubmitJobRequest {
+                        workload: workload.hash,
+                        input: Blake3Hash::of(&input),
+                        input_size: input.len() as u64,
+                        idempotency_key: None,
+                    },
+                )
+                .await
+                .unwrap()
+                .job;
+            // Not settled yet: no decision.
+            assert_eq!(
+                status(plane.admin.job_check(&network.id, &job.id).await),
+                StatusCode::NOT_FOUND
+            );
+            let output = format!("output {i}").into_bytes();
+            let done = device
+                .client
+                .complete_job(
+                    &job.id,
+                    &CompleteJobRequest {
+                        receipt: receipt(&device, &job, &output),
+                    },
+                )
+                .await
+                .unwrap();
+            let check = plane.admin.job_check(&network.id, &job.id).await.unwrap();
+            assert_eq!(check.executor, device.id);
+            // A new device is checked at the initial rate.
+            assert_eq!(check.selection.rate_ppm, vrf.policy.initial_ppm);
+            check
+                .selection
+                .verify(
+                    &vrf.public_key,
+                    &network.id,
+                    &job.id,
+                    done.receipt.as_ref().unwrap(),
+                )
+                .unwrap();
+            // A lie about the decision, or the proof of another job, does not verify.
+            let mut lie = check.selection.clone();
+            lie.selected = !lie.selected;
+            assert!(
+                lie.verify(
+                    &vrf.public_key,
+                    &network.id,
+                    &job.id,
+                    done.receipt.as_ref().unwrap()
+                )
+                .is_err()
+            );
+            if check.selection.selected {
+                // No gateway here, so nobody re-executes it: it waits for the payload.
+                assert_eq!(check.state, CheckState::Selected);
+                selected.get_or_insert((job, done, input, output));
+            } else {
+                assert_eq!(check.state, CheckState::NotSelected);
+                not_selected += 1;
+            }
+        }
+        // At 50%, 24 jobs without both outcomes happen with probability 2^-23.
+        assert!(not_selected > 0);
+        let (job, done, input, output) = selected.expect("some job was selected");
+
+        // The requester hands over input and output, by the hashes the receipt names.
+        let admin = &plane.admin;
+        let bad = admin
+            .upload_payload(&network.id, &job.id, b"something else".to_vec())
+            .await;
+        assert_eq!(status(bad), StatusCode::BAD_REQUEST);
+        admin
+            .upload_payload(&network.id, &job.id, input.clone())
+            .await
+            .unwrap();
+        admin
+            .upload_payload(&network.id, &job.id, output.clone())
+            .await
+            .unwrap();
+        let receipt = done.receipt.unwrap();
+        assert_eq!(
+            admin
+                .download_payload(&network.id, &job.id, &receipt.output)
+                .await
+                .unwrap(),
+            output
+        );
+        // A body that does not hash to the path's hash is refused.
+        let url = format!(
+            "{}/v1/networks/{}/jobs/{}/payloads/{}",
+            plane.server.url(),
+            network.id,
+            job.id,
+            receipt.input
+        );
+        let token = admin
+            .create_token(&CreateTokenRequest {
+                label: "raw".into(),
+                expires_in_s: None,
+            })
+            .await
+            .unwrap()
+            .token;
+        let response = reqwest::Client::new()
+            .put(&url)
+            .bearer_auth(token)
+            .body(b"not the input".to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        // Only the requester: the executing device may not upload or read.
+        assert_eq!(
+            status(
+                device
+                    .client
+                    .download_payload(&network.id, &job.id, &receipt.output)
+                    .await
+            ),
+            StatusCode::FORBIDDEN
+        );
+        // The device's record is untouched until a check concludes.
+        let devices = admin.devices(&network.id).await.unwrap();
+        let d = devices.iter().find(|d| d.id == device.id).unwrap();
+        assert_eq!(d.checks, Default::default());
+        assert_eq!(d.trust, 0.5);
+    }
+}

@@ -158,6 +158,24 @@ const EXPECTATIONS: &[(&str, &str, [u16; 5])] = &[
     ("post", "/v1/jobs/{job}/start", [401, 403, 200, 403, 403]),
     ("post", "/v1/jobs/{job}/complete", [401, 403, 200, 403, 403]),
     ("post", "/v1/jobs/{job}/fail", [401, 403, 200, 403, 403]),
+    ("get", "/v1/vrf", [200, 200, 200, 200, 200]),
+    // The fixture's job has not settled: readers learn that (404 not_settled); payloads are
+    // the requester's (the admin) alone, and only once the receipt names them.
+    (
+        "get",
+        "/v1/networks/{network}/jobs/{job}/check",
+        [401, 404, 404, 404, 404],
+    ),
+    (
+        "put",
+        "/v1/networks/{network}/jobs/{job}/payloads/{hash}",
+        [401, 404, 403, 403, 409],
+    ),
+    (
+        "get",
+        "/v1/networks/{network}/jobs/{job}/payloads/{hash}",
+        [401, 404, 403, 403, 404],
+    ),
 ];
 
 /// A fresh network with one of everything, so each call meets the state it needs.

@@ -254,12 +254,19 @@ pub fn device_from_row(row: &sqlx::any::AnyRow) -> ApiResult<DeviceInfo> {
             slots: row.try_get::<i64, _>("load_slots")? as u32,
         },
         trust: row.try_get("trust")?,
+        checks: mesh_proto::verification::CheckRecord {
+            passed: row.try_get::<i64, _>("checks_passed")? as u32,
+            failed: row.try_get::<i64, _>("checks_failed")? as u32,
+            consecutive_passed: row.try_get::<i64, _>("consecutive_passed")? as u32,
+        },
+        quarantined_at_ms: row.try_get("quarantined_at")?,
     })
 }
 
 /// Columns [`device_from_row`] reads.
 pub const DEVICE_COLUMNS: &str = "id, network_id, owner_id, name, public_key, peer_id, status, capabilities, online, \
-     last_seen_at, load_running, load_queued, load_slots, trust";
+     last_seen_at, load_running, load_queued, load_slots, trust, checks_passed, checks_failed, consecutive_passed, \
+     quarantined_at";
 
 /// Devices of a network.
 #[utoipa::path(get, path = "/v1/networks/{network}/devices", tag = "devices", security(("bearer" = [])),

@@ -23,13 +23,18 @@ fn job_id(text: &str) -> ApiResult<JobId> {
 }
 
 const JOB_COLUMNS: &str = "id, network_id, requester_id, workload_hash, input_hash, input_size, price, state, executor_id, \
-     attempts, lease_expires_at, receipt, error, created_at, updated_at";
+     attempts, lease_expires_at, receipt, error, created_at, updated_at, purpose, verifies";
 
 fn job_from_row(row: &sqlx::any::AnyRow) -> ApiResult<JobInfo> {
     let state: String = row.try_get("state")?;
     let receipt: Option<String> = row.try_get("receipt")?;
     Ok(JobInfo {
         id: parse(row.try_get("id")?)?,
+        purpose: row.try_get("purpose")?,
+        verifies: row
+            .try_get::<Option<String>, _>("verifies")?
+            .map(parse)
+            .transpose()?,
         network: parse(row.try_get("network_id")?)?,
         requester: parse(row.try_get("requester_id")?)?,
         workload: parse(row.try_get("workload_hash")?)?,
@@ -124,17 +129,19 @@ pub async fn submit(
             (person, None)
         }
     };
-    submit_job(&state, &network, requester, requester_peer, &request).await
+    submit_job(&state, &network, requester, requester_peer, &request, &[]).await
 }
 
 /// Create (or find, by idempotency key) a job of `requester`, reserve its price and try to
-/// assign it. Shared by the REST submit and the gateway.
+/// assign it (devices in `avoid` only when nobody else can). Shared by the REST submit and the
+/// gateway.
 pub async fn submit_job(
     state: &AppState,
     network: &NetworkId,
     requester: mesh_proto::PersonId,
     requester_peer: Option<String>,
     request: &SubmitJobRequest,
+    avoid: &[DeviceId],
 ) -> ApiResult<(StatusCode, Json<JobAssignment>)> {
     let (state, network) = (state.clone(), *network);
     let workload = find_workload(&state, &network, &request.workload).await?;
@@ -170,8 +177,8 @@ pub async fn submit_job(
     let mut tx = state.db.pool.begin().await?;
     sqlx::query(
         "INSERT INTO jobs (id, network_id, requester_id, workload_hash, input_hash, input_size, price, state, \
-         idempotency_key, requester_peer, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $10)",
+         idempotency_key, requester_peer, tried_devices, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11, $11)",
     )
     .bind(job.to_string())
     .bind(network.to_string())
@@ -182,6 +189,7 @@ pub async fn submit_job(
     .bind(price)
     .bind(&key)
     .bind(requester_peer)
+    .bind(avoid.iter().map(|d| format!("{d},")).collect::<String>())
     .bind(now)
     .execute(&mut *tx)
     .await
@@ -449,7 +457,7 @@ pub async fn report_receipt(
 
 /// The job `job` of `network` as its requester sees it: the requesting person, or the
 /// device whose peer may present its ticket.
-async fn requester_job(
+pub(crate) async fn requester_job(
     state: &AppState,
     principal: &crate::auth::Principal,
     network: &NetworkId,
@@ -522,6 +530,9 @@ pub async fn settle_receipt(
         let current = find_job(state, None, &info.id).await?;
         if current.state == JobState::Done && current.executor == Some(*executor) {
             if current.receipt.as_ref() == Some(receipt) {
+                // Select here too, in case the first report stopped between settling and
+                // selecting (selection happens once).
+                crate::checks::select(state, &current, executor, receipt).await?;
                 return Ok(current);
             }
             let mut tx = state.db.pool.begin().await?;
@@ -561,7 +572,9 @@ pub async fn settle_receipt(
         .await?;
     }
     tx.commit().await?;
-    find_job(state, None, &info.id).await
+    let settled = find_job(state, None, &info.id).await?;
+    crate::checks::select(state, &settled, executor, receipt).await?;
+    Ok(settled)
 }
 
 /// The executor reports failure: the job is requeued (retryable, attempts left) or fails and

@@ -1,6 +1,7 @@
 //! The REST API: routes, their OpenAPI description (generated from the handlers' annotations
 //! by utoipa, so the document and the router cannot disagree), and shared middleware.
 
+pub mod checks;
 pub mod credits;
 pub mod devices;
 pub mod gateway;
@@ -47,6 +48,7 @@ impl utoipa::Modify for BearerAuth {
 fn api_router() -> OpenApiRouter<AppState> {
     let uploads = OpenApiRouter::new()
         .routes(routes!(workloads::publish, workloads::list))
+        .routes(routes!(checks::upload_payload, checks::download_payload))
         .layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(system::healthz))
@@ -86,6 +88,8 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::start))
         .routes(routes!(jobs::complete))
         .routes(routes!(jobs::fail))
+        .routes(routes!(checks::vrf_key))
+        .routes(routes!(checks::show_check))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
         .merge(uploads)
 }

@@ -178,6 +178,20 @@ async fn run_one(
         )
         .await
         .context("reporting the receipt")?;
+    // A job the control plane's VRF selected for re-execution needs its input and output
+    // (the control plane never saw them): hand them over by hash.
+    let check = client.job_check(&network, &job).await.ok();
+    let selected = check.as_ref().is_some_and(|c| c.selection.selected);
+    if selected {
+        client
+            .upload_payload(&network, &job, input.to_vec())
+            .await
+            .context("uploading the input of a job selected for re-execution")?;
+        client
+            .upload_payload(&network, &job, completed.output.clone())
+            .await
+            .context("uploading the output of a job selected for re-execution")?;
+    }
     let output = mesh_proto::document::parse(&completed.output).unwrap_or_else(|_| {
         serde_json::Value::String(String::from_utf8_lossy(&completed.output).into())
     });
@@ -189,6 +203,7 @@ async fn run_one(
         "executor_peer": claims.executor_peer,
         "relayed": completed.relayed,
         "attempts": completed.attempts,
+        "selected_for_check": selected,
         "output": output,
         "receipt": completed.receipt,
     }))

@@ -192,6 +192,16 @@ enum JobCommand {
         /// Job id.
         job: String,
     },
+    /// Check offline that the VRF selection of a settled job (checked or not) was computed
+    /// correctly, and show what its check found.
+    Verify {
+        /// Job id.
+        job: String,
+        /// The control plane's VRF public key (hex) to check against, if you hold it already;
+        /// otherwise it is fetched from `/v1/vrf`.
+        #[arg(long)]
+        vrf_key: Option<String>,
+    },
     /// Run a job on the mesh (dispatched by the control plane) and print its output.
     Submit {
         /// The workload: its hash (b3:…) or its name (the newest live version).
@@ -503,7 +513,7 @@ async fn device(ctx: Ctx, command: DeviceCommand) -> Result<()> {
     let network = ctx.network()?;
     let line = |d: &DeviceInfo| {
         format!(
-            "{}  {:<16} {:<8} {:<7} backends:{} load:{}/{} trust:{:.2}",
+            "{}  {:<16} {:<8} {:<7} backends:{} load:{}/{} trust:{:.2} checks:{}/{}{}",
             d.id,
             d.name,
             d.status.as_str(),
@@ -511,7 +521,14 @@ async fn device(ctx: Ctx, command: DeviceCommand) -> Result<()> {
             d.capabilities.backends.join(","),
             d.load.running + d.load.queued,
             d.load.slots,
-            d.trust
+            d.trust,
+            d.checks.passed,
+            d.checks.passed + d.checks.failed,
+            if d.quarantined_at_ms.is_some() {
+                "  QUARANTINED"
+            } else {
+                ""
+            }
         )
     };
     match command {
@@ -677,6 +694,58 @@ async fn job(ctx: Ctx, command: JobCommand) -> Result<()> {
             let job: JobId = parse(&job, "job id")?;
             let assignment = ctx.client.job(&network, &job).await?;
             print(ctx.json, &assignment, |a| line(&a.job))
+        }
+        JobCommand::Verify { job, vrf_key } => {
+            let job: JobId = parse(&job, "job id")?;
+            let key: mesh_proto::vrf::VrfPublicKey = match vrf_key {
+                Some(k) => k.parse().map_err(|e| anyhow::anyhow!("--vrf-key: {e}"))?,
+                None => ctx.client.vrf_key().await?.public_key,
+            };
+            let info = ctx.client.job(&network, &job).await?.job;
+            let check = ctx.client.job_check(&network, &job).await?;
+            let receipt = info
+                .receipt
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("job {job} has no receipt"))?;
+            let verdict = check.selection.verify(&key, &network, &job, receipt);
+            if ctx.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "selection_valid": verdict.is_ok(),
+                        "error": verdict.as_ref().err().map(|e| e.to_string()),
+                        "check": check,
+                    }))?
+                );
+            } else {
+                match &verdict {
+                    Ok(()) => println!(
+                        "selection: valid ({} with key {key}): {} at rate {:.2}%",
+                        mesh_proto::vrf::SUITE,
+                        if check.selection.selected {
+                            "selected for re-execution"
+                        } else {
+                            "not selected"
+                        },
+                        f64::from(check.selection.rate_ppm) / 1e4
+                    ),
+                    Err(e) => println!("selection: INVALID: {e}"),
+                }
+                println!(
+                    "check: {:?} ({}){}",
+                    check.state,
+                    check.reason,
+                    check
+                        .detail
+                        .as_deref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
+                );
+                if let Some(verified) = check.verified_output {
+                    println!("verified output: {verified}");
+                }
+            }
+            verdict.map_err(|e| anyhow::anyhow!("the selection does not verify: {e}"))
         }
         JobCommand::Submit {
             workload,

@@ -516,6 +516,80 @@ impl Client {
         Self::send(builder).await
     }
 
+    // --- verification ---
+
+    /// `GET /v1/vrf`: the VRF public key and check policy.
+    pub async fn vrf_key(&self) -> Result<mesh_proto::api::VrfKeyInfo> {
+        self.get("/v1/vrf").await
+    }
+
+    /// `GET /v1/networks/{network}/jobs/{job}/check`.
+    pub async fn job_check(
+        &self,
+        network: &NetworkId,
+        job: &JobId,
+    ) -> Result<mesh_proto::api::CheckInfo> {
+        self.get(&format!("/v1/networks/{network}/jobs/{job}/check"))
+            .await
+    }
+
+    /// `PUT /v1/networks/{network}/jobs/{job}/payloads/{hash}`: hand over the input or output
+    /// of a job selected for re-execution.
+    pub async fn upload_payload(
+        &self,
+        network: &NetworkId,
+        job: &JobId,
+        bytes: Vec<u8>,
+    ) -> Result<()> {
+        let hash = Blake3Hash::of(&bytes);
+        let builder = self
+            .request(
+                Method::PUT,
+                &format!("/v1/networks/{network}/jobs/{job}/payloads/{hash}"),
+            )
+            .timeout(RUN_TIMEOUT)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes);
+        Self::send(builder).await
+    }
+
+    /// `GET /v1/networks/{network}/jobs/{job}/payloads/{hash}`, verified against `hash`.
+    pub async fn download_payload(
+        &self,
+        network: &NetworkId,
+        job: &JobId,
+        hash: &Blake3Hash,
+    ) -> Result<Vec<u8>> {
+        let response = self
+            .request(
+                Method::GET,
+                &format!("/v1/networks/{network}/jobs/{job}/payloads/{hash}"),
+            )
+            .send()
+            .await
+            .map_err(ClientError::Transport)?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            return Err(ClientError::Api {
+                status,
+                code: body["error"]["code"].as_str().unwrap_or("unknown").into(),
+                message: body["error"]["message"].as_str().unwrap_or("").into(),
+            });
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(ClientError::Transport)?
+            .to_vec();
+        if Blake3Hash::of(&bytes) != *hash {
+            return Err(ClientError::Decode(format!(
+                "the payload does not hash to {hash}"
+            )));
+        }
+        Ok(bytes)
+    }
+
     // --- relays ---
 
     /// `GET /v1/relay/allow-list` (as a relay: the client's token is the relay secret).

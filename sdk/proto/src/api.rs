@@ -3,6 +3,8 @@
 use crate::device::{Capabilities, DeviceCert, DeviceLoad};
 use crate::identity::{PublicKey, Signature};
 use crate::signed::Signed;
+use crate::verification::{CheckPolicy, CheckRecord, RingerPolicy, Selection};
+use crate::vrf::VrfPublicKey;
 use crate::{
     Blake3Hash, Comparison, DeviceId, InviteId, JobId, NetworkId, PersonId, RunReceipt, TokenId,
 };
@@ -380,8 +382,14 @@ pub struct DeviceInfo {
     pub last_seen_at_ms: Option<i64>,
     /// Load in the last heartbeat.
     pub load: DeviceLoad,
-    /// Trust score in [0, 1].
+    /// Trust score in [0, 1] (see [`CheckRecord::trust`]).
     pub trust: f64,
+    /// Checks of its results passed and failed.
+    #[serde(default)]
+    pub checks: CheckRecord,
+    /// When it was quarantined for failing checks (it gets no jobs until re-approved).
+    #[serde(default)]
+    pub quarantined_at_ms: Option<i64>,
 }
 
 /// Answer to a heartbeat.
@@ -523,6 +531,101 @@ pub struct TransferInfo {
     pub created: bool,
 }
 
+/// The control plane's VRF key and check policy, to verify check selections offline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct VrfKeyInfo {
+    /// The RFC 9381 suite (`ECVRF-EDWARDS25519-SHA512-TAI`).
+    pub suite: String,
+    /// The VRF public key (hex).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub public_key: VrfPublicKey,
+    /// How check rates adapt per device.
+    pub policy: CheckPolicy,
+    /// How many ringers batched jobs carry.
+    pub ringers: RingerPolicy,
+}
+
+/// Where the check of a settled job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum CheckState {
+    /// The VRF did not select it.
+    NotSelected,
+    /// Selected; waiting for its payload or a device to re-execute it.
+    Selected,
+    /// Being re-executed.
+    Running,
+    /// The re-execution disagreed; a third device breaks the tie.
+    Disputed,
+    /// The result was confirmed.
+    Passed,
+    /// The executor's result was wrong (re-executions or a ringer say so).
+    Failed,
+    /// No two of three results agreed; nobody was penalised.
+    Inconclusive,
+    /// It could not be checked (no payload or no device in time); nobody was penalised.
+    Unverifiable,
+}
+
+impl CheckState {
+    /// Parse a stored state.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "not_selected" => CheckState::NotSelected,
+            "selected" => CheckState::Selected,
+            "running" => CheckState::Running,
+            "disputed" => CheckState::Disputed,
+            "passed" => CheckState::Passed,
+            "failed" => CheckState::Failed,
+            "inconclusive" => CheckState::Inconclusive,
+            "unverifiable" => CheckState::Unverifiable,
+            _ => return None,
+        })
+    }
+}
+
+/// The check of a settled job: the VRF decision with its proof, and what came of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CheckInfo {
+    /// The job.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub job: JobId,
+    /// Its executor.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub executor: DeviceId,
+    /// The VRF selection (verify with [`Selection::verify`]).
+    pub selection: Selection,
+    /// Where the check stands.
+    pub state: CheckState,
+    /// Why it is checked: `vrf`, or `ringer` when a known-answer item failed.
+    pub reason: String,
+    /// The re-execution job (its receipt says what ran where).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub check_job: Option<JobId>,
+    /// The device that re-executed it.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub verifier: Option<DeviceId>,
+    /// The tie-break job, if there was one.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub tiebreak_job: Option<JobId>,
+    /// The device that broke a tie.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub tiebreaker: Option<DeviceId>,
+    /// When the executor's result was wrong: the hash of the verified result (download it
+    /// from the job's payloads).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub verified_output: Option<Blake3Hash>,
+    /// What happened, in words.
+    pub detail: Option<String>,
+}
+
+fn default_purpose() -> String {
+    "job".into()
+}
+
 /// A job's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
@@ -589,6 +692,13 @@ pub struct JobInfo {
     /// Job id.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: JobId,
+    /// `job`, or the control plane re-executing another job: `check`, `tiebreak`.
+    #[serde(default = "default_purpose")]
+    pub purpose: String,
+    /// For a `check` or `tiebreak`: the job it re-executes.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub verifies: Option<JobId>,
     /// Its network.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub network: NetworkId,

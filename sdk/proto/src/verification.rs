@@ -40,7 +40,7 @@ pub fn selection_input(network: &NetworkId, job: &JobId, receipt_hash: &Blake3Ha
 /// Whether a VRF output selects its job at `rate_ppm` (parts per million).
 pub fn is_selected(output: &VrfOutput, rate_ppm: u32) -> bool {
     let draw = u64::from_be_bytes(output.0[..8].try_into().expect("8 bytes"));
-    let threshold = ((u128::from(rate_ppm.min(PPM)) << 64) / u128::from(PPM)) as u128;
+    let threshold = (u128::from(rate_ppm.min(PPM)) << 64) / u128::from(PPM);
     u128::from(draw) < threshold
 }
 
@@ -273,7 +273,11 @@ mod tests {
             Err(SelectionError::Vrf(VrfError::InvalidProof))
         ));
         let other_key = VrfSecretKey::from_seed([8; 32]).public_key();
-        assert!(selection.verify(&other_key, &network, &job, &receipt).is_err());
+        assert!(
+            selection
+                .verify(&other_key, &network, &job, &receipt)
+                .is_err()
+        );
     }
 
     #[test]
@@ -327,6 +331,12 @@ mod tests {
         assert_eq!(policy.count(1, 0.01), 1);
         assert_eq!(policy.count(1, 0.5), 0);
         assert_eq!(policy.count(0, 0.0), 0);
-        assert_eq!(RingerPolicy { items_per_ringer: 0 }.count(100, 0.0), 0);
+        assert_eq!(
+            RingerPolicy {
+                items_per_ringer: 0
+            }
+            .count(100, 0.0),
+            0
+        );
     }
 }

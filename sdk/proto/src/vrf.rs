@@ -155,8 +155,8 @@ impl VrfProof {
 }
 
 fn decode_proof(proof: &VrfProof) -> Result<(EdwardsPoint, [u8; 16], Scalar), VrfError> {
-    let gamma = decode_point(&proof.0[..32].try_into().expect("32"))
-        .ok_or(VrfError::MalformedProof)?;
+    let gamma =
+        decode_point(&proof.0[..32].try_into().expect("32")).ok_or(VrfError::MalformedProof)?;
     let c: [u8; 16] = proof.0[32..48].try_into().expect("16");
     let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(
         proof.0[48..].try_into().expect("32"),
@@ -186,7 +186,13 @@ fn encode_to_curve(public: &[u8; 32], alpha: &[u8]) -> Option<EdwardsPoint> {
 }
 
 /// `ECVRF_challenge_generation`: the first 16 bytes of the hash of the five points.
-fn challenge(p1: &[u8; 32], p2: &[u8; 32], p3: &[u8; 32], p4: &[u8; 32], p5: &[u8; 32]) -> [u8; 16] {
+fn challenge(
+    p1: &[u8; 32],
+    p2: &[u8; 32],
+    p3: &[u8; 32],
+    p4: &[u8; 32],
+    p5: &[u8; 32],
+) -> [u8; 16] {
     let hash = Sha512::new()
         .chain_update([SUITE_STRING, 0x02])
         .chain_update(p1)
@@ -226,7 +232,8 @@ fn from_hex<const N: usize>(text: &str) -> Result<[u8; N], VrfError> {
     }
     let mut out = [0u8; N];
     for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| VrfError::Encoding(N))?;
+        *byte =
+            u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| VrfError::Encoding(N))?;
     }
     Ok(out)
 }
@@ -316,10 +323,7 @@ mod tests {
         let key: VrfPublicKey = pk.parse().unwrap();
         let proof: VrfProof = pi.parse().unwrap();
         // Another input.
-        assert_eq!(
-            key.verify(b"\x00", &proof),
-            Err(VrfError::InvalidProof)
-        );
+        assert_eq!(key.verify(b"\x00", &proof), Err(VrfError::InvalidProof));
         // One bit of c flipped.
         let mut bad = proof;
         bad.0[32] ^= 1;
@@ -327,22 +331,34 @@ mod tests {
         // s not reduced below the group order.
         let mut bad = proof;
         bad.0[48..].fill(0xff);
-        assert_eq!(key.verify(&bytes(alpha), &bad), Err(VrfError::MalformedProof));
+        assert_eq!(
+            key.verify(&bytes(alpha), &bad),
+            Err(VrfError::MalformedProof)
+        );
         // Gamma not a canonical encoding (x = 0 with the sign bit set).
         let mut bad = proof;
         bad.0[..32].copy_from_slice(&bytes(
             "0100000000000000000000000000000000000000000000000000000000000080",
         ));
-        assert_eq!(key.verify(&bytes(alpha), &bad), Err(VrfError::MalformedProof));
+        assert_eq!(
+            key.verify(&bytes(alpha), &bad),
+            Err(VrfError::MalformedProof)
+        );
         // Another key's proof.
         let other: VrfPublicKey = VECTORS[1].1.parse().unwrap();
-        assert_eq!(other.verify(&bytes(alpha), &proof), Err(VrfError::InvalidProof));
+        assert_eq!(
+            other.verify(&bytes(alpha), &proof),
+            Err(VrfError::InvalidProof)
+        );
         // Low-order public key (the identity).
         let identity: VrfPublicKey =
             "0100000000000000000000000000000000000000000000000000000000000000"
                 .parse()
                 .unwrap();
-        assert_eq!(identity.verify(&bytes(alpha), &proof), Err(VrfError::InvalidKey));
+        assert_eq!(
+            identity.verify(&bytes(alpha), &proof),
+            Err(VrfError::InvalidKey)
+        );
         // Text forms of the wrong length.
         assert!("abcd".parse::<VrfProof>().is_err());
         assert!(pi[..158].parse::<VrfProof>().is_err());

@@ -1,0 +1,118 @@
+//! Verification: the VRF key, each job's check (selection proof and outcome), and the
+//! payloads a device requester uploads so a selected job can be re-executed.
+
+use crate::api::jobs::{find_job, requester_job};
+use crate::api::networks::network_id;
+use crate::auth::{Auth, require_reader};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::state::AppState;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use mesh_proto::api::{CheckInfo, VrfKeyInfo};
+use mesh_proto::{Blake3Hash, JobId};
+
+fn job_id(text: &str) -> ApiResult<JobId> {
+    text.parse().map_err(|_| ApiError::not_found("job"))
+}
+
+fn payload_hash(text: &str) -> ApiResult<Blake3Hash> {
+    text.parse().map_err(|_| ApiError::not_found("payload"))
+}
+
+/// The control plane's VRF public key and check policy, to verify selections offline.
+#[utoipa::path(get, path = "/v1/vrf", tag = "checks",
+    responses((status = 200, body = VrfKeyInfo)))]
+pub async fn vrf_key(State(state): State<AppState>) -> Json<VrfKeyInfo> {
+    Json(VrfKeyInfo {
+        suite: mesh_proto::vrf::SUITE.into(),
+        public_key: state.vrf.public_key(),
+        policy: state.config.check_policy,
+        ringers: state.config.ringers,
+    })
+}
+
+/// A settled job's check: the VRF selection with its proof, and its outcome.
+#[utoipa::path(get, path = "/v1/networks/{network}/jobs/{job}/check", tag = "checks", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id"), ("job" = String, Path, description = "Job id")),
+    responses((status = 200, body = CheckInfo), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn show_check(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path((network, job)): Path<(String, String)>,
+) -> ApiResult<Json<CheckInfo>> {
+    let network = network_id(&network)?;
+    require_reader(&state, &principal, &network).await?;
+    let job = find_job(&state, Some(&network), &job_id(&job)?).await?;
+    crate::checks::check_info(&state, &job.id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found_with("not_settled", "the job has not settled yet"))
+}
+
+/// The requester uploads its job's input or output (by BLAKE3, as the receipt names them) so
+/// the control plane can re-execute a selected job.
+#[utoipa::path(put, path = "/v1/networks/{network}/jobs/{job}/payloads/{hash}", tag = "checks", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id"), ("job" = String, Path, description = "Job id"),
+           ("hash" = String, Path, description = "BLAKE3 of the payload")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn upload_payload(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path((network, job, hash)): Path<(String, String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let network = network_id(&network)?;
+    let job = requester_job(&state, &principal, &network, &job_id(&job)?).await?;
+    let hash = payload_hash(&hash)?;
+    let receipt = job
+        .receipt
+        .ok_or_else(|| ApiError::conflict("not_settled", "the job has not settled yet"))?;
+    if hash != receipt.input && hash != receipt.output {
+        return Err(ApiError::bad_request(
+            "the hash is neither the input nor the output of the job's receipt",
+        ));
+    }
+    if Blake3Hash::of(&body) != hash {
+        return Err(ApiError::bad_request(
+            "the body does not hash to the given BLAKE3",
+        ));
+    }
+    crate::checks::store_payload(&state, &body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The requester downloads a stored payload of its job: its input, output, or the verified
+/// result of a failed check.
+#[utoipa::path(get, path = "/v1/networks/{network}/jobs/{job}/payloads/{hash}", tag = "checks", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id"), ("job" = String, Path, description = "Job id"),
+           ("hash" = String, Path, description = "BLAKE3 of the payload")),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn download_payload(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path((network, job, hash)): Path<(String, String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let network = network_id(&network)?;
+    let job = requester_job(&state, &principal, &network, &job_id(&job)?).await?;
+    let hash = payload_hash(&hash)?;
+    let verified = crate::checks::check_info(&state, &job.id)
+        .await?
+        .and_then(|c| c.verified_output);
+    let ours = job
+        .receipt
+        .is_some_and(|r| r.input == hash || r.output == hash)
+        || verified == Some(hash);
+    if !ours {
+        return Err(ApiError::not_found("payload"));
+    }
+    let bytes = crate::checks::payload(&state, &hash)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payload"))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
+}
