@@ -19,4 +19,7 @@ cargo test --workspace --all-targets --no-run
 # The end-to-end tests start the binaries themselves (mesh-relay has no tests of its own, so
 # `cargo test` would not build it).
 cargo build --workspace --bins
+# The adversarial tests run a lying host: the agent built with fault injection (a separate
+# binary, never part of a release build).
+cargo build -p mesh-host --features fault-injection --bin mesh-host-faulty
 cargo test --workspace "$@"

@@ -68,6 +68,8 @@ pub struct Agent {
     seen: Mutex<HashMap<JobId, Seen>>,
     accepting: AtomicBool,
     partial_dir: PathBuf,
+    #[cfg(feature = "fault-injection")]
+    fault: Option<super::fault::Injector>,
 }
 
 /// Wait with exponential backoff between attempts.
@@ -130,6 +132,8 @@ pub async fn run(
         seen: Mutex::new(HashMap::new()),
         accepting: AtomicBool::new(true),
         partial_dir: config.data_dir().join("partial"),
+        #[cfg(feature = "fault-injection")]
+        fault: super::fault::Injector::from_env()?,
     });
     eprintln!(
         "mesh-host {} device {} peer {} ({} slots, queue {}, backend {})",
@@ -576,6 +580,11 @@ impl Agent {
             Ok(Ok(run)) => Ok(run),
             Ok(Err(e)) => Err((classify(&e), e.to_string())),
             Err(e) => Err((("internal", true), format!("the executor task failed: {e}"))),
+        };
+        #[cfg(feature = "fault-injection")]
+        let result = match (&self.fault, result) {
+            (Some(fault), Ok(run)) => Ok(fault.tamper(run)),
+            (_, result) => result,
         };
         match result {
             Ok(run) => {

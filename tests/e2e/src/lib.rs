@@ -206,6 +206,21 @@ pub struct Mesh {
     pub transport: Transport,
     /// Namespaces of a NAT test (dropped last, after every process).
     pub topology: Option<Topology>,
+    /// Clients of the people owning devices: index 0 is the admin, others are admins of the
+    /// network created for [`HostSpec::owner`].
+    pub owners: Vec<Client>,
+}
+
+/// How one host differs from the defaults of [`MeshOptions`].
+#[derive(Debug, Clone, Default)]
+pub struct HostSpec {
+    /// Which person owns it: 0 is the network's admin; other numbers are further people (each
+    /// made an admin, so they can invite their own devices).
+    pub owner: usize,
+    /// Inference backend (default: [`MeshOptions::backend`]).
+    pub backend: Option<String>,
+    /// Run `mesh-host-faulty` with this `MESH_FAULT` (see the host's fault injection).
+    pub fault: Option<String>,
 }
 
 /// The transport of relay connections (and so of hole punching).
@@ -249,6 +264,10 @@ pub struct MeshOptions {
     pub nat: Option<NatKind>,
     /// Transport of relay connections.
     pub transport: Transport,
+    /// Per-host settings, by index (hosts beyond the list use the defaults).
+    pub host_specs: Vec<HostSpec>,
+    /// Extra lines for the control plane's TOML config.
+    pub control_plane_config: String,
 }
 
 impl Default for MeshOptions {
@@ -261,6 +280,8 @@ impl Default for MeshOptions {
             job_lease_s: 60.0,
             nat: None,
             transport: Transport::Quic,
+            host_specs: Vec::new(),
+            control_plane_config: String::new(),
         }
     }
 }
@@ -329,8 +350,8 @@ impl Mesh {
             &config,
             format!(
                 "sweep_interval = 0.2\nheartbeat_interval = 1.0\noffline_after = 5.0\njob_lease = {}\n\
-                 p2p_listen = [\"/ip4/{server_ip}/udp/0/quic-v1\", \"/ip4/{server_ip}/tcp/0\"]\n",
-                options.job_lease_s
+                 p2p_listen = [\"/ip4/{server_ip}/udp/0/quic-v1\", \"/ip4/{server_ip}/tcp/0\"]\n{}\n",
+                options.job_lease_s, options.control_plane_config
             ),
         )
         .unwrap();
@@ -421,7 +442,39 @@ impl Mesh {
             hosts: Vec::new(),
             transport: options.transport,
             topology,
+            owners: Vec::new(),
         };
+        mesh.owners.push(mesh.admin.clone());
+        let people = options
+            .host_specs
+            .iter()
+            .map(|s| s.owner)
+            .max()
+            .unwrap_or(0);
+        for i in 1..=people {
+            let invite = mesh
+                .admin
+                .create_invite(
+                    &mesh.network.id,
+                    &CreateInviteRequest {
+                        kind: InviteKind::Person,
+                        role: Some(mesh_proto::api::Role::Admin),
+                        expires_in_s: None,
+                    },
+                )
+                .await
+                .unwrap();
+            let accepted = Client::new(&mesh.url, None)
+                .unwrap()
+                .accept_invite(&mesh_proto::api::AcceptInviteRequest {
+                    code: invite.code,
+                    name: Some(format!("owner{i}")),
+                })
+                .await
+                .unwrap();
+            mesh.owners
+                .push(Client::new(&mesh.url, accepted.token).unwrap());
+        }
         for i in 0..options.hosts {
             let ns = mesh.topology.as_ref().map(|t| t.homes[i].clone());
             let host = mesh
@@ -481,8 +534,24 @@ impl Mesh {
 
     /// Register and start one more host named `name` (inside namespace `ns`, if given).
     pub async fn start_host(&self, name: &str, ns: Option<&str>, options: &MeshOptions) -> Host {
+        let index = self.hosts.len();
+        let spec = options.host_specs.get(index).cloned().unwrap_or_default();
         let root = self.dir.path();
-        let invite = self.device_invite(&self.network.id).await;
+        let invite = self.owners[spec.owner]
+            .create_invite(
+                &self.network.id,
+                &CreateInviteRequest {
+                    kind: InviteKind::Device,
+                    role: None,
+                    expires_in_s: None,
+                },
+            )
+            .await
+            .unwrap();
+        let backend = spec
+            .backend
+            .clone()
+            .unwrap_or_else(|| options.backend.clone());
         let config = root.join(format!("{name}.toml"));
         let data = root.join(name);
         let slots = options.slots.to_string();
@@ -513,7 +582,7 @@ impl Mesh {
                 "--queue-capacity",
                 &queue,
                 "--backend",
-                &options.backend,
+                &backend,
             ])
             .output()
             .unwrap();
@@ -531,13 +600,20 @@ impl Mesh {
         };
         let device: mesh_proto::DeviceId = field("device").parse().unwrap();
         let key = mesh_proto::SigningKey::from_multibase(&field("key")).unwrap();
+        let (program, envs) = match &spec.fault {
+            Some(fault) => (
+                bin("mesh-host-faulty"),
+                vec![("MESH_FAULT", fault.as_str())],
+            ),
+            None => (bin("mesh-host"), Vec::new()),
+        };
         let process = Process::spawn(
             root,
             name,
             ns,
-            &bin("mesh-host"),
+            &program,
             &["run", "--config", config.to_str().unwrap()],
-            &[],
+            &envs,
         );
         Host {
             process,

@@ -1,0 +1,396 @@
+//! Verification end to end: honest hosts on three inference backends (three owners) and two
+//! colluding cheaters of a fourth owner (`mesh-host-faulty`, `MESH_FAULT=collude`: wrong
+//! embeddings, identical on both, so they would vouch for each other). Embedding jobs run
+//! through the gateway; the control plane's VRF picks results to re-execute on other owners'
+//! devices, a third device breaks ties, ringers catch wrong items. The cheaters must end up
+//! quarantined and clawed back; honest devices, whatever their backend, never fail a check.
+
+use mesh_e2e::{HostSpec, Mesh, MeshOptions, bin, cosine, reference, vectors};
+use mesh_proto::api::{CheckState, JobState, RunJobRequest};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cheaters_are_caught_and_honest_devices_never_penalised() {
+    let honest = |owner: usize, backend: &str| HostSpec {
+        owner,
+        backend: Some(backend.into()),
+        fault: None,
+    };
+    let cheater = HostSpec {
+        owner: 4,
+        backend: Some("onnxruntime".into()),
+        fault: Some("collude".into()),
+    };
+    let mesh = Mesh::start(MeshOptions {
+        hosts: 5,
+        host_specs: vec![
+            honest(1, "onnxruntime"),
+            honest(2, "openvino"),
+            honest(3, "tract"),
+            cheater.clone(),
+            cheater,
+        ],
+        ..MeshOptions::default()
+    })
+    .await;
+    let network = mesh.network_id();
+    let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
+    let cheaters: Vec<_> = mesh.hosts[3..].iter().map(|h| h.device).collect();
+    let corpus = reference(101);
+
+    // Jobs of 8 sentences each, five at a time (so every device, not only the most trusted,
+    // gets work), until both cheaters are quarantined (or 100 jobs).
+    let mut jobs = Vec::new();
+    for round in 0..20 {
+        let mut running = Vec::new();
+        for k in 0..5 {
+            let i = round * 5 + k;
+            let texts: Vec<String> = (0..8)
+                .map(|j| corpus[(i * 8 + j * 13) % corpus.len()].0.clone())
+                .collect();
+            let admin = mesh.admin.clone();
+            running.push(tokio::spawn(async move {
+                let result = admin
+                    .run_job(
+                        &network,
+                        &RunJobRequest {
+                            workload,
+                            input: serde_json::json!({ "texts": texts }),
+                            idempotency_key: None,
+                        },
+                    )
+                    .await;
+                (texts, result)
+            }));
+        }
+        for task in running {
+            let (texts, result) = task.await.unwrap();
+            let result = result.unwrap_or_else(|e| panic!("a job failed: {e}\n{}", mesh.logs()));
+            assert_eq!(result.job.state, JobState::Done);
+            jobs.push((result.job.id, result.executor));
+            // What the requester gets back is right when no cheater ran it; a ringer failure
+            // re-runs the job elsewhere before answering.
+            if !cheaters.contains(&result.executor) {
+                let got = vectors(&result.output);
+                assert_eq!(got.len(), texts.len());
+                for (text, vector) in texts.iter().zip(&got) {
+                    let want = &corpus.iter().find(|(t, _)| t == text).unwrap().1;
+                    assert!(cosine(want, vector) > 0.999, "honest result off");
+                }
+            }
+        }
+        let devices = mesh.admin.devices(&network).await.unwrap();
+        let quarantined = devices
+            .iter()
+            .filter(|d| cheaters.contains(&d.id) && d.quarantined_at_ms.is_some())
+            .count();
+        if quarantined == cheaters.len() && round >= 4 {
+            break;
+        }
+    }
+
+    // Let the check worker finish what is selected.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let checks = loop {
+        let mut checks = Vec::new();
+        for (job, _) in &jobs {
+            checks.push(mesh.admin.job_check(&network, job).await.unwrap());
+        }
+        let open = checks.iter().any(|c| {
+            matches!(
+                c.state,
+                CheckState::Selected | CheckState::Running | CheckState::Disputed
+            )
+        });
+        if !open || Instant::now() > deadline {
+            break checks;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // Every selection, checked or not, verifies offline against the published VRF key.
+    let vrf = mesh.admin.vrf_key().await.unwrap();
+    assert_eq!(vrf.suite, "ECVRF-EDWARDS25519-SHA512-TAI");
+    for check in &checks {
+        let job = mesh.admin.job(&network, &check.job).await.unwrap().job;
+        check
+            .selection
+            .verify(
+                &vrf.public_key,
+                &network,
+                &job.id,
+                job.receipt.as_ref().unwrap(),
+            )
+            .unwrap();
+    }
+    // And through the CLI.
+    let cli = std::process::Command::new(bin("mesh"))
+        .args(["job", "verify", &checks[0].job.to_string()])
+        .env("MESH_SERVER", &mesh.url)
+        .env("MESH_TOKEN", mesh.admin_token())
+        .env("MESH_NETWORK", network.to_string())
+        .env("MESH_CONFIG", mesh.dir.path().join("cli.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "mesh job verify: {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(String::from_utf8_lossy(&cli.stdout).contains("selection: valid"));
+
+    let devices: HashMap<_, _> = mesh
+        .admin
+        .devices(&network)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.id, d))
+        .collect();
+    let summary = || {
+        devices
+            .values()
+            .map(|d| {
+                format!(
+                    "{} {} trust {:.2} checks {:?} quarantined {}",
+                    d.name,
+                    d.capabilities.backends.join(","),
+                    d.trust,
+                    d.checks,
+                    d.quarantined_at_ms.is_some()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    eprintln!("{}", summary());
+    for check in &checks {
+        eprintln!(
+            "check {} by {}: {:?} {} selected={} rate={} {:?}",
+            check.job,
+            devices[&check.executor].name,
+            check.state,
+            check.reason,
+            check.selection.selected,
+            check.selection.rate_ppm,
+            check.detail
+        );
+    }
+
+    // The cheaters: caught, quarantined, clawed back.
+    for cheater in &cheaters {
+        let d = &devices[cheater];
+        assert!(
+            d.quarantined_at_ms.is_some() && d.checks.failed >= 2,
+            "cheater {} not quarantined\n{}\n{}",
+            d.name,
+            summary(),
+            mesh.logs()
+        );
+        assert!(d.trust < 0.5);
+    }
+    // Honest devices: never a failed check, whichever backend checked whom.
+    let mut cross_backend_passes = 0;
+    for check in &checks {
+        if cheaters.contains(&check.executor) {
+            continue;
+        }
+        assert!(
+            !matches!(check.state, CheckState::Failed | CheckState::Inconclusive),
+            "an honest device's check went {:?}: {:?}\n{}",
+            check.state,
+            check.detail,
+            summary()
+        );
+        if check.state == CheckState::Passed
+            && let Some(check_job) = check.check_job
+        {
+            let backend = |job| {
+                let admin = mesh.admin.clone();
+                async move {
+                    admin
+                        .job(&network, &job)
+                        .await
+                        .unwrap()
+                        .job
+                        .receipt
+                        .unwrap()
+                        .backend
+                }
+            };
+            let (original, again) = (backend(check.job).await, backend(check_job).await);
+            eprintln!("honest check: {original} checked on {again}");
+            if original != again {
+                cross_backend_passes += 1;
+            }
+        }
+    }
+    for host in &mesh.hosts[..3] {
+        let d = &devices[&host.device];
+        assert_eq!(
+            d.checks.failed,
+            0,
+            "{} was penalised\n{}",
+            d.name,
+            summary()
+        );
+        assert!(d.quarantined_at_ms.is_none());
+    }
+    assert!(
+        cross_backend_passes >= 1,
+        "no check compared two backends\n{}",
+        summary()
+    );
+
+    // A cheater's job that failed its re-execution: the requester can fetch the verified
+    // result, and the executor's owner paid the job back (a ledger entry, not an edit).
+    let cheaters_owner = mesh.owners[4].history(&network, None).await.unwrap();
+    let clawbacks = cheaters_owner
+        .iter()
+        .filter(|e| e.kind == "job_clawback")
+        .count();
+    assert!(clawbacks >= 2, "clawbacks: {clawbacks}");
+    let mut verifiers_paid = 0;
+    for owner in &mesh.owners[1..4] {
+        let history = owner.history(&network, None).await.unwrap();
+        verifiers_paid += history.iter().filter(|e| e.kind == "verify_pay").count();
+    }
+    assert!(verifiers_paid >= 1);
+    if let Some(failed) = checks
+        .iter()
+        .find(|c| c.state == CheckState::Failed && c.verified_output.is_some())
+    {
+        let verified = failed.verified_output.unwrap();
+        let bytes = mesh
+            .admin
+            .download_payload(&network, &failed.job, &verified)
+            .await
+            .unwrap();
+        let doc = mesh_proto::document::parse(&bytes).unwrap();
+        assert_eq!(vectors(&doc).len(), 8);
+    }
+
+    // Quarantined devices get no more jobs.
+    for i in 0..4 {
+        let result = mesh
+            .admin
+            .run_job(
+                &network,
+                &RunJobRequest {
+                    workload,
+                    input: serde_json::json!({ "texts": [format!("after quarantine {i}")] }),
+                    idempotency_key: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(!cheaters.contains(&result.executor));
+    }
+}
+
+/// A cheater with an honest history: it passes its first checks, its check rate falls to
+/// (almost) nothing, then it falsifies half of its items. Spot checks alone would hardly ever
+/// see it again; ringers (items of the requester's earlier verified jobs) catch it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ringers_catch_a_cheater_with_an_honest_history() {
+    let mesh = Mesh::start(MeshOptions {
+        hosts: 3,
+        host_specs: vec![
+            HostSpec {
+                owner: 1,
+                backend: Some("onnxruntime".into()),
+                fault: None,
+            },
+            HostSpec {
+                owner: 2,
+                backend: Some("openvino".into()),
+                fault: None,
+            },
+            HostSpec {
+                owner: 3,
+                backend: Some("onnxruntime".into()),
+                fault: Some("items:0.5@6".into()),
+            },
+        ],
+        // Checks halve with every pass down to one in a million: after its honest start the
+        // cheater is practically never re-executed.
+        control_plane_config:
+            "[check_policy]\ninitial_ppm = 1000000\nhalve_every = 1\nfloor_ppm = 1\n\
+                               quarantine_after = 2\n"
+                .into(),
+        ..MeshOptions::default()
+    })
+    .await;
+    let network = mesh.network_id();
+    let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
+    let cheater = mesh.hosts[2].device;
+    let corpus = reference(101);
+    let mut jobs = Vec::new();
+    for i in 0..120 {
+        // 32 items: every job carries one ringer once the pool has some.
+        let texts: Vec<&str> = (0..32)
+            .map(|k| corpus[(i * 7 + k * 3) % corpus.len()].0.as_str())
+            .collect();
+        let result = mesh
+            .admin
+            .run_job(
+                &network,
+                &RunJobRequest {
+                    workload,
+                    input: serde_json::json!({ "texts": texts }),
+                    idempotency_key: None,
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("job {i} failed: {e}\n{}", mesh.logs()));
+        jobs.push(result.job.id);
+        let devices = mesh.admin.devices(&network).await.unwrap();
+        if devices
+            .iter()
+            .any(|d| d.id == cheater && d.quarantined_at_ms.is_some())
+        {
+            break;
+        }
+        // Give the check worker time to confirm early results (which fills the ringer pool).
+        if i < 10 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let devices = mesh.admin.devices(&network).await.unwrap();
+    let summary = devices
+        .iter()
+        .map(|d| {
+            format!(
+                "{} trust {:.2} {:?} quarantined {}",
+                d.name,
+                d.trust,
+                d.checks,
+                d.quarantined_at_ms.is_some()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    // A job whose ringer failed was answered by its re-run, so look at every job.
+    let mut by_ringer = 0;
+    for job in mesh.admin.jobs(&network).await.unwrap() {
+        if let Ok(check) = mesh.admin.job_check(&network, &job.id).await
+            && check.executor == cheater
+            && check.state == CheckState::Failed
+            && check.reason == "ringer"
+        {
+            by_ringer += 1;
+        }
+    }
+    let d = devices.iter().find(|d| d.id == cheater).unwrap();
+    assert!(
+        d.quarantined_at_ms.is_some(),
+        "the cheater was not quarantined after {} jobs\n{summary}\n{}",
+        jobs.len(),
+        mesh.logs()
+    );
+    assert!(by_ringer >= 1, "no ringer caught it\n{summary}");
+    for d in devices.iter().filter(|d| d.id != cheater) {
+        assert_eq!(d.checks.failed, 0, "{} was penalised\n{summary}", d.name);
+    }
+}
