@@ -3,7 +3,8 @@
 # builds everything, starts a control plane (SQLite), a relay and two hosts on loopback,
 # publishes the embeddings component, runs real embeddings jobs across the hosts (through the
 # gateway, device to device, and the OpenAI-compatible endpoint), and shows where each job
-# ran, the checked receipts and the credits that moved. Cleans up after itself.
+# ran, the checked receipts, the credits that moved and the verification (VRF-selected
+# re-executions on the other owner's host). Cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -56,11 +57,23 @@ echo "==> creating a network"
 
 backends=$("$bin/mesh-host" backends --json | python3 -c 'import json,sys; print(" ".join(b["backend"] for b in json.load(sys.stdin) if b["available"]))')
 host_backends=(onnxruntime openvino)
+code() { python3 -c 'import json,sys; print(json.load(sys.stdin)["code"])'; }
+# A friend joins as an admin and brings the second host: results are re-checked only on
+# another owner's device, so verification needs two owners.
+echo "==> a friend joins the network"
+friend_invite=$("$bin/mesh" --json network invite --admin | code)
+friend() { env -u MESH_TOKEN MESH_CONFIG="$work/friend.toml" "$bin/mesh" "$@"; }
+friend login --invite "$friend_invite" --name friend | sed 's/^/    /'
 for i in 1 2; do
   backend=${host_backends[$((i - 1))]}
   [[ " $backends " == *" $backend "* ]] || backend=tract
-  echo "==> host$i joins (backend $backend) and starts"
-  invite=$("$bin/mesh" --json network invite --device | python3 -c 'import json,sys; print(json.load(sys.stdin)["code"])')
+  owner=you; [ "$i" = 2 ] && owner=friend
+  echo "==> host$i ($owner's, backend $backend) joins and starts"
+  if [ "$i" = 2 ]; then
+    invite=$(friend --json network invite --device | code)
+  else
+    invite=$("$bin/mesh" --json network invite --device | code)
+  fi
   "$bin/mesh-host" join "$invite" --control-plane "$MESH_SERVER" --name "host$i" --config "$work/host$i.toml" \
     --data-dir "$work/host$i" --listen /ip4/127.0.0.1/udp/0/quic-v1 --listen /ip4/127.0.0.1/tcp/0 --backend "$backend" --slots 1
   "$bin/mesh-host" run --config "$work/host$i.toml" 2>"$work/host$i.log" &
@@ -114,6 +127,23 @@ print("    all {} jobs done: {}; each receipt was checked by its requester (exec
 echo "==> credits"
 "$bin/mesh" credits history | head -n 6 | sed 's/^/    /'
 "$bin/mesh" credits balance | sed 's/^/    /'
-echo "    (you own both hosts here, so what you paid as requester came back as executor owner)"
-echo "==> verification: re-execution checks are not enabled yet; receipts pin component, model, input and output"
+echo "    (what you paid as requester went to the owner of the host that ran it; verifiers are paid by the network)"
+
+echo "==> verification: the control plane's VRF picked jobs to re-execute on the other owner's host"
+sleep 3
+"$bin/mesh" --json job list | python3 -c '
+import json, sys
+for j in json.load(sys.stdin):
+    if j["price"] > 0:
+        print(j["id"])' | while read -r job; do
+  "$bin/mesh" --json job verify "$job" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+c = d["check"]
+s = c["selection"]
+print("    {}  VRF proof {}  {}  check: {}".format(c["job"], "valid" if d["selection_valid"] else "INVALID",
+      "selected at {:.1f}%".format(s["rate_ppm"] / 1e4) if s["selected"] else "not selected", c["state"]))'
+done
+"$bin/mesh" device list | sed 's/^/    /'
+echo "    (anyone can re-check a selection offline: mesh job verify <job>)"
 echo "==> done; stopping the mesh"
