@@ -17,6 +17,8 @@ use std::time::Duration;
 
 /// How long a job may wait in the queue for a device before the gateway gives up.
 const QUEUE_WAIT: Duration = Duration::from_secs(15);
+/// Runs of a gateway job whose executors get a ringer wrong, before the gateway gives up.
+const RINGER_RUNS: usize = 3;
 /// Executors a gateway job is offered to at most.
 const MAX_ATTEMPTS: u32 = 4;
 
@@ -135,7 +137,8 @@ fn to_dispatch(a: &JobAssignment) -> Option<Assignment> {
 /// Run a job of `person` in `network` through the gateway and wait for its checked result.
 ///
 /// A batched job carries ringers ([`crate::ringers`]); when the executor gets one wrong, that
-/// is a failed check and the job runs once more on another device, whose answer is returned.
+/// is a failed check and the job runs again away from that owner's devices (up to
+/// [`RINGER_RUNS`] runs), and the first answer that passes is returned.
 /// When the VRF selects the job for re-execution, its input and output are kept for the check.
 pub async fn run_job(
     state: &AppState,
@@ -145,39 +148,36 @@ pub async fn run_job(
     input: Vec<u8>,
     idempotency_key: Option<String>,
 ) -> ApiResult<RunJobResponse> {
-    let first = run_once(
-        state,
-        network,
-        person,
-        workload,
-        &input,
-        idempotency_key.clone(),
-        &[],
-    )
-    .await?;
-    match first {
-        Ok(response) => Ok(response),
-        Err((job, cheater)) => {
-            // Run it again away from every device of the cheater's owner.
-            let avoid: Vec<DeviceId> = sqlx::query_scalar::<_, String>(
-                "SELECT id FROM devices WHERE owner_id = (SELECT owner_id FROM devices WHERE id = $1)",
-            )
-            .bind(cheater.to_string())
-            .fetch_all(&state.db.pool)
-            .await?
-            .into_iter()
-            .filter_map(|id| id.parse().ok())
-            .collect();
-            let key = format!("{job}:rerun");
-            match run_once(state, network, person, workload, &input, Some(key), &avoid).await? {
-                Ok(response) => Ok(response),
-                Err((rerun, _)) => Err(ApiError::unavailable(
-                    "verification_failed",
-                    format!("jobs {job} and {rerun} both failed their known-answer checks"),
-                )),
+    let mut avoid: Vec<DeviceId> = Vec::new();
+    let mut failed: Vec<JobId> = Vec::new();
+    for attempt in 0..RINGER_RUNS {
+        let key = match failed.first() {
+            None => idempotency_key.clone(),
+            Some(first) => Some(format!("{first}:rerun{attempt}")),
+        };
+        match run_once(state, network, person, workload, &input, key, &avoid).await? {
+            Ok(response) => return Ok(response),
+            Err((job, cheater)) => {
+                failed.push(job);
+                // Run it again away from every device of the cheater's owner.
+                let owned: Vec<String> = sqlx::query_scalar(
+                    "SELECT id FROM devices WHERE owner_id = (SELECT owner_id FROM devices WHERE id = $1)",
+                )
+                .bind(cheater.to_string())
+                .fetch_all(&state.db.pool)
+                .await?;
+                avoid.extend(owned.iter().filter_map(|id| id.parse::<DeviceId>().ok()));
             }
         }
     }
+    let failed: Vec<String> = failed.iter().map(JobId::to_string).collect();
+    Err(ApiError::unavailable(
+        "verification_failed",
+        format!(
+            "jobs {} all failed their known-answer checks",
+            failed.join(", ")
+        ),
+    ))
 }
 
 /// One run of a gateway job. The inner error names the job and executor when a ringer failed.

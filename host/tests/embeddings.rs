@@ -184,3 +184,87 @@ fn concurrent_jobs_share_one_model() {
         }
     });
 }
+
+/// The false-positive rate of re-execution checks across backends: every sentence of the
+/// reference corpus, embedded by every backend, fp32 and int8 models, in different batch
+/// compositions (ringers change them), compared pairwise by the rule the workload declares.
+/// An honest device must never be flagged: zero mismatches.
+#[test]
+fn honest_results_never_disagree_under_the_declared_rule() {
+    let reference = reference();
+    let texts: Vec<&str> = reference.iter().map(|r| r.text.as_str()).collect();
+    // A fixed shuffle, so batches mix lengths differently than the corpus order.
+    let mut shuffled: Vec<usize> = (0..texts.len()).collect();
+    for i in (1..shuffled.len()).rev() {
+        shuffled.swap(i, (i * 7919 + 13) % (i + 1));
+    }
+    let mut runs: Vec<(String, Vec<Vec<f32>>)> = Vec::new();
+    for backend in available_backends() {
+        for variant in ["fp32", "int8"] {
+            let (executor, _dir) = executor_with(backend, Limits::default(), variant);
+            let metadata = executor
+                .add_component(&std::fs::read(EMBEDDINGS).unwrap())
+                .unwrap();
+            let rule = metadata.comparison;
+            assert_eq!(rule, Comparison::Cosine(0.99));
+            let batchings: &[(&str, usize)] = if variant == "fp32" {
+                &[
+                    ("one batch", texts.len()),
+                    ("batches of 8", 8),
+                    ("shuffled 32s", 32),
+                ]
+            } else {
+                &[("one batch", texts.len())]
+            };
+            for &(name, size) in batchings {
+                let order: Vec<usize> = if name.starts_with("shuffled") {
+                    shuffled.clone()
+                } else {
+                    (0..texts.len()).collect()
+                };
+                let mut vectors = vec![Vec::new(); texts.len()];
+                for chunk in order.chunks(size) {
+                    let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
+                    let input = serde_json::to_vec(&serde_json::json!({ "texts": batch })).unwrap();
+                    let run = executor.run(&metadata.component, &input).unwrap();
+                    for (&i, v) in chunk.iter().zip(embeddings(&run.output)) {
+                        vectors[i] = v;
+                    }
+                }
+                runs.push((format!("{backend} {variant} {name}"), vectors));
+            }
+        }
+    }
+    let rule = Comparison::Cosine(0.99);
+    let (mut comparisons, mut mismatches, mut worst) = (0, 0, (f64::MAX, String::new()));
+    for (a, (name_a, run_a)) in runs.iter().enumerate() {
+        for (name_b, run_b) in &runs[a + 1..] {
+            for (i, (va, vb)) in run_a.iter().zip(run_b).enumerate() {
+                let doc = |v: &Vec<f32>| {
+                    serde_json::to_vec(&serde_json::json!({ "embeddings": [v] })).unwrap()
+                };
+                comparisons += 1;
+                if rule.compare(&doc(va), &doc(vb)).is_err() {
+                    mismatches += 1;
+                }
+                let c = cosine(va, vb);
+                if c < worst.0 {
+                    worst = (c, format!("{name_a} vs {name_b}, sentence {i}"));
+                }
+            }
+        }
+    }
+    println!(
+        "{} runs, {comparisons} sentence comparisons across backends, models and batchings: \
+         {mismatches} false positives; lowest cosine {:.6} ({})",
+        runs.len(),
+        worst.0,
+        worst.1
+    );
+    assert!(runs.len() >= 4, "only {} runs", runs.len());
+    assert_eq!(
+        mismatches, 0,
+        "honest results flagged; lowest cosine {:.6} ({})",
+        worst.0, worst.1
+    );
+}

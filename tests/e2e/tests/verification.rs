@@ -39,56 +39,7 @@ async fn cheaters_are_caught_and_honest_devices_never_penalised() {
     let cheaters: Vec<_> = mesh.hosts[3..].iter().map(|h| h.device).collect();
     let corpus = reference(101);
 
-    // Jobs of 8 sentences each, five at a time (so every device, not only the most trusted,
-    // gets work), until both cheaters are quarantined (or 100 jobs).
-    let mut jobs = Vec::new();
-    for round in 0..20 {
-        let mut running = Vec::new();
-        for k in 0..5 {
-            let i = round * 5 + k;
-            let texts: Vec<String> = (0..8)
-                .map(|j| corpus[(i * 8 + j * 13) % corpus.len()].0.clone())
-                .collect();
-            let admin = mesh.admin.clone();
-            running.push(tokio::spawn(async move {
-                let result = admin
-                    .run_job(
-                        &network,
-                        &RunJobRequest {
-                            workload,
-                            input: serde_json::json!({ "texts": texts }),
-                            idempotency_key: None,
-                        },
-                    )
-                    .await;
-                (texts, result)
-            }));
-        }
-        for task in running {
-            let (texts, result) = task.await.unwrap();
-            let result = result.unwrap_or_else(|e| panic!("a job failed: {e}\n{}", mesh.logs()));
-            assert_eq!(result.job.state, JobState::Done);
-            jobs.push((result.job.id, result.executor));
-            // What the requester gets back is right when no cheater ran it; a ringer failure
-            // re-runs the job elsewhere before answering.
-            if !cheaters.contains(&result.executor) {
-                let got = vectors(&result.output);
-                assert_eq!(got.len(), texts.len());
-                for (text, vector) in texts.iter().zip(&got) {
-                    let want = &corpus.iter().find(|(t, _)| t == text).unwrap().1;
-                    assert!(cosine(want, vector) > 0.999, "honest result off");
-                }
-            }
-        }
-        let devices = mesh.admin.devices(&network).await.unwrap();
-        let quarantined = devices
-            .iter()
-            .filter(|d| cheaters.contains(&d.id) && d.quarantined_at_ms.is_some())
-            .count();
-        if quarantined == cheaters.len() && round >= 4 {
-            break;
-        }
-    }
+    let jobs = run_until_quarantined(&mesh, workload, &cheaters, &corpus).await;
 
     // Let the check worker finish what is selected.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -392,5 +343,122 @@ async fn ringers_catch_a_cheater_with_an_honest_history() {
     assert!(by_ringer >= 1, "no ringer caught it\n{summary}");
     for d in devices.iter().filter(|d| d.id != cheater) {
         assert_eq!(d.checks.failed, 0, "{} was penalised\n{summary}", d.name);
+    }
+}
+
+/// Run embedding jobs of 8 sentences, five at a time (so every device, not only the most
+/// trusted, gets work), until every one of `cheaters` is quarantined (at least 25 jobs, at most
+/// 100). Honest executors' answers are checked against the reference embeddings.
+async fn run_until_quarantined(
+    mesh: &Mesh,
+    workload: mesh_proto::Blake3Hash,
+    cheaters: &[mesh_proto::DeviceId],
+    corpus: &[(String, Vec<f32>)],
+) -> Vec<(mesh_proto::JobId, mesh_proto::DeviceId)> {
+    let network = mesh.network_id();
+    let mut jobs = Vec::new();
+    for round in 0..20 {
+        let mut running = Vec::new();
+        for k in 0..5 {
+            let i = round * 5 + k;
+            let texts: Vec<String> = (0..8)
+                .map(|j| corpus[(i * 8 + j * 13) % corpus.len()].0.clone())
+                .collect();
+            let admin = mesh.admin.clone();
+            running.push(tokio::spawn(async move {
+                let result = admin
+                    .run_job(
+                        &network,
+                        &RunJobRequest {
+                            workload,
+                            input: serde_json::json!({ "texts": texts }),
+                            idempotency_key: None,
+                        },
+                    )
+                    .await;
+                (texts, result)
+            }));
+        }
+        for task in running {
+            let (texts, result) = task.await.unwrap();
+            let result = result.unwrap_or_else(|e| panic!("a job failed: {e}\n{}", mesh.logs()));
+            assert_eq!(result.job.state, JobState::Done);
+            jobs.push((result.job.id, result.executor));
+            // What the requester gets back is right when no cheater ran it; a ringer failure
+            // re-runs the job elsewhere before answering.
+            if !cheaters.contains(&result.executor) {
+                let got = vectors(&result.output);
+                assert_eq!(got.len(), texts.len());
+                for (text, vector) in texts.iter().zip(&got) {
+                    let want = &corpus.iter().find(|(t, _)| t == text).unwrap().1;
+                    assert!(cosine(want, vector) > 0.99, "honest result off");
+                }
+            }
+        }
+        let devices = mesh.admin.devices(&network).await.unwrap();
+        let quarantined = devices
+            .iter()
+            .filter(|d| cheaters.contains(&d.id) && d.quarantined_at_ms.is_some())
+            .count();
+        if quarantined == cheaters.len() && round >= 4 {
+            break;
+        }
+    }
+    jobs
+}
+
+/// Lies of other shapes: zero vectors, a replayed answer to another input, and wrong answers
+/// half of the time; each cheater has its own owner. All are quarantined, nobody else is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_replayed_and_random_lies_are_caught() {
+    let host = |owner: usize, backend: &str, fault: Option<&str>| HostSpec {
+        owner,
+        backend: Some(backend.into()),
+        fault: fault.map(str::to_string),
+    };
+    let mesh = Mesh::start(MeshOptions {
+        hosts: 6,
+        host_specs: vec![
+            host(1, "onnxruntime", None),
+            host(2, "openvino", None),
+            host(3, "onnxruntime", None),
+            host(4, "onnxruntime", Some("zero")),
+            host(5, "openvino", Some("replay")),
+            host(6, "onnxruntime", Some("wrong:0.5")),
+        ],
+        ..MeshOptions::default()
+    })
+    .await;
+    let network = mesh.network_id();
+    let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
+    let cheaters: Vec<_> = mesh.hosts[3..].iter().map(|h| h.device).collect();
+    let corpus = reference(101);
+    let jobs = run_until_quarantined(&mesh, workload, &cheaters, &corpus).await;
+    let devices = mesh.admin.devices(&network).await.unwrap();
+    let summary = devices
+        .iter()
+        .map(|d| {
+            format!(
+                "{} trust {:.2} {:?} quarantined {}",
+                d.name,
+                d.trust,
+                d.checks,
+                d.quarantined_at_ms.is_some()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    for d in &devices {
+        if cheaters.contains(&d.id) {
+            assert!(
+                d.quarantined_at_ms.is_some(),
+                "{} not quarantined after {} jobs\n{summary}",
+                d.name,
+                jobs.len()
+            );
+        } else {
+            assert_eq!(d.checks.failed, 0, "{} was penalised\n{summary}", d.name);
+            assert!(d.quarantined_at_ms.is_none());
+        }
     }
 }
