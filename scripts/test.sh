@@ -14,12 +14,11 @@ bash scripts/setup.sh
 MESH_TEST_POSTGRES_URL="$(bash scripts/postgres.sh)"
 export MESH_TEST_POSTGRES_URL
 
-# Benchmarks are not run here (cargo bench runs them), but they must keep compiling.
-cargo test --workspace --all-targets --no-run
-# The end-to-end tests start the binaries themselves (mesh-relay has no tests of its own, so
-# `cargo test` would not build it).
-cargo build --workspace --bins
-# The adversarial tests run a lying host: the agent built with fault injection (a separate
-# binary, never part of a release build).
-cargo build -p mesh-host --features fault-injection --bin mesh-host-faulty
+# One build of everything with the same feature resolution `cargo test` uses (all targets,
+# dev-dependencies included), so nothing is compiled twice: benchmarks (not run here, but
+# they must keep compiling), every binary the end-to-end tests start (mesh-relay has no tests
+# of its own), and `mesh-host-faulty`, the agent with fault injection for the adversarial
+# tests (the feature never reaches a release build). `cargo test` then rebuilds only the
+# mesh-host targets, without fault injection.
+cargo build --workspace --all-targets --features mesh-host/fault-injection
 cargo test --workspace "$@"

@@ -37,6 +37,11 @@ const EXPECTATIONS: &[(&str, &str, [u16; 5])] = &[
         [401, 404, 200, 200, 200],
     ),
     (
+        "get",
+        "/v1/networks/{network}/audit",
+        [401, 404, 403, 403, 200],
+    ),
+    (
         "put",
         "/v1/networks/{network}/members/{person}",
         [401, 404, 403, 403, 200],

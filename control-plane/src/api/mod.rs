@@ -64,6 +64,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(networks::show_network))
         .routes(routes!(networks::update_policy))
         .routes(routes!(networks::list_members))
+        .routes(routes!(networks::audit_log))
         .routes(routes!(networks::update_member, networks::remove_member))
         .routes(routes!(networks::create_invite))
         .routes(routes!(devices::challenge))

@@ -10,8 +10,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mesh_proto::api::{
-    CreateInviteRequest, CreateNetworkRequest, CreatedInvite, InviteKind, MemberInfo, NetworkInfo,
-    NetworkPolicy, Role, UpdateMemberRequest,
+    AuditEntry, CreateInviteRequest, CreateNetworkRequest, CreatedInvite, InviteKind, MemberInfo,
+    NetworkInfo, NetworkPolicy, Role, UpdateMemberRequest,
 };
 use mesh_proto::{InviteId, NetworkId, PersonId};
 use sqlx::Row;
@@ -226,6 +226,38 @@ pub async fn list_members(
                 name: row.try_get("name")?,
                 role: Role::parse(&role).ok_or_else(|| ApiError::internal("bad role"))?,
                 joined_at_ms: row.try_get("created_at")?,
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()
+        .map(Json)
+}
+
+/// The network's audit log, newest first (admins): admin actions, failed checks, quarantines.
+#[utoipa::path(get, path = "/v1/networks/{network}/audit", tag = "networks", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id")),
+    responses((status = 200, body = Vec<AuditEntry>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub async fn audit_log(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(network): Path<String>,
+) -> ApiResult<Json<Vec<AuditEntry>>> {
+    let network = network_id(&network)?;
+    require_role(&state, &principal, &network, Role::Admin).await?;
+    let rows = sqlx::query(
+        "SELECT actor, action, detail, created_at FROM audit_log WHERE network_id = $1 \
+         ORDER BY created_at DESC, id LIMIT 500",
+    )
+    .bind(network.to_string())
+    .fetch_all(&state.db.pool)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(AuditEntry {
+                actor: row.try_get("actor")?,
+                action: row.try_get("action")?,
+                detail: row.try_get("detail")?,
+                at_ms: row.try_get("created_at")?,
             })
         })
         .collect::<ApiResult<Vec<_>>>()

@@ -113,6 +113,8 @@ enum NetworkCommand {
     },
     /// Members of the network.
     Members,
+    /// The audit log, newest first (admins): admin actions, failed checks, quarantines.
+    Audit,
     /// Remove a member (their devices are revoked).
     RemoveMember {
         /// Person id.
@@ -496,6 +498,15 @@ async fn network(mut ctx: Ctx, command: NetworkCommand) -> Result<()> {
             print(ctx.json, &members, |ms| {
                 ms.iter()
                     .map(|m| format!("{}  {:<20} {}", m.person, m.name, m.role.as_str()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        NetworkCommand::Audit => {
+            let entries = ctx.client.audit_log(&ctx.network()?).await?;
+            print(ctx.json, &entries, |es| {
+                es.iter()
+                    .map(|e| format!("{}  {:<20} {:<40} {}", e.at_ms, e.action, e.actor, e.detail))
                     .collect::<Vec<_>>()
                     .join("\n")
             })

@@ -516,6 +516,11 @@ impl Client {
         Self::send(builder).await
     }
 
+    /// `GET /v1/networks/{network}/audit` (admins).
+    pub async fn audit_log(&self, network: &NetworkId) -> Result<Vec<mesh_proto::api::AuditEntry>> {
+        self.get(&format!("/v1/networks/{network}/audit")).await
+    }
+
     // --- verification ---
 
     /// `GET /v1/vrf`: the VRF public key and check policy.

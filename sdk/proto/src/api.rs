@@ -166,6 +166,20 @@ pub struct NetworkInfo {
     pub created_at_ms: i64,
 }
 
+/// An entry of a network's audit log (admin actions, failed checks, quarantines).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct AuditEntry {
+    /// Who or what acted (a person, a device, the control plane).
+    pub actor: String,
+    /// What happened (e.g. `device.revoked`, `check_failed`, `device_quarantined`).
+    pub action: String,
+    /// Details.
+    pub detail: String,
+    /// When.
+    pub at_ms: i64,
+}
+
 /// A member of a network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]

@@ -141,6 +141,16 @@ async fn cheaters_are_caught_and_honest_devices_never_penalised() {
         );
         assert!(d.trust < 0.5);
     }
+    // The admins were told, in the audit log.
+    let audit = mesh.admin.audit_log(&network).await.unwrap();
+    for cheater in &cheaters {
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == "device_quarantined" && e.actor == cheater.to_string()),
+            "no quarantine of {cheater} in the audit log: {audit:?}"
+        );
+    }
     // Honest devices: never a failed check, whichever backend checked whom.
     let mut cross_backend_passes = 0;
     for check in &checks {
