@@ -2,7 +2,7 @@
 //!
 //! Spot checks alone catch a device that falsifies a small share of its results only after
 //! many jobs. So the gateway, which composes the jobs it dispatches, mixes a few ringers into
-//! every batched job ([`RingerPolicy`](mesh_proto::verification::RingerPolicy): one per 32
+//! every batched job ([`RingerPolicy`](mesh_proto::verification::RingerPolicy): one per 16
 //! items on average) and compares the executor's answers for them with the known ones by the
 //! workload's rule. A wrong ringer is a failed check.
 //!

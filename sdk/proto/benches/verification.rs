@@ -831,10 +831,11 @@ fn explore_parameters(items: usize, seeds: &mut Seeds) {
     );
     println!("|---|---:|---:|---:|---:|---:|");
     let base = CheckPolicy::default();
+    let ringers = RingerPolicy::default().items_per_ringer;
     let settings = [
-        (base.initial_ppm, base.halve_every, base.floor_ppm, 32),
-        (base.initial_ppm, base.halve_every, base.floor_ppm, 16),
-        (base.initial_ppm, base.halve_every, 10_000, 16),
+        (base.initial_ppm, base.halve_every, base.floor_ppm, ringers),
+        (base.initial_ppm, base.halve_every, 20_000, 32),
+        (base.initial_ppm, base.halve_every, 20_000, 16),
         (base.initial_ppm, base.halve_every, 60_000, 32),
         (base.initial_ppm, base.halve_every, base.floor_ppm, 8),
     ];

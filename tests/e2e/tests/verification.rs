@@ -289,7 +289,7 @@ async fn ringers_catch_a_cheater_with_an_honest_history() {
     let corpus = reference(101);
     let mut jobs = Vec::new();
     for i in 0..120 {
-        // 32 items: every job carries one ringer once the pool has some.
+        // 32 items: every job carries ringers once the pool has some.
         let texts: Vec<&str> = (0..32)
             .map(|k| corpus[(i * 7 + k * 3) % corpus.len()].0.as_str())
             .collect();
@@ -356,9 +356,9 @@ async fn ringers_catch_a_cheater_with_an_honest_history() {
     }
 }
 
-/// Run embedding jobs of 8 sentences, five at a time (so every device, not only the most
-/// trusted, gets work), until every one of `cheaters` is quarantined (at least 25 jobs, at most
-/// 100). Honest executors' answers are checked against the reference embeddings.
+/// Run embedding jobs of 8 sentences, as many at a time as there are hosts (so every device,
+/// not only the most trusted, gets work each round), until every one of `cheaters` is
+/// quarantined (at least 5 rounds, at most 30). Honest executors' answers are checked against the reference embeddings.
 async fn run_until_quarantined(
     mesh: &Mesh,
     workload: mesh_proto::Blake3Hash,
@@ -367,10 +367,11 @@ async fn run_until_quarantined(
 ) -> Vec<(mesh_proto::JobId, mesh_proto::DeviceId)> {
     let network = mesh.network_id();
     let mut jobs = Vec::new();
-    for round in 0..20 {
+    let width = mesh.hosts.len();
+    for round in 0..30 {
         let mut running = Vec::new();
-        for k in 0..5 {
-            let i = round * 5 + k;
+        for k in 0..width {
+            let i = round * width + k;
             let texts: Vec<String> = (0..8)
                 .map(|j| corpus[(i * 8 + j * 13) % corpus.len()].0.clone())
                 .collect();
