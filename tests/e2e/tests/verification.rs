@@ -99,22 +99,7 @@ async fn cheaters_are_caught_and_honest_devices_never_penalised() {
         .into_iter()
         .map(|d| (d.id, d))
         .collect();
-    let summary = || {
-        devices
-            .values()
-            .map(|d| {
-                format!(
-                    "{} {} trust {:.2} checks {:?} quarantined {}",
-                    d.name,
-                    d.capabilities.backends.join(","),
-                    d.trust,
-                    d.checks,
-                    d.quarantined_at_ms.is_some()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let summary = || trust_summary(devices.values());
     eprintln!("{}", summary());
     for check in &checks {
         eprintln!(
@@ -319,19 +304,7 @@ async fn ringers_catch_a_cheater_with_an_honest_history() {
         }
     }
     let devices = mesh.admin.devices(&network).await.unwrap();
-    let summary = devices
-        .iter()
-        .map(|d| {
-            format!(
-                "{} trust {:.2} {:?} quarantined {}",
-                d.name,
-                d.trust,
-                d.checks,
-                d.quarantined_at_ms.is_some()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let summary = trust_summary(devices.iter());
     // A job whose ringer failed was answered by its re-run, so look at every job.
     let mut by_ringer = 0;
     for job in mesh.admin.jobs(&network).await.unwrap() {
@@ -446,19 +419,7 @@ async fn zero_replayed_and_random_lies_are_caught() {
     let corpus = reference(101);
     let jobs = run_until_quarantined(&mesh, workload, &cheaters, &corpus).await;
     let devices = mesh.admin.devices(&network).await.unwrap();
-    let summary = devices
-        .iter()
-        .map(|d| {
-            format!(
-                "{} trust {:.2} {:?} quarantined {}",
-                d.name,
-                d.trust,
-                d.checks,
-                d.quarantined_at_ms.is_some()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let summary = trust_summary(devices.iter());
     for d in &devices {
         if cheaters.contains(&d.id) {
             assert!(
@@ -472,4 +433,20 @@ async fn zero_replayed_and_random_lies_are_caught() {
             assert!(d.quarantined_at_ms.is_none());
         }
     }
+}
+
+/// One line per device: name, trust, check record, quarantine (for failure messages).
+fn trust_summary<'a>(devices: impl Iterator<Item = &'a mesh_proto::api::DeviceInfo>) -> String {
+    devices
+        .map(|d| {
+            format!(
+                "{} trust {:.2} {:?} quarantined {}",
+                d.name,
+                d.trust,
+                d.checks,
+                d.quarantined_at_ms.is_some()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
