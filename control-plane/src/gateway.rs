@@ -58,6 +58,9 @@ async fn serve_inbound(state: AppState, mut inbound: tokio::sync::mpsc::Receiver
                     "the control plane runs no jobs".into(),
                 )));
             }
+            Inbound::Cancel { reply, .. } => {
+                let _ = reply.send(mesh_proto::p2p::CancelResponse::Unknown);
+            }
             Inbound::Blob {
                 peer,
                 request,
@@ -321,20 +324,20 @@ pub(crate) async fn dispatch_submitted(
             Ok(to_dispatch(&next))
         }
     };
-    let completed = match dispatch::dispatch(node, first, input, None, MAX_ATTEMPTS, reassign).await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            if let DispatchError::NoExecutor(_) = e {
-                let _ = scheduler::fail_queued(state, &job, &e.to_string()).await;
-            }
-            return Err(match e {
-                DispatchError::Refused { refusal, .. } => {
-                    ApiError::unprocessable("job_refused", refusal.to_string())
+    let completed =
+        match dispatch::dispatch(node, first, input, None, MAX_ATTEMPTS, None, reassign).await {
+            Ok(c) => c,
+            Err(e) => {
+                if let DispatchError::NoExecutor(_) = e {
+                    let _ = scheduler::fail_queued(state, &job, &e.to_string()).await;
                 }
-                other => ApiError::unavailable("job_not_run", other.to_string()),
-            });
-        }
-    };
+                return Err(match e {
+                    DispatchError::Refused { refusal, .. } => {
+                        ApiError::unprocessable("job_refused", refusal.to_string())
+                    }
+                    other => ApiError::unavailable("job_not_run", other.to_string()),
+                });
+            }
+        };
     Ok(completed)
 }

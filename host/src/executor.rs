@@ -8,23 +8,25 @@
 //! and caps on input and output bytes.
 
 use crate::backend::{
-    self, BackendConfig, BackendKind, InferenceBackend, InferenceBudget, InferenceError,
-    LoadedModel,
+    self, BackendConfig, BackendKind, CancelToken, InferenceBackend, InferenceBudget,
+    InferenceError, LoadedModel,
 };
 use crate::components::{CompiledCache, ComponentStore, StoreError};
 use crate::limits::{Limits, MAX_COMPONENT_BYTES, MAX_STDERR_BYTES};
-use crate::models::{ModelError, ModelStore};
+use crate::models::{ModelEntry, ModelError, ModelStore};
 use mesh_proto::{Blake3Hash, ModelBinding, RunReceipt, RunTimings, WorkloadMetadata};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, InstancePre, Linker, ResourceTable, WasmList};
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Component, InstancePre, Linker, Resource, ResourceTable, WasmList};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
-    Trap,
+    Trap, UpdateDeadline,
 };
+use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
@@ -83,6 +85,9 @@ pub enum ExecError {
     /// Native inference ran past its bound.
     #[error("inference exceeded its time limit")]
     InferenceTimeout,
+    /// The job was cancelled (its requester cancelled it or went away).
+    #[error("the job was cancelled")]
+    Cancelled,
     /// The host refused or failed an inference call (the workload then gave up).
     #[error(transparent)]
     Inference(InferenceError),
@@ -196,6 +201,77 @@ struct JobState {
     table: ResourceTable,
     nn: WasiNnCtx,
     limiter: JobLimiter,
+    /// Zero of the job's monotonic clock.
+    started: Instant,
+    /// When the job's time is up: no sleep of the guest outlasts it.
+    deadline: Instant,
+    /// The job's cancellation, which also ends the guest's sleeps.
+    cancel: CancelToken,
+}
+
+/// The `wasi:clocks` monotonic clock wasmtime-wasi links (its version of WASI 0.2); the
+/// executor replaces its functions, see [`bound_guest_sleeps`].
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// A guest's sleep, ending at its wake-up time, the job's deadline or its cancellation,
+/// whichever comes first.
+struct BoundedSleep {
+    until: Instant,
+    cancel: CancelToken,
+}
+
+#[async_trait::async_trait]
+impl wasmtime_wasi::p2::Pollable for BoundedSleep {
+    async fn ready(&mut self) {
+        loop {
+            let now = Instant::now();
+            if self.cancel.is_cancelled() || now >= self.until {
+                return;
+            }
+            tokio::time::sleep((self.until - now).min(backend::CANCEL_POLL)).await;
+        }
+    }
+}
+
+/// Replace the monotonic clock's `now` and its subscriptions with versions bound to the
+/// job. A guest blocked in `wasi:io/poll` waits inside the host, where epochs cannot
+/// interrupt it, so its sleeps end at the job's deadline (the epoch check then stops it) or
+/// its cancellation; `now` counts from the job's start.
+fn bound_guest_sleeps(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
+    fn sleep(
+        state: &mut JobState,
+        duration: Duration,
+    ) -> wasmtime::Result<(Resource<DynPollable>,)> {
+        let until = Instant::now()
+            .checked_add(duration)
+            .map_or(state.deadline, |t| t.min(state.deadline));
+        let sleep = state.table.push(BoundedSleep {
+            until,
+            cancel: state.cancel.clone(),
+        })?;
+        Ok((wasmtime_wasi::p2::subscribe(&mut state.table, sleep)?,))
+    }
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap("now", |store: StoreContextMut<'_, JobState>, (): ()| {
+        Ok((store.data().started.elapsed().as_nanos() as u64,))
+    })?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |mut store: StoreContextMut<'_, JobState>, (nanos,): (u64,)| {
+            sleep(store.data_mut(), Duration::from_nanos(nanos))
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |mut store: StoreContextMut<'_, JobState>, (when,): (u64,)| {
+            let state = store.data_mut();
+            let now = state.started.elapsed().as_nanos() as u64;
+            sleep(state, Duration::from_nanos(when.saturating_sub(now)))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 impl WasiView for JobState {
@@ -311,6 +387,8 @@ impl Executor {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| ExecError::InvalidComponent(e.to_string()))?;
+        bound_guest_sleeps(&mut linker)
+            .map_err(|e| ExecError::InvalidComponent(format!("binding the clock: {e:#}")))?;
         wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut JobState| {
             WasiNnView::new(&mut s.table, &mut s.nn)
         })
@@ -363,14 +441,20 @@ impl Executor {
 
     /// Store a component and prepare it (validate, compile, bind models); returns its metadata.
     pub fn add_component(&self, bytes: &[u8]) -> Result<WorkloadMetadata, ExecError> {
+        let hash = self.store_component(bytes)?;
+        Ok(self.prepare(&hash)?.metadata.clone())
+    }
+
+    /// Store a component without preparing it (its models may still have to be fetched);
+    /// returns its hash.
+    pub fn store_component(&self, bytes: &[u8]) -> Result<Blake3Hash, ExecError> {
         if bytes.len() > MAX_COMPONENT_BYTES {
             return Err(ExecError::InvalidComponent(format!(
                 "{} bytes exceeds the component size limit of {MAX_COMPONENT_BYTES}",
                 bytes.len()
             )));
         }
-        let hash = self.components.put(bytes)?;
-        Ok(self.prepare(&hash)?.metadata.clone())
+        Ok(self.components.put(bytes)?)
     }
 
     /// Cold-start costs of a stored component, for benchmarks: compiling it from scratch
@@ -413,10 +497,40 @@ impl Executor {
         })
     }
 
-    fn prepare(&self, hash: &Blake3Hash) -> Result<Arc<Prepared>, ExecError> {
-        if let Some(prepared) = self.prepared.lock().expect("prepared lock").get(hash) {
-            return Ok(prepared.clone());
+    /// The model store.
+    pub fn models(&self) -> &ModelStore {
+        &self.models
+    }
+
+    /// The models a stored component needs on this host's backend whose files are not here
+    /// yet: the manifest pins them by hash, and a peer can send them over `/mesh/blob/1`.
+    pub fn missing_models(&self, hash: &Blake3Hash) -> Result<Vec<ModelEntry>, ExecError> {
+        if self
+            .prepared
+            .lock()
+            .expect("prepared lock")
+            .contains_key(hash)
+        {
+            return Ok(Vec::new());
         }
+        let (_, metadata) = self.inspect(hash)?;
+        let mut missing = Vec::new();
+        for name in &metadata.models {
+            let entry = self
+                .models
+                .select(name, &self.model_variant, self.backend.kind())?;
+            if !self.models.has_file(entry) && !missing.contains(entry) {
+                missing.push(entry.clone());
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Load, check and link a stored component, and read its metadata.
+    fn inspect(
+        &self,
+        hash: &Blake3Hash,
+    ) -> Result<(InstancePre<JobState>, WorkloadMetadata), ExecError> {
         let component = self.load_component(hash)?;
         check_imports(&self.engine, &component)?;
         let pre = self
@@ -426,6 +540,14 @@ impl Executor {
         mesh_world::WorkloadIndices::new(&pre)
             .map_err(|e| ExecError::NotAWorkload(format!("{e:#}")))?;
         let metadata = self.read_metadata(&pre, hash)?;
+        Ok((pre, metadata))
+    }
+
+    fn prepare(&self, hash: &Blake3Hash) -> Result<Arc<Prepared>, ExecError> {
+        if let Some(prepared) = self.prepared.lock().expect("prepared lock").get(hash) {
+            return Ok(prepared.clone());
+        }
+        let (pre, metadata) = self.inspect(hash)?;
         let mut models = Vec::new();
         for name in &metadata.models {
             let entry = self
@@ -480,8 +602,8 @@ impl Executor {
         if let Some(model) = loaded.get(&entry.hash) {
             return Ok(model.clone());
         }
-        let bytes = self.models.read_verified(entry)?;
-        let model = self.backend.load_model(&bytes)?;
+        let path = self.models.verified_path(entry)?;
+        let model = self.backend.load_model_file(&path)?;
         loaded.insert(entry.hash, model.clone());
         Ok(model)
     }
@@ -490,6 +612,7 @@ impl Executor {
         &self,
         registry: JobRegistry,
         job_time: Duration,
+        cancel: Option<CancelToken>,
     ) -> (Store<JobState>, MemoryOutputPipe) {
         let stderr = MemoryOutputPipe::new(MAX_STDERR_BYTES);
         let mut wasi = WasiCtx::builder();
@@ -497,6 +620,8 @@ impl Executor {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        let started = Instant::now();
+        let deadline = started + job_time;
         let state = JobState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -505,12 +630,33 @@ impl Executor {
                 memory_bytes: self.limits.memory_bytes,
                 table_elements: self.limits.table_elements,
             },
+            started,
+            deadline,
+            cancel: cancel.clone().unwrap_or_default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         let ticks = job_time.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        match cancel {
+            // Wake every tick to look at the cancel flag and the clock (ticks pass unseen
+            // while the guest is inside the host, so count time, not ticks).
+            Some(cancel) => {
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_callback(move |_| {
+                    if cancel.is_cancelled() {
+                        return Err(wasmtime::Error::new(JobCancelled));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(wasmtime::Error::new(Trap::Interrupt));
+                    }
+                    Ok(UpdateDeadline::Continue(1))
+                });
+            }
+            None => {
+                store.set_epoch_deadline(ticks);
+                store.epoch_deadline_trap();
+            }
+        }
         (store, stderr)
     }
 
@@ -519,7 +665,7 @@ impl Executor {
         pre: &InstancePre<JobState>,
         hash: &Blake3Hash,
     ) -> Result<WorkloadMetadata, ExecError> {
-        let (mut store, stderr) = self.new_store(JobRegistry(HashMap::new()), METADATA_TIME);
+        let (mut store, stderr) = self.new_store(JobRegistry(HashMap::new()), METADATA_TIME, None);
         let instance = pre
             .instantiate(&mut store)
             .map_err(|e| classify(e, &self.limits, METADATA_TIME, None, &stderr))?;
@@ -538,6 +684,19 @@ impl Executor {
 
     /// Run one job of a stored component on `input`, within the limits.
     pub fn run(&self, component: &Blake3Hash, input: &[u8]) -> Result<RunOutput, ExecError> {
+        self.run_cancellable(component, input, &CancelToken::new())
+    }
+
+    /// [`Executor::run`], stopping with [`ExecError::Cancelled`] once `cancel` is cancelled:
+    /// within an epoch tick in wasm, at once in an ONNX Runtime call (terminated), and at the
+    /// end of the current call on other engines. A job cancelled before it got a slot does
+    /// not start.
+    pub fn run_cancellable(
+        &self,
+        component: &Blake3Hash,
+        input: &[u8],
+        cancel: &CancelToken,
+    ) -> Result<RunOutput, ExecError> {
         if input.len() > self.limits.input_bytes {
             return Err(ExecError::InputTooLarge {
                 size: input.len(),
@@ -545,16 +704,22 @@ impl Executor {
             });
         }
         let _slot = self.slots.acquire();
+        if cancel.is_cancelled() {
+            return Err(ExecError::Cancelled);
+        }
         let started = Instant::now();
         let prepared = self.prepare(component)?;
         let prepare_us = started.elapsed().as_micros() as u64;
 
         let job_time = self.limits.job_time;
-        let budget = Arc::new(InferenceBudget::new(
-            Instant::now() + job_time,
-            self.limits.inference_call_time,
-            self.limits.tensor_bytes,
-        ));
+        let budget = Arc::new(
+            InferenceBudget::new(
+                Instant::now() + job_time,
+                self.limits.inference_call_time,
+                self.limits.tensor_bytes,
+            )
+            .with_cancel(cancel.clone()),
+        );
         let registry = JobRegistry(
             prepared
                 .models
@@ -562,7 +727,7 @@ impl Executor {
                 .map(|(name, _, model)| (name.clone(), model.clone().graph(budget.clone())))
                 .collect(),
         );
-        let (mut store, stderr) = self.new_store(registry, job_time);
+        let (mut store, stderr) = self.new_store(registry, job_time, Some(cancel.clone()));
         let fail = |e: wasmtime::Error| classify(e, &self.limits, job_time, Some(&budget), &stderr);
 
         let instantiating = Instant::now();
@@ -574,6 +739,9 @@ impl Executor {
             .get_typed_func::<(&[u8],), (Result<WasmList<u8>, JobError>,)>(&mut store, "run")
             .map_err(|e| ExecError::NotAWorkload(format!("{e:#}")))?;
         let (result,) = run.call(&mut store, (input,)).map_err(fail)?;
+        if cancel.is_cancelled() {
+            return Err(ExecError::Cancelled);
+        }
         if budget.timed_out() {
             return Err(ExecError::InferenceTimeout);
         }
@@ -659,6 +827,11 @@ fn engine_fingerprint(engine: &Engine) -> String {
     format!("{:016x}", hasher.finish())
 }
 
+/// The error the epoch callback stops a cancelled job with.
+#[derive(Debug, thiserror::Error)]
+#[error("the job was cancelled")]
+struct JobCancelled;
+
 /// Advance the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
 fn start_epoch_ticker(engine: &Engine) {
     let engine = engine.weak();
@@ -694,6 +867,11 @@ fn classify(
 ) -> ExecError {
     if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
         return ExecError::ResourceLimit(limit.0.clone());
+    }
+    if error.downcast_ref::<JobCancelled>().is_some()
+        || budget.is_some_and(|b| b.cancel_token().is_cancelled())
+    {
+        return ExecError::Cancelled;
     }
     if budget.is_some_and(InferenceBudget::timed_out) {
         return ExecError::InferenceTimeout;

@@ -12,6 +12,7 @@ pub mod executor;
 pub mod limits;
 pub mod models;
 
+pub use backend::CancelToken;
 pub use executor::{ColdStart, ExecError, Executor, ExecutorConfig, RunOutput};
 pub use limits::Limits;
 

@@ -137,6 +137,10 @@ enum Command {
         /// Pause between those jobs, in milliseconds.
         #[arg(long, default_value_t = 0)]
         pause_ms: u64,
+        /// Cancel a job at its executor (and fail it, refunded) when it has not answered
+        /// this many milliseconds after it was sent.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
         /// Config file (default: $XDG_CONFIG_HOME/mesh/host.toml).
         #[arg(long, env = agent::config::CONFIG_ENV)]
         config: Option<PathBuf>,
@@ -272,19 +276,19 @@ fn run(cli: Cli) -> Result<()> {
             idempotency_key,
             count,
             pause_ms,
+            timeout_ms,
             config,
         } => {
             let path = config.unwrap_or_else(agent::config::HostConfig::default_path);
             let config = agent::config::HostConfig::load(&path)?;
             let input = read_input(&input, Limits::default().input_bytes)?;
-            runtime()?.block_on(agent::submit::submit(
-                &config,
-                workload,
-                input,
+            let options = agent::submit::SubmitOptions {
                 idempotency_key,
                 count,
-                std::time::Duration::from_millis(pause_ms),
-            ))
+                pause: std::time::Duration::from_millis(pause_ms),
+                timeout: timeout_ms.map(std::time::Duration::from_millis),
+            };
+            runtime()?.block_on(agent::submit::submit(&config, workload, input, options))
         }
         Command::Backends { json, backend } => {
             let statuses = backend::probe(&backend.config());

@@ -65,7 +65,7 @@ pub enum ModelError {
 }
 
 /// One prepared model file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ModelEntry {
     /// Name components load it by, e.g. `all-minilm-l6-v2`.
     pub name: String,
@@ -81,6 +81,9 @@ pub struct ModelEntry {
     /// The variant this one was derived from (a graph optimisation of it), if any.
     #[serde(default, deserialize_with = "opt_hex_hash")]
     pub derived_from: Option<Blake3Hash>,
+    /// File size in bytes (0: not recorded).
+    #[serde(default)]
+    pub size: u64,
 }
 
 fn hex_hash<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Blake3Hash, D::Error> {
@@ -178,6 +181,93 @@ impl ModelStore {
         })
     }
 
+    /// Check a model file against its recorded hash without holding it in memory (it is
+    /// hashed as it streams by), and return its path for an engine to load. The store is
+    /// this host's own directory: a file swapped between this check and the load would need
+    /// the access that owns the host anyway.
+    pub fn verified_path(&self, entry: &ModelEntry) -> Result<PathBuf, ModelError> {
+        let path = self.dir.join(&entry.file);
+        let io = |source| ModelError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = fs::File::open(&path).map_err(io)?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(file).map_err(io)?;
+        let actual = Blake3Hash::from_bytes(*hasher.finalize().as_bytes());
+        if actual != entry.hash {
+            return Err(ModelError::HashMismatch {
+                path,
+                expected: entry.hash,
+                actual,
+            });
+        }
+        Ok(path)
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The entry of the file with this hash.
+    pub fn by_hash(&self, hash: &Blake3Hash) -> Option<&ModelEntry> {
+        self.entries.iter().find(|e| e.hash == *hash)
+    }
+
+    /// Whether the entry's file is here (the manifest pins models whose bytes this host may
+    /// still have to fetch from a peer).
+    pub fn has_file(&self, entry: &ModelEntry) -> bool {
+        fs::metadata(self.dir.join(&entry.file))
+            .is_ok_and(|m| m.is_file() && (entry.size == 0 || m.len() == entry.size))
+    }
+
+    /// Up to `length` bytes of the entry's file from `offset`, and the file's size, for a
+    /// peer that fetches it (which verifies the whole file against its hash).
+    pub fn read_range(
+        &self,
+        entry: &ModelEntry,
+        offset: u64,
+        length: usize,
+    ) -> Result<(u64, Vec<u8>), ModelError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.dir.join(&entry.file);
+        let io = |source| ModelError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = fs::File::open(&path).map_err(io)?;
+        let total = file.metadata().map_err(io)?.len();
+        let length = length.min(total.saturating_sub(offset) as usize);
+        let mut data = vec![0u8; length];
+        file.seek(SeekFrom::Start(offset)).map_err(io)?;
+        file.read_exact(&mut data).map_err(io)?;
+        Ok((total, data))
+    }
+
+    /// Store fetched bytes as the entry's file, if they hash to its recorded hash (written
+    /// to a temporary name and renamed, so a half-written model is never seen).
+    pub fn install(&self, entry: &ModelEntry, bytes: &[u8]) -> Result<(), ModelError> {
+        let path = self.dir.join(&entry.file);
+        let actual = Blake3Hash::of(bytes);
+        if actual != entry.hash {
+            return Err(ModelError::HashMismatch {
+                path,
+                expected: entry.hash,
+                actual,
+            });
+        }
+        let temporary = self
+            .dir
+            .join(format!(".{}.{}.tmp", entry.file, std::process::id()));
+        let io = |source| ModelError::Io {
+            path: path.clone(),
+            source,
+        };
+        fs::write(&temporary, bytes).map_err(io)?;
+        fs::rename(&temporary, &path).map_err(io)
+    }
+
     /// Read a model file and check it against its recorded hash.
     pub fn read_verified(&self, entry: &ModelEntry) -> Result<Vec<u8>, ModelError> {
         let path = self.dir.join(&entry.file);
@@ -250,6 +340,42 @@ mod tests {
             store.read_verified(entry),
             Err(ModelError::HashMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn verifies_streamed_and_installs_only_matching_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with(dir.path(), b"tampered", Blake3Hash::of(b"model"));
+        let entry = store
+            .select("m", "fp32", BackendKind::Tract)
+            .unwrap()
+            .clone();
+        assert!(matches!(
+            store.verified_path(&entry),
+            Err(ModelError::HashMismatch { .. })
+        ));
+        assert!(matches!(
+            store.install(&entry, b"still wrong"),
+            Err(ModelError::HashMismatch { .. })
+        ));
+        assert_eq!(fs::read(dir.path().join("m.onnx")).unwrap(), b"tampered");
+        store.install(&entry, b"model").unwrap();
+        assert!(store.has_file(&entry));
+        assert_eq!(
+            store.verified_path(&entry).unwrap(),
+            dir.path().join("m.onnx")
+        );
+        assert_eq!(
+            store.read_range(&entry, 1, 3).unwrap(),
+            (5, b"ode".to_vec())
+        );
+        assert_eq!(
+            store.read_range(&entry, 4, 100).unwrap(),
+            (5, b"l".to_vec())
+        );
+        assert_eq!(store.by_hash(&entry.hash).unwrap().file, "m.onnx");
+        fs::remove_file(dir.path().join("m.onnx")).unwrap();
+        assert!(!store.has_file(&entry));
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use mesh_host::backend::InferenceError;
 use mesh_host::executor::WorkloadError;
-use mesh_host::{ExecError, Limits};
+use mesh_host::{CancelToken, ExecError, Limits};
 use mesh_test_artifacts::{ECHO, HOSTILE, HOSTILE_SOCKETS, NOT_A_WORKLOAD};
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,9 @@ fn hostile_components_fail_cleanly_and_the_host_keeps_serving() {
         ("slow-inference:1000", |e| {
             matches!(e, ExecError::InferenceTimeout | ExecError::Timeout(_))
         }),
+        // A guest blocked in a sleep waits inside the host, where epochs cannot reach: the
+        // sleep itself ends at the job's deadline.
+        ("sleep:3600000", |e| matches!(e, ExecError::Timeout(_))),
         ("open-file", |e| {
             matches!(e, ExecError::Workload(WorkloadError::Internal(m))
                 if !m.contains("read /") && !m.contains("listed") && !m.contains("environment"))
@@ -87,6 +90,53 @@ fn hostile_components_fail_cleanly_and_the_host_keeps_serving() {
         let ok = executor.run(&hostile, b"ok").unwrap();
         assert_eq!(ok.output, b"ok", "after {attack}");
     }
+}
+
+#[test]
+fn cancelled_jobs_stop_promptly_wherever_they_are() {
+    let (executor, _dir) = executor(
+        fastest_backend(),
+        Limits {
+            job_time: Duration::from_secs(60),
+            inference_call_time: Duration::from_secs(60),
+            ..limits()
+        },
+    );
+    let hostile = executor
+        .add_component(&std::fs::read(HOSTILE).unwrap())
+        .unwrap()
+        .component;
+    // Spinning in wasm, asleep in the host, and between inference calls.
+    for attack in ["loop", "sleep:3600000", "slow-inference:100000"] {
+        let cancel = CancelToken::new();
+        let started = Instant::now();
+        let result = std::thread::scope(|scope| {
+            let canceller = cancel.clone();
+            scope.spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                canceller.cancel();
+            });
+            executor.run_cancellable(&hostile, attack.as_bytes(), &cancel)
+        });
+        let elapsed = started.elapsed();
+        assert!(
+            matches!(result, Err(ExecError::Cancelled)),
+            "{attack}: {result:?}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(10),
+            "{attack} took {elapsed:?}"
+        );
+        println!("{attack}: cancelled after {elapsed:?}");
+        assert_eq!(executor.run(&hostile, b"ok").unwrap().output, b"ok");
+    }
+    // A job cancelled before it gets a slot never starts.
+    let cancel = CancelToken::new();
+    cancel.cancel();
+    assert!(matches!(
+        executor.run_cancellable(&hostile, b"ok", &cancel),
+        Err(ExecError::Cancelled)
+    ));
 }
 
 #[test]

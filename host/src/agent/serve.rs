@@ -1,16 +1,18 @@
 //! `mesh-host run`: the device agent. Heartbeats with the control plane, keeps its
 //! certificate fresh, reserves a slot on the relays, and serves `/mesh/job/1` (bounded queue,
-//! ticket and certificate checks, signed receipts) and `/mesh/blob/1`.
+//! ticket and certificate checks, signed receipts), `/mesh/cancel/1` and `/mesh/blob/1`.
 
 use super::config::HostConfig;
 use anyhow::{Context, Result};
 use mesh_client::{Client, ClientError};
-use mesh_host::{ExecError, Executor};
+use mesh_host::limits::MAX_COMPONENT_BYTES;
+use mesh_host::{CancelToken, ExecError, Executor};
 use mesh_net::{Inbound, Node, NodeConfig, PeerId};
 use mesh_proto::api::{CompleteJobRequest, DeviceStatus, FailJobRequest, JobTicket};
 use mesh_proto::device::{DeviceCert, DeviceLoad, Heartbeat};
 use mesh_proto::p2p::{
-    BlobRequest, BlobResponse, JobRefusal, JobRequest, JobResponse, MAX_BLOB_CHUNK_BYTES,
+    BlobRequest, BlobResponse, CancelResponse, JobRefusal, JobRequest, JobResponse,
+    MAX_BLOB_CHUNK_BYTES,
 };
 use mesh_proto::{Blake3Hash, JobId, NetworkId, PublicKey, SignDomain, Signed, SigningKey};
 use std::collections::HashMap;
@@ -24,6 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 const ANSWER_CACHE_TIME: Duration = Duration::from_secs(600);
 /// Finished answers kept at most.
 const ANSWER_CACHE_ENTRIES: usize = 32;
+/// How long a running job whose requester went away waits for it to ask again (over a new
+/// connection) before it is cancelled.
+const REASK_GRACE: Duration = Duration::from_secs(2);
 /// Longest wait for running jobs at shutdown.
 const DRAIN_TIME: Duration = Duration::from_secs(120);
 /// Longest pause between retries of control-plane calls.
@@ -33,6 +38,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const DEFAULT_LEASE_RENEWAL: Duration = Duration::from_secs(10);
 /// How long the agent waits for a relay reservation before it announces itself anyway.
 const RESERVATION_WAIT: Duration = Duration::from_secs(20);
+/// Largest model fetched from a peer when the manifest records no size.
+const MAX_MODEL_BYTES: u64 = 4 << 30;
 /// Certificates are refreshed this often.
 const CERT_REFRESH: Duration = Duration::from_secs(3600);
 
@@ -46,8 +53,13 @@ struct Queued {
 }
 
 enum Seen {
-    /// Running; the requester asked again (its first stream broke) and waits here.
-    Running(Vec<oneshot::Sender<JobResponse>>),
+    /// Queued or running. `requester` may cancel it through `cancel`; `waiters` are the
+    /// requester's repeated asks (its first stream broke), answered with the one result.
+    Running {
+        requester: PeerId,
+        cancel: CancelToken,
+        waiters: Vec<oneshot::Sender<JobResponse>>,
+    },
     Done(Box<JobResponse>, Instant),
 }
 
@@ -68,6 +80,8 @@ pub struct Agent {
     seen: Mutex<HashMap<JobId, Seen>>,
     accepting: AtomicBool,
     partial_dir: PathBuf,
+    /// Held while models are fetched, so two jobs never fetch one model at once.
+    fetching_models: tokio::sync::Mutex<()>,
     #[cfg(feature = "fault-injection")]
     fault: Option<super::fault::Injector>,
 }
@@ -132,6 +146,7 @@ pub async fn run(
         seen: Mutex::new(HashMap::new()),
         accepting: AtomicBool::new(true),
         partial_dir: config.data_dir().join("partial"),
+        fetching_models: tokio::sync::Mutex::new(()),
         #[cfg(feature = "fault-injection")]
         fault: super::fault::Injector::from_env()?,
     });
@@ -279,6 +294,13 @@ async fn serve_inbound(agent: Arc<Agent>, mut inbound: mpsc::Receiver<Inbound>) 
                     let _ = reply.send(agent.serve_blob(&peer, &request));
                 });
             }
+            Inbound::Cancel {
+                peer,
+                request,
+                reply,
+            } => {
+                let _ = reply.send(agent.cancel(&peer, &request.job));
+            }
         }
     }
 }
@@ -333,13 +355,13 @@ impl Agent {
         {
             let mut seen = self.seen.lock().expect("seen lock");
             seen.retain(|_, s| match s {
-                Seen::Running(_) => true,
+                Seen::Running { .. } => true,
                 Seen::Done(_, at) => at.elapsed() < ANSWER_CACHE_TIME,
             });
             match seen.get_mut(&ticket.job) {
                 // The ticket's own requester asks again while it runs (its connection broke):
                 // it gets the one answer, the job does not run twice.
-                Some(Seen::Running(waiters)) => {
+                Some(Seen::Running { waiters, .. }) => {
                     waiters.push(reply);
                     return Ok(());
                 }
@@ -350,7 +372,14 @@ impl Agent {
                 }
                 None => {}
             }
-            seen.insert(ticket.job, Seen::Running(Vec::new()));
+            seen.insert(
+                ticket.job,
+                Seen::Running {
+                    requester: peer,
+                    cancel: CancelToken::new(),
+                    waiters: Vec::new(),
+                },
+            );
         }
         let job = ticket.job;
         let queued = Queued {
@@ -395,7 +424,23 @@ impl Agent {
             return BlobResponse::Refused(format!("invalid ticket: {e}"));
         }
         if claims.workload != request.hash {
-            return BlobResponse::Refused("the ticket does not cover this blob".into());
+            // Models are no secret: any executor holding a ticket may fetch one this host has.
+            let models = self.executor.models();
+            return match models.by_hash(&request.hash) {
+                Some(entry) if models.has_file(entry) => {
+                    let length = (request.length as usize).min(MAX_BLOB_CHUNK_BYTES);
+                    match models.read_range(entry, request.offset, length) {
+                        Ok((total, data)) => BlobResponse::Chunk {
+                            total,
+                            offset: request.offset,
+                            data,
+                        },
+                        Err(e) => BlobResponse::Refused(e.to_string()),
+                    }
+                }
+                Some(_) => BlobResponse::NotFound,
+                None => BlobResponse::Refused("the ticket does not cover this blob".into()),
+            };
         }
         if !self.executor.has_component(&request.hash) {
             return BlobResponse::NotFound;
@@ -413,7 +458,15 @@ impl Agent {
         if self.executor.has_component(&hash) {
             return Ok(());
         }
-        let bytes = match self.fetch_blob(job.peer, &job.signed_ticket, &hash).await {
+        let fetched = self
+            .fetch_blob(
+                job.peer,
+                &job.signed_ticket,
+                &hash,
+                MAX_COMPONENT_BYTES as u64,
+            )
+            .await;
+        let bytes = match fetched {
             Ok(bytes) => bytes,
             Err(e) => {
                 tracing::info!(%hash, "fetching from the requester failed ({e}); asking the control plane");
@@ -424,24 +477,64 @@ impl Agent {
             }
         };
         let executor = self.executor.clone();
-        let metadata = tokio::task::spawn_blocking(move || executor.add_component(&bytes))
+        let stored = tokio::task::spawn_blocking(move || executor.store_component(&bytes))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        if metadata.component != hash {
-            return Err(format!(
-                "stored component hashes to {}, not {hash}",
-                metadata.component
-            ));
+        if stored != hash {
+            return Err(format!("stored component hashes to {stored}, not {hash}"));
         }
         Ok(())
     }
 
+    /// Make sure the models the job's component needs on this backend are here: the
+    /// manifest pins them by hash, and missing files come from the requester over
+    /// `/mesh/blob/1` (resuming a partial transfer), verified before they are stored.
+    async fn ensure_models(&self, job: &Queued) -> Result<(), String> {
+        let _one_at_a_time = self.fetching_models.lock().await;
+        let executor = self.executor.clone();
+        let component = job.ticket.workload;
+        let missing = tokio::task::spawn_blocking(move || executor.missing_models(&component))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        for entry in missing {
+            let started = Instant::now();
+            tracing::info!(model = %entry.hash, name = %entry.name, variant = %entry.variant, "fetching a model from the requester");
+            let cap = if entry.size > 0 {
+                entry.size
+            } else {
+                MAX_MODEL_BYTES
+            };
+            let bytes = self
+                .fetch_blob(job.peer, &job.signed_ticket, &entry.hash, cap)
+                .await
+                .map_err(|e| format!("model {} ({}): {e}", entry.name, entry.hash))?;
+            let size = bytes.len();
+            let executor = self.executor.clone();
+            let model = entry.clone();
+            tokio::task::spawn_blocking(move || executor.models().install(&model, &bytes))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                model = %entry.hash,
+                bytes = size,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "fetched model"
+            );
+        }
+        Ok(())
+    }
+
+    /// A blob of at most `max_bytes` from `peer`, in chunks, resuming what an earlier
+    /// attempt saved, checked against `hash`.
     async fn fetch_blob(
         &self,
         peer: PeerId,
         ticket: &Signed<JobTicket>,
         hash: &Blake3Hash,
+        max_bytes: u64,
     ) -> Result<Vec<u8>, String> {
         std::fs::create_dir_all(&self.partial_dir).map_err(|e| e.to_string())?;
         let path = self.partial_dir.join(format!("{}.part", hash.to_hex()));
@@ -467,7 +560,7 @@ impl Agent {
                     data,
                 } => {
                     if offset != have.len() as u64
-                        || total > mesh_host::limits::MAX_COMPONENT_BYTES as u64
+                        || total > max_bytes
                         || (data.is_empty() && offset < total)
                         || offset + data.len() as u64 > total
                     {
@@ -502,18 +595,26 @@ impl Agent {
     /// Run one queued job and answer it.
     async fn process(self: &Arc<Self>, job: Queued) {
         let id = job.ticket.job;
-        let waiting = matches!(
-            self.seen.lock().expect("seen lock").get(&id),
-            Some(Seen::Running(w)) if !w.is_empty()
-        );
-        if job.reply.is_closed() && !waiting {
-            tracing::info!(%id, "requester gave up before the job started");
+        let Some(cancel) = self.cancel_token(&id) else {
+            return;
+        };
+        let gone = job.reply.is_closed() && !self.has_waiters(&id);
+        if cancel.is_cancelled() || gone {
+            let (reason, retryable) = if cancel.is_cancelled() {
+                ("cancelled by its requester before it started", false)
+            } else {
+                ("the requester went away before the job started", true)
+            };
+            tracing::info!(%id, "{reason}");
             self.seen.lock().expect("seen lock").remove(&id);
-            self.report_failure(id, "the requester went away", true)
-                .await;
+            self.report_failure(id, reason, retryable).await;
             return;
         }
-        if let Err(reason) = self.ensure_component(&job).await {
+        let ready = match self.ensure_component(&job).await {
+            Ok(()) => self.ensure_models(&job).await,
+            Err(e) => Err(e),
+        };
+        if let Err(reason) = ready {
             let refusal = JobRefusal::ComponentUnavailable(reason.clone());
             self.finish(id, job.reply, JobResponse::Refused(refusal));
             self.report_failure(id, &reason, true).await;
@@ -560,10 +661,64 @@ impl Agent {
                 }
             })
         };
-        let finished = tokio::task::spawn_blocking(move || executor.run(&component, &input)).await;
+        let token = cancel.clone();
+        let mut run = tokio::task::spawn_blocking(move || {
+            executor.run_cancellable(&component, &input, &token)
+        });
+        let mut reply = job.reply;
+        // A requester that goes away (its connection closed, its request timed out) cancels
+        // the job, unless it already asked again and waits for the same answer.
+        let finished = loop {
+            tokio::select! {
+                finished = &mut run => break finished,
+                _ = reply.closed(), if !cancel.is_cancelled() => {
+                    // A requester whose connection was replaced asks again at once.
+                    tokio::select! {
+                        finished = &mut run => break finished,
+                        _ = tokio::time::sleep(REASK_GRACE) => {}
+                    }
+                    if self.has_waiters(&id) {
+                        break (&mut run).await;
+                    }
+                    tracing::info!(%id, "the requester went away: cancelling the job");
+                    cancel.cancel();
+                }
+            }
+        };
         renew.abort();
-        self.answer(id, job.reply, job.signed_ticket, finished, started)
+        self.answer(id, reply, job.signed_ticket, finished, started)
             .await;
+    }
+
+    /// The cancel flag of a queued or running job.
+    fn cancel_token(&self, id: &JobId) -> Option<CancelToken> {
+        match self.seen.lock().expect("seen lock").get(id) {
+            Some(Seen::Running { cancel, .. }) => Some(cancel.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether the requester of a running job asked again and waits for its answer.
+    fn has_waiters(&self, id: &JobId) -> bool {
+        matches!(
+            self.seen.lock().expect("seen lock").get(id),
+            Some(Seen::Running { waiters, .. }) if !waiters.is_empty()
+        )
+    }
+
+    /// Cancel a queued or running job at its requester's request.
+    fn cancel(&self, peer: &PeerId, job: &JobId) -> CancelResponse {
+        match self.seen.lock().expect("seen lock").get(job) {
+            Some(Seen::Running {
+                requester, cancel, ..
+            }) if requester == peer => {
+                tracing::info!(%job, "cancelled by its requester");
+                cancel.cancel();
+                CancelResponse::Cancelled
+            }
+            Some(Seen::Running { .. }) => CancelResponse::NotAuthorized,
+            _ => CancelResponse::Unknown,
+        }
     }
 
     /// Answer a finished run: sign the receipt, answer (and whoever asked again), report it.
@@ -632,7 +787,7 @@ impl Agent {
         let waiters = {
             let mut seen = self.seen.lock().expect("seen lock");
             let waiters = match seen.remove(&id) {
-                Some(Seen::Running(waiters)) => waiters,
+                Some(Seen::Running { waiters, .. }) => waiters,
                 _ => Vec::new(),
             };
             if matches!(response, JobResponse::Done { .. }) {
@@ -642,7 +797,7 @@ impl Agent {
                         .iter()
                         .filter_map(|(k, s)| match s {
                             Seen::Done(_, at) => Some((*k, *at)),
-                            Seen::Running(_) => None,
+                            Seen::Running { .. } => None,
                         })
                         .min_by_key(|(_, at)| *at)
                         .map(|(k, _)| k);
@@ -706,6 +861,7 @@ fn classify(e: &ExecError) -> (&'static str, bool) {
         ExecError::Timeout(_) | ExecError::InferenceTimeout | ExecError::ResourceLimit(_) => {
             ("limit", false)
         }
+        ExecError::Cancelled => ("cancelled", false),
         ExecError::Inference(_) => ("inference", true),
         _ => ("workload", false),
     }

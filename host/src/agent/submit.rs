@@ -5,10 +5,13 @@
 use super::config::HostConfig;
 use anyhow::{Context, Result, bail};
 use mesh_client::Client;
+use mesh_host::models::ModelStore;
 use mesh_net::dispatch::{self, Assignment};
 use mesh_net::{Inbound, Node, NodeConfig};
 use mesh_proto::api::{CompleteJobRequest, FailJobRequest, JobAssignment, SubmitJobRequest};
-use mesh_proto::p2p::{BlobResponse, JobRefusal, JobResponse};
+use mesh_proto::p2p::{
+    BlobRequest, BlobResponse, CancelResponse, JobRefusal, JobResponse, MAX_BLOB_CHUNK_BYTES,
+};
 use mesh_proto::{Blake3Hash, JobId, NetworkId};
 use std::time::Duration;
 
@@ -33,6 +36,19 @@ async fn wait_for_ticket(
     Ok(current)
 }
 
+/// How `mesh-host submit` runs its jobs.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    /// Idempotency key (suffixed `-<i>` when `count` > 1).
+    pub idempotency_key: Option<String>,
+    /// Jobs to run, one after the other.
+    pub count: usize,
+    /// Pause between them.
+    pub pause: Duration,
+    /// Cancel a job not answered this long after it was sent.
+    pub timeout: Option<Duration>,
+}
+
 /// Run `count` jobs of `workload` one after the other on the mesh (over the same network
 /// node, so later ones use the direct connection once hole punching succeeded), printing one
 /// JSON result line per job.
@@ -40,10 +56,14 @@ pub async fn submit(
     config: &HostConfig,
     workload: Blake3Hash,
     input: Vec<u8>,
-    idempotency_key: Option<String>,
-    count: usize,
-    pause: Duration,
+    options: SubmitOptions,
 ) -> Result<()> {
+    let SubmitOptions {
+        idempotency_key,
+        count,
+        pause,
+        timeout,
+    } = options;
     let key = config.signing_key()?;
     let client = Client::new(&config.control_plane, Some(config.token.clone()))?;
     let cert = client
@@ -68,28 +88,31 @@ pub async fn submit(
         },
     )
     .await?;
-    // Serve the component to the executor from this device's store when it has it.
+    // Serve the component, and the models it needs, to the executor from this device's
+    // stores when it has them.
     let store = mesh_host::components::ComponentStore::open(&config.data_dir().join("components"))?;
+    let models = ModelStore::open(
+        &config
+            .model_dir
+            .clone()
+            .unwrap_or_else(ModelStore::default_dir),
+    )
+    .ok();
     tokio::spawn(async move {
         while let Some(request) = inbound.recv().await {
             match request {
                 Inbound::Blob { request, reply, .. } => {
-                    let answer = match request.ticket.peek() {
-                        Ok(t) if t.workload == request.hash && store.contains(&request.hash) => {
-                            match store.get(&request.hash) {
-                                Ok(bytes) => {
-                                    mesh_net::blob_chunk(&bytes, request.offset, request.length)
-                                }
-                                Err(e) => BlobResponse::Refused(e.to_string()),
-                            }
-                        }
-                        Ok(_) => BlobResponse::NotFound,
-                        Err(_) => BlobResponse::Refused("unreadable ticket".into()),
-                    };
-                    let _ = reply.send(answer);
+                    let models = models.clone();
+                    let store = store.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let _ = reply.send(serve_blob(&store, models.as_ref(), &request));
+                    });
                 }
                 Inbound::Job { reply, .. } => {
                     let _ = reply.send(JobResponse::Refused(JobRefusal::ShuttingDown));
+                }
+                Inbound::Cancel { reply, .. } => {
+                    let _ = reply.send(CancelResponse::Unknown);
                 }
             }
         }
@@ -105,7 +128,14 @@ pub async fn submit(
                 k.clone()
             }
         });
-        let result = run_one(&client, &node, &cert, config.network, workload, &input, key).await?;
+        let job = JobSpec {
+            network: config.network,
+            workload,
+            input: &input,
+            idempotency_key: key,
+            timeout,
+        };
+        let result = run_one(&client, &node, &cert, job).await?;
         let line = serde_json::to_string(&result)?;
         use std::io::Write;
         let mut stdout = std::io::stdout().lock();
@@ -115,15 +145,67 @@ pub async fn submit(
     Ok(())
 }
 
+/// A piece of this device's copy of the job's component, or of a model, for its executor.
+fn serve_blob(
+    components: &mesh_host::components::ComponentStore,
+    models: Option<&ModelStore>,
+    request: &BlobRequest,
+) -> BlobResponse {
+    let ticket = match request.ticket.peek() {
+        Ok(t) => t,
+        Err(_) => return BlobResponse::Refused("unreadable ticket".into()),
+    };
+    if ticket.workload == request.hash {
+        if !components.contains(&request.hash) {
+            return BlobResponse::NotFound;
+        }
+        return match components.get(&request.hash) {
+            Ok(bytes) => mesh_net::blob_chunk(&bytes, request.offset, request.length),
+            Err(e) => BlobResponse::Refused(e.to_string()),
+        };
+    }
+    let Some(entry) = models
+        .and_then(|m| m.by_hash(&request.hash))
+        .filter(|e| models.is_some_and(|m| m.has_file(e)))
+    else {
+        return BlobResponse::NotFound;
+    };
+    let length = (request.length as usize).min(MAX_BLOB_CHUNK_BYTES);
+    match models
+        .expect("found in the store")
+        .read_range(entry, request.offset, length)
+    {
+        Ok((total, data)) => BlobResponse::Chunk {
+            total,
+            offset: request.offset,
+            data,
+        },
+        Err(e) => BlobResponse::Refused(e.to_string()),
+    }
+}
+
+/// One job to run.
+struct JobSpec<'a> {
+    network: NetworkId,
+    workload: Blake3Hash,
+    input: &'a [u8],
+    idempotency_key: Option<String>,
+    timeout: Option<Duration>,
+}
+
 async fn run_one(
     client: &Client,
     node: &Node,
     cert: &mesh_proto::Signed<mesh_proto::device::DeviceCert>,
-    network: NetworkId,
-    workload: Blake3Hash,
-    input: &[u8],
-    idempotency_key: Option<String>,
+    spec: JobSpec<'_>,
 ) -> Result<serde_json::Value> {
+    let JobSpec {
+        network,
+        workload,
+        input,
+        idempotency_key,
+        timeout,
+    } = spec;
     let submitted = client
         .submit_job(
             &network,
@@ -166,7 +248,17 @@ async fn run_one(
             Ok(next.ticket.and_then(|t| Assignment::from_ticket(t).ok()))
         }
     };
-    let completed = dispatch::dispatch(node, first, input, Some(cert.clone()), 4, reassign).await?;
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let completed = dispatch::dispatch(
+        node,
+        first,
+        input,
+        Some(cert.clone()),
+        4,
+        deadline,
+        reassign,
+    )
+    .await?;
     let claims = completed.ticket.peek()?;
     let settled = client
         .report_receipt(

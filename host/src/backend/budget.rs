@@ -26,6 +26,34 @@ pub enum InferenceError {
     /// The engine reported an error.
     #[error("inference failed: {0}")]
     Engine(String),
+    /// The job was cancelled.
+    #[error("the job was cancelled")]
+    Cancelled,
+}
+
+/// How often a watchdog looks at a job's [`CancelToken`] while an inference call runs.
+pub const CANCEL_POLL: Duration = Duration::from_millis(20);
+
+/// A job's cancellation flag, shared by whoever may cancel it and the parts that stop it
+/// (the epoch callback of its store, its inference calls).
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token nobody has cancelled yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ask the job to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the job was asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// One job's allowance of native inference time and tensor size, shared by all its graphs.
@@ -38,6 +66,7 @@ pub struct InferenceBudget {
     calls: AtomicU64,
     timed_out: AtomicBool,
     last_error: Mutex<Option<InferenceError>>,
+    cancel: CancelToken,
 }
 
 impl InferenceBudget {
@@ -52,7 +81,19 @@ impl InferenceBudget {
             calls: AtomicU64::new(0),
             timed_out: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            cancel: CancelToken::new(),
         }
+    }
+
+    /// The same budget, ending early when `cancel` is cancelled.
+    pub fn with_cancel(mut self, cancel: CancelToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// The job's cancellation flag.
+    pub fn cancel_token(&self) -> &CancelToken {
+        &self.cancel
     }
 
     /// A budget with the default limits that never runs out (for use outside jobs).
@@ -93,6 +134,9 @@ impl InferenceBudget {
 
     /// Start a call: the instant by which it must finish, or a timeout if none is left.
     fn begin(&self) -> Result<Instant, InferenceError> {
+        if self.cancel.is_cancelled() {
+            return Err(InferenceError::Cancelled);
+        }
         let now = Instant::now();
         if now >= self.deadline {
             self.timed_out.store(true, Ordering::Relaxed);
@@ -126,12 +170,13 @@ pub trait RunModel: Send + Sync + 'static {
     /// Names of the model's outputs, in order.
     fn output_names(&self) -> &[String];
     /// Run once. Inputs are already checked against the caps. The engine must stop (or be
-    /// stopped by `cancel_at`) by `deadline` where it can, and refuse outputs over
-    /// `max_output_bytes` before copying them.
+    /// stopped by a watchdog) by `deadline`, or soon after `cancel` is cancelled, where it
+    /// can, and refuse outputs over `max_output_bytes` before copying them.
     fn run(
         &self,
         inputs: &[NamedTensor],
         deadline: Instant,
+        cancel: &CancelToken,
         max_output_bytes: usize,
     ) -> Result<Vec<NamedTensor>, InferenceError>;
 }
@@ -211,7 +256,10 @@ impl<M: RunModel> BudgetedContext<M> {
         }
         let started = Instant::now();
         let deadline = self.budget.begin()?;
-        let result = self.model.run(&inputs, deadline, max);
+        let result = self.model.run(&inputs, deadline, &self.budget.cancel, max);
+        if self.budget.cancel.is_cancelled() {
+            return Err(InferenceError::Cancelled);
+        }
         self.budget.end(started, deadline)?;
         let outputs = result?;
         for output in &outputs {
@@ -274,19 +322,30 @@ impl<M: RunModel> BackendExecutionContext for BudgetedContext<M> {
     }
 }
 
-/// Run `work`, calling `cancel` from a watchdog thread if it has not finished by `deadline`.
-/// For engines that can be interrupted (ONNX Runtime's terminate flag, OpenVINO's cancel).
+/// Run `work`, calling `cancel` from a watchdog thread if it has not finished by `deadline`
+/// or once `token` is cancelled (looked at every [`CANCEL_POLL`]). For engines that can be
+/// interrupted (ONNX Runtime's terminate flag).
 pub(crate) fn with_watchdog<R>(
     deadline: Instant,
+    token: &CancelToken,
     cancel: impl FnOnce() + Send,
     work: impl FnOnce() -> R,
 ) -> R {
     let (done, wait) = mpsc::channel::<()>();
     std::thread::scope(|scope| {
         scope.spawn(move || {
-            let timeout = deadline.saturating_duration_since(Instant::now());
-            if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(timeout) {
-                cancel();
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match wait.recv_timeout(left.min(CANCEL_POLL)) {
+                    Err(mpsc::RecvTimeoutError::Timeout)
+                        if left <= CANCEL_POLL || token.is_cancelled() =>
+                    {
+                        cancel();
+                        return;
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
             }
         });
         let result = work();
@@ -309,17 +368,52 @@ mod tests {
     #[test]
     fn watchdog_cancels_late_work_only() {
         let cancelled = AtomicBool::new(false);
+        let token = CancelToken::new();
         with_watchdog(
             Instant::now() + Duration::from_secs(5),
+            &token,
             || cancelled.store(true, Ordering::SeqCst),
             || (),
         );
         assert!(!cancelled.load(Ordering::SeqCst));
         with_watchdog(
             Instant::now() + Duration::from_millis(10),
+            &token,
             || cancelled.store(true, Ordering::SeqCst),
             || std::thread::sleep(Duration::from_millis(100)),
         );
         assert!(cancelled.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn watchdog_stops_work_soon_after_a_cancel() {
+        let stopped = AtomicBool::new(false);
+        let token = CancelToken::new();
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            let canceller = token.clone();
+            scope.spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                canceller.cancel();
+            });
+            with_watchdog(
+                Instant::now() + Duration::from_secs(60),
+                &token,
+                || stopped.store(true, Ordering::SeqCst),
+                || {
+                    while !stopped.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                },
+            );
+        });
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let budget = InferenceBudget::new(
+            Instant::now() + Duration::from_secs(60),
+            Duration::from_secs(1),
+            1024,
+        )
+        .with_cancel(token);
+        assert!(matches!(budget.begin(), Err(InferenceError::Cancelled)));
     }
 }

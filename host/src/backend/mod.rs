@@ -10,12 +10,12 @@ pub mod onnxruntime;
 pub mod openvino;
 pub mod tract;
 
-pub use budget::{InferenceBudget, InferenceError, RunModel};
+pub use budget::{CANCEL_POLL, CancelToken, InferenceBudget, InferenceError, RunModel};
 
 use crate::wasi_nn::{Tensor, TensorType};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use wasmtime_wasi_nn::Graph;
@@ -134,6 +134,15 @@ pub trait InferenceBackend: Send + Sync {
     fn version(&self) -> String;
     /// Load an ONNX model from its bytes (already verified against its content hash).
     fn load_model(&self, onnx: &[u8]) -> Result<Arc<dyn LoadedModel>, BackendError>;
+    /// Load an ONNX model from a file (already verified against its content hash). Engines
+    /// that read files themselves avoid holding a second copy of the model while loading.
+    fn load_model_file(&self, path: &Path) -> Result<Arc<dyn LoadedModel>, BackendError> {
+        let onnx = std::fs::read(path).map_err(|e| BackendError::Load {
+            backend: self.kind(),
+            reason: format!("{}: {e}", path.display()),
+        })?;
+        self.load_model(&onnx)
+    }
 }
 
 /// Initialise the backend of the given kind, or explain why it is not available.

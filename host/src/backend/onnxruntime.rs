@@ -4,7 +4,7 @@
 //! use (int64 token ids included) and runs concurrent requests on one session: ONNX Runtime's
 //! `Run` is thread-safe, so jobs share a session instead of queueing behind a mutex.
 
-use super::budget::{InferenceError, RunModel, with_watchdog};
+use super::budget::{CancelToken, InferenceError, RunModel, with_watchdog};
 use super::{BackendConfig, BackendError, BackendKind, InferenceBackend, LoadedModel};
 use crate::wasi_nn::{Tensor, TensorType};
 use ort::AsPointer;
@@ -109,7 +109,17 @@ impl InferenceBackend for OnnxRuntimeBackend {
     }
 
     fn load_model(&self, onnx: &[u8]) -> Result<Arc<dyn LoadedModel>, BackendError> {
-        Ok(Arc::new(OrtModel::load(onnx, self.threads)?))
+        Ok(Arc::new(OrtModel::load(
+            ModelSource::Memory(onnx),
+            self.threads,
+        )?))
+    }
+
+    fn load_model_file(&self, path: &Path) -> Result<Arc<dyn LoadedModel>, BackendError> {
+        Ok(Arc::new(OrtModel::load(
+            ModelSource::File(path),
+            self.threads,
+        )?))
     }
 }
 
@@ -149,8 +159,14 @@ pub struct OrtModel {
 // documents as safe to call concurrently on one session.
 unsafe impl Sync for OrtModel {}
 
+/// Where a session's model comes from.
+enum ModelSource<'a> {
+    Memory(&'a [u8]),
+    File(&'a Path),
+}
+
 impl OrtModel {
-    fn load(onnx: &[u8], threads: usize) -> Result<Self, BackendError> {
+    fn load(source: ModelSource<'_>, threads: usize) -> Result<Self, BackendError> {
         let load_error = |e: ort::Error| BackendError::Load {
             backend: BackendKind::OnnxRuntime,
             reason: e.to_string(),
@@ -159,7 +175,10 @@ impl OrtModel {
             .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3))
             .and_then(|b| b.with_intra_threads(threads))
             .and_then(|b| b.with_inter_threads(1))
-            .and_then(|b| b.commit_from_memory(onnx))
+            .and_then(|b| match source {
+                ModelSource::Memory(onnx) => b.commit_from_memory(onnx),
+                ModelSource::File(path) => b.commit_from_file(path),
+            })
             .map_err(load_error)?;
         let inputs = session.inputs.iter().map(|i| i.name.clone()).collect();
         let outputs: Vec<String> = session.outputs.iter().map(|o| o.name.clone()).collect();
@@ -263,6 +282,7 @@ impl RunModel for OrtModel {
         &self,
         inputs: &[NamedTensor],
         deadline: Instant,
+        cancel: &CancelToken,
         max_output_bytes: usize,
     ) -> Result<Vec<NamedTensor>, InferenceError> {
         let values = inputs
@@ -286,6 +306,7 @@ impl RunModel for OrtModel {
 
         let status = with_watchdog(
             deadline,
+            cancel,
             || {
                 let _ = run_options.terminate();
             },

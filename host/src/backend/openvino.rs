@@ -5,7 +5,7 @@
 //! MiniLM embeddings by more than we allow between backends. The backend pins
 //! `INFERENCE_PRECISION_HINT=f32`, which keeps results within cosine 0.9999 of ONNX Runtime.
 
-use super::budget::{InferenceError, RunModel};
+use super::budget::{CancelToken, InferenceError, RunModel};
 use super::{BackendConfig, BackendError, BackendKind, InferenceBackend, LoadedModel};
 use crate::wasi_nn::{Tensor as NnTensor, TensorType};
 use ::openvino::{
@@ -207,6 +207,9 @@ impl RunModel for OpenVinoModel {
         &self,
         inputs: &[NamedTensor],
         deadline: Instant,
+        // OpenVINO's C API gives no readiness signal to poll a cancel against, so a cancelled
+        // job stops at its next call (each call is bounded by the deadline).
+        _cancel: &CancelToken,
         max_output_bytes: usize,
     ) -> Result<Vec<NamedTensor>, InferenceError> {
         let pooled = self.idle.lock().expect("openvino request pool").pop();

@@ -4,7 +4,7 @@
 //! tract cannot be interrupted mid-call; a call that overruns its bound is reported as a
 //! timeout when it returns, and the tensor size caps bound how long one call can take.
 
-use super::budget::{InferenceError, RunModel};
+use super::budget::{CancelToken, InferenceError, RunModel};
 use super::{BackendConfig, BackendError, BackendKind, InferenceBackend, LoadedModel};
 use crate::wasi_nn::{Tensor as NnTensor, TensorType};
 use std::sync::Arc;
@@ -170,6 +170,7 @@ impl RunModel for TractModel {
         &self,
         inputs: &[NamedTensor],
         _deadline: Instant,
+        _cancel: &CancelToken,
         max_output_bytes: usize,
     ) -> Result<Vec<NamedTensor>, InferenceError> {
         // tract takes inputs positionally.

@@ -6,7 +6,7 @@ use crate::{NetError, Node};
 use libp2p::PeerId;
 use mesh_proto::api::JobTicket;
 use mesh_proto::device::DeviceCert;
-use mesh_proto::p2p::{JobRefusal, JobRequest, JobResponse};
+use mesh_proto::p2p::{CancelResponse, JobRefusal, JobRequest, JobResponse};
 use mesh_proto::{RunReceipt, Signed};
 use std::future::Future;
 
@@ -78,6 +78,15 @@ pub enum DispatchError {
     /// The control plane could not be asked.
     #[error("control plane: {0}")]
     Control(String),
+    /// The deadline passed: the job was cancelled at its executor and failed at the control
+    /// plane (which refunds the requester).
+    #[error("deadline passed; the job was cancelled at {executor} ({cancel})")]
+    DeadlineExceeded {
+        /// The executor that had it.
+        executor: PeerId,
+        /// What the executor said to the cancel.
+        cancel: String,
+    },
 }
 
 /// What the control plane says when asked for another executor.
@@ -86,13 +95,16 @@ pub type Reassigned = Result<Option<Assignment>, String>;
 /// Send `input` to the assigned executor and wait for a checked result. When the executor is
 /// busy, unreachable, gives a bad receipt or fails in a way another device might not,
 /// `reassign(executor, reason, retryable)` asks the control plane for another assignment
-/// away from `executor` (with `retryable` false it fails the job for good). At most `max_attempts` executors are tried.
+/// away from `executor` (with `retryable` false it fails the job for good). At most
+/// `max_attempts` executors are tried. Past `deadline` the executor is told to cancel the job
+/// (over `/mesh/cancel/1`) and the job is failed for good.
 pub async fn dispatch<F, Fut>(
     node: &Node,
     first: Assignment,
     input: &[u8],
     requester_cert: Option<Signed<DeviceCert>>,
     max_attempts: u32,
+    deadline: Option<tokio::time::Instant>,
     mut reassign: F,
 ) -> Result<Completed, DispatchError>
 where
@@ -109,7 +121,33 @@ where
             input: input.to_vec(),
         };
         let executor = assignment.executor;
-        let failure = match node.request_job(executor, request).await {
+        let answer = match deadline {
+            None => node.request_job(executor, request).await,
+            Some(at) => {
+                match tokio::time::timeout_at(at, node.request_job(executor, request)).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        let cancel = match assignment.ticket.peek() {
+                            Ok(ticket) => match node.cancel_job(executor, ticket.job).await {
+                                Ok(CancelResponse::Cancelled) => "cancelled".to_string(),
+                                Ok(other) => format!("{other:?}"),
+                                Err(e) => e.to_string(),
+                            },
+                            Err(e) => format!("unreadable ticket: {e}"),
+                        };
+                        tracing::info!(%executor, "deadline passed; cancel: {cancel}");
+                        let _ = reassign(
+                            executor,
+                            "cancelled: the requester's deadline passed".into(),
+                            false,
+                        )
+                        .await;
+                        return Err(DispatchError::DeadlineExceeded { executor, cancel });
+                    }
+                }
+            }
+        };
+        let failure = match answer {
             Ok(answer) => match answer.response {
                 JobResponse::Done { output, receipt } => {
                     match verify::receipt(&receipt, &assignment.ticket, &output) {

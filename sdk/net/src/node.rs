@@ -1,5 +1,5 @@
 //! [`Node`]: a libp2p swarm (TCP + QUIC, Noise, Yamux, Identify, relay client, DCUtR, Ping,
-//! and the `/mesh/job/1` and `/mesh/blob/1` request-response protocols) driven by one task,
+//! and the `/mesh/job/1`, `/mesh/cancel/1` and `/mesh/blob/1` request-response protocols) driven by one task,
 //! with an async handle for sending requests and a channel of inbound ones.
 //!
 //! Hosts listen before they dial the relay (so hole punching can reuse the port), wait for
@@ -19,9 +19,11 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, dcutr, identify, identity, noise,
     ping, relay, yamux,
 };
+use mesh_proto::JobId;
 use mesh_proto::p2p::{
-    BLOB_PROTOCOL, BlobRequest, BlobResponse, JOB_PROTOCOL, JobRequest, JobResponse,
-    MAX_BLOB_REQUEST_FRAME, MAX_BLOB_RESPONSE_FRAME, MAX_JOB_REQUEST_FRAME, MAX_JOB_RESPONSE_FRAME,
+    BLOB_PROTOCOL, BlobRequest, BlobResponse, CANCEL_PROTOCOL, CancelRequest, CancelResponse,
+    JOB_PROTOCOL, JobRequest, JobResponse, MAX_BLOB_REQUEST_FRAME, MAX_BLOB_RESPONSE_FRAME,
+    MAX_CANCEL_FRAME, MAX_JOB_REQUEST_FRAME, MAX_JOB_RESPONSE_FRAME,
 };
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -58,6 +60,13 @@ const INBOUND_BUFFER: usize = 1024;
 pub type JobCodec = FramedCbor<JobRequest, JobResponse>;
 /// The blob protocol's codec.
 pub type BlobCodec = FramedCbor<BlobRequest, BlobResponse>;
+/// The cancel protocol's codec.
+pub type CancelCodec = FramedCbor<CancelRequest, CancelResponse>;
+
+/// Time allowed for a cancel request.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an unanswered inbound job looks whether its requester is still connected.
+const REQUESTER_POLL: Duration = Duration::from_millis(50);
 
 /// How a [`Node`] listens and whom it relays through.
 #[derive(Debug, Clone)]
@@ -186,6 +195,15 @@ pub enum Inbound {
         /// Where the answer goes.
         reply: oneshot::Sender<BlobResponse>,
     },
+    /// Stop a job.
+    Cancel {
+        /// Who asks.
+        peer: PeerId,
+        /// The request.
+        request: CancelRequest,
+        /// Where the answer goes.
+        reply: oneshot::Sender<CancelResponse>,
+    },
 }
 
 /// One connection to a peer.
@@ -232,6 +250,11 @@ enum Command {
         request: Box<BlobRequest>,
         reply: oneshot::Sender<Result<BlobResponse, NetError>>,
     },
+    Cancel {
+        peer: PeerId,
+        request: CancelRequest,
+        reply: oneshot::Sender<Result<CancelResponse, NetError>>,
+    },
     Dial {
         peer: PeerId,
         reply: oneshot::Sender<Result<(), NetError>>,
@@ -249,6 +272,7 @@ pub struct MeshBehaviour {
     ping: ping::Behaviour,
     job: request_response::Behaviour<JobCodec>,
     blob: request_response::Behaviour<BlobCodec>,
+    cancel: request_response::Behaviour<CancelCodec>,
 }
 
 /// A handle to a running node; the swarm task stops when every handle is dropped.
@@ -328,6 +352,11 @@ impl Node {
                     [(StreamProtocol::new(BLOB_PROTOCOL), ProtocolSupport::Full)],
                     blob_config,
                 ),
+                cancel: request_response::Behaviour::with_codec(
+                    CancelCodec::new(MAX_CANCEL_FRAME, MAX_CANCEL_FRAME),
+                    [(StreamProtocol::new(CANCEL_PROTOCOL), ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(CANCEL_TIMEOUT),
+                ),
             })
             .map_err(|e| NodeError::Transport(e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
@@ -377,6 +406,7 @@ impl Node {
             pending_jobs: HashMap::new(),
             closed_by_us: HashSet::new(),
             pending_blobs: HashMap::new(),
+            pending_cancels: HashMap::new(),
             in_flight: HashMap::new(),
             pending_dials: HashMap::new(),
             inbound: inbound_tx,
@@ -448,6 +478,18 @@ impl Node {
         answer.await.map_err(|_| NetError::Stopped)?
     }
 
+    /// Ask `peer` to stop `job`, which this node sent it.
+    pub async fn cancel_job(&self, peer: PeerId, job: JobId) -> Result<CancelResponse, NetError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Cancel {
+            peer,
+            request: CancelRequest { job },
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| NetError::Stopped)?
+    }
+
     /// Ask `peer` for a piece of a blob.
     pub async fn request_blob(
         &self,
@@ -503,6 +545,7 @@ struct PendingJob {
 enum Outgoing {
     Job(ResponseChannel<JobResponse>, Option<JobResponse>),
     Blob(ResponseChannel<BlobResponse>, Option<BlobResponse>),
+    Cancel(ResponseChannel<CancelResponse>, Option<CancelResponse>),
 }
 
 struct Driver {
@@ -516,6 +559,7 @@ struct Driver {
     /// Relayed connections this node closed after a direct one came up.
     closed_by_us: HashSet<ConnectionId>,
     pending_blobs: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobResponse, NetError>>>,
+    pending_cancels: HashMap<OutboundRequestId, oneshot::Sender<Result<CancelResponse, NetError>>>,
     in_flight: HashMap<PeerId, usize>,
     pending_dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetError>>>>,
     inbound: mpsc::Sender<Inbound>,
@@ -609,6 +653,20 @@ impl Driver {
                 *self.in_flight.entry(peer).or_default() += 1;
                 self.pending_blobs.insert(id, reply);
             }
+            Command::Cancel {
+                peer,
+                request,
+                reply,
+            } => {
+                let addresses = self.circuit_addresses(peer);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .cancel
+                    .send_request_with_addresses(&peer, request, addresses);
+                *self.in_flight.entry(peer).or_default() += 1;
+                self.pending_cancels.insert(id, reply);
+            }
             Command::Dial { peer, reply } => {
                 if self.swarm.is_connected(&peer) {
                     let _ = reply.send(Ok(()));
@@ -682,7 +740,13 @@ impl Driver {
                 .blob
                 .send_response(channel, response)
                 .is_ok(),
-            Outgoing::Job(_, None) | Outgoing::Blob(_, None) => true,
+            Outgoing::Cancel(channel, Some(response)) => self
+                .swarm
+                .behaviour_mut()
+                .cancel
+                .send_response(channel, response)
+                .is_ok(),
+            Outgoing::Job(_, None) | Outgoing::Blob(_, None) | Outgoing::Cancel(_, None) => true,
         };
         if !sent {
             tracing::debug!("the requester went away before the answer was ready");
@@ -851,6 +915,7 @@ impl Driver {
             },
             MeshBehaviourEvent::Job(event) => self.on_job(event, replies),
             MeshBehaviourEvent::Blob(event) => self.on_blob(event, replies),
+            MeshBehaviourEvent::Cancel(event) => self.on_cancel(event, replies),
             _ => {}
         }
     }
@@ -887,7 +952,19 @@ impl Driver {
                 };
                 match self.inbound.try_send(inbound) {
                     Ok(()) => replies.push(Box::pin(async move {
-                        Outgoing::Job(channel, answer.await.ok())
+                        // Give up on the answer (the application sees its reply sender
+                        // close) once the requester can no longer receive it: its
+                        // connection closed or the request timed out.
+                        let mut answer = answer;
+                        let mut poll = tokio::time::interval(REQUESTER_POLL);
+                        loop {
+                            tokio::select! {
+                                response = &mut answer => return Outgoing::Job(channel, response.ok()),
+                                _ = poll.tick() => if !channel.is_open() {
+                                    return Outgoing::Job(channel, None);
+                                },
+                            }
+                        }
                     })),
                     Err(_) => {
                         let busy = JobResponse::Refused(mesh_proto::p2p::JobRefusal::Busy {
@@ -939,6 +1016,66 @@ impl Driver {
             }
             Event::InboundFailure { peer, error, .. } => {
                 tracing::info!(%peer, "inbound job request failed: {error}");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_cancel(
+        &mut self,
+        event: request_response::Event<CancelRequest, CancelResponse>,
+        replies: &mut FuturesUnordered<Reply>,
+    ) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let (reply, answer) = oneshot::channel();
+                let inbound = Inbound::Cancel {
+                    peer,
+                    request,
+                    reply,
+                };
+                if self.inbound.try_send(inbound).is_ok() {
+                    replies.push(Box::pin(async move {
+                        Outgoing::Cancel(channel, answer.await.ok())
+                    }));
+                }
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.pending_cancels.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+                self.request_done(peer);
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::info!(%peer, "cancel request failed: {error}");
+                if let Some(reply) = self.pending_cancels.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::from_outbound(peer, error)));
+                }
+                self.request_done(peer);
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::info!(%peer, "inbound cancel request failed: {error}");
             }
             Event::ResponseSent { .. } => {}
         }

@@ -1,16 +1,18 @@
-//! Messages of the peer-to-peer protocols: `/mesh/job/1` (run a job) and `/mesh/blob/1`
-//! (fetch a component by BLAKE3 in chunks). Both travel as length-prefixed CBOR frames with
+//! Messages of the peer-to-peer protocols: `/mesh/job/1` (run a job), `/mesh/cancel/1` (stop
+//! one) and `/mesh/blob/1` (fetch a component or model by BLAKE3 in chunks). Both travel as length-prefixed CBOR frames with
 //! the caps below, checked before anything is allocated.
 
 use crate::api::JobTicket;
 use crate::device::DeviceCert;
-use crate::{Blake3Hash, RunReceipt, Signed};
+use crate::{Blake3Hash, JobId, RunReceipt, Signed};
 use serde::{Deserialize, Serialize};
 
 /// Protocol name of job requests.
 pub const JOB_PROTOCOL: &str = "/mesh/job/1";
 /// Protocol name of blob transfers.
 pub const BLOB_PROTOCOL: &str = "/mesh/blob/1";
+/// Protocol name of job cancellations.
+pub const CANCEL_PROTOCOL: &str = "/mesh/cancel/1";
 
 /// Room for tickets, certificates, receipts and CBOR framing around a payload.
 pub const ENVELOPE_BYTES: usize = 64 << 10;
@@ -28,6 +30,8 @@ pub const MAX_BLOB_CHUNK_BYTES: usize = 1 << 20;
 pub const MAX_BLOB_REQUEST_FRAME: usize = ENVELOPE_BYTES;
 /// Largest `/mesh/blob/1` response frame.
 pub const MAX_BLOB_RESPONSE_FRAME: usize = MAX_BLOB_CHUNK_BYTES + ENVELOPE_BYTES;
+/// Largest `/mesh/cancel/1` frame either way.
+pub const MAX_CANCEL_FRAME: usize = 1 << 10;
 
 /// Run a job: the control plane's ticket, the requester's certificate (absent when the
 /// requester is the control plane itself, acting as gateway) and the input.
@@ -112,6 +116,26 @@ impl JobRefusal {
             _ => false,
         }
     }
+}
+
+/// Stop a job. Only the peer that presented its ticket (the ticket's requester) may.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    /// The job.
+    pub job: JobId,
+}
+
+/// The answer to a [`CancelRequest`]. A cancelled job's own request is answered with
+/// [`JobRefusal::Failed`] of kind `cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelResponse {
+    /// The job was queued or running here and is being stopped.
+    Cancelled,
+    /// This peer has no such job queued or running (it finished, or never came).
+    Unknown,
+    /// The job is not the asking peer's to cancel.
+    NotAuthorized,
 }
 
 /// Ask for a piece of a blob. The ticket authorises the transfer: the asking peer must be

@@ -4,6 +4,7 @@
 
 pub mod netns;
 pub mod raw;
+pub mod rogue;
 
 use mesh_client::Client;
 use mesh_proto::api::{CreateInviteRequest, InviteKind, NetworkInfo, NetworkPolicy};
@@ -221,6 +222,8 @@ pub struct HostSpec {
     pub backend: Option<String>,
     /// Run `mesh-host-faulty` with this `MESH_FAULT` (see the host's fault injection).
     pub fault: Option<String>,
+    /// Model store (default: the prepared one in the cache).
+    pub model_dir: Option<PathBuf>,
 }
 
 /// The transport of relay connections (and so of hole punching).
@@ -584,6 +587,11 @@ impl Mesh {
                 "--backend",
                 &backend,
             ])
+            .args(
+                spec.model_dir
+                    .iter()
+                    .flat_map(|d| [std::ffi::OsStr::new("--model-dir"), d.as_os_str()]),
+            )
             .output()
             .unwrap();
         assert!(
@@ -729,6 +737,19 @@ pub fn fresh_key() -> mesh_proto::SigningKey {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).unwrap();
     mesh_proto::SigningKey::from_seed(seed)
+}
+
+/// The prepared model store hosts use unless told otherwise: `models` in the cache the
+/// setup script fills (`$MESH_CACHE_DIR`, else `$XDG_CACHE_HOME/mesh`, else `~/.cache/mesh`).
+pub fn model_dir() -> PathBuf {
+    let cache = std::env::var_os("MESH_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("mesh")))
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+            home.join(".cache").join("mesh")
+        });
+    cache.join("models")
 }
 
 /// The first `n` sentences of the reference corpus with their sentence-transformers vectors.

@@ -3,63 +3,14 @@
 //! killed mid-job.
 
 use base64::Engine as _;
+use mesh_e2e::rogue::connect;
 use mesh_e2e::{Mesh, MeshOptions, cosine, reference, vectors};
 use mesh_net::dispatch::Assignment;
-use mesh_net::{Inbound, NetError, Node, NodeConfig, PeerId};
+use mesh_net::{Inbound, NetError, PeerId};
 use mesh_proto::api::{JobState, RunJobRequest, SubmitJobRequest};
 use mesh_proto::p2p::{BlobResponse, JobRefusal, JobRequest, JobResponse};
 use mesh_proto::{Blake3Hash, SignDomain, Signed, SigningKey};
 use std::time::Duration;
-
-/// A device registered in the mesh's network (or `network`), run in-process.
-struct Rogue {
-    key: SigningKey,
-    client: mesh_client::Client,
-    cert: Signed<mesh_proto::device::DeviceCert>,
-    device: mesh_proto::DeviceId,
-}
-
-async fn register(mesh: &Mesh, network: &mesh_proto::NetworkId) -> Rogue {
-    let key = mesh_e2e::fresh_key();
-    let (client, cert, device) = mesh.register_device_in(network, &key).await;
-    Rogue {
-        key,
-        client,
-        cert,
-        device,
-    }
-}
-
-/// Connect `node` to `peer`, retrying while the relay has not yet learnt (from its next
-/// allow-list poll) that a freshly registered device may use it.
-async fn connect(node: &Node, peer: PeerId) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match node.connect(peer).await {
-            Ok(()) => return,
-            Err(e) if std::time::Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => panic!("could not reach {peer}: {e}"),
-        }
-    }
-}
-
-async fn node(mesh: &Mesh, key: &SigningKey) -> (Node, tokio::sync::mpsc::Receiver<Inbound>) {
-    Node::spawn(
-        key,
-        NodeConfig {
-            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
-            relays: vec![mesh.relay_addr.parse().unwrap()],
-            reserve: false,
-            job_timeout: Duration::from_secs(60),
-            ..NodeConfig::default()
-        },
-    )
-    .await
-    .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_run_across_the_mesh_and_settle_once() {
@@ -224,7 +175,7 @@ async fn jobs_run_across_the_mesh_and_settle_once() {
 
     // An unlisted peer is refused at the relay and cannot reach any host.
     let stranger = SigningKey::from_seed([0x5a; 32]);
-    let (stranger_node, _inbound) = node(&mesh, &stranger).await;
+    let (stranger_node, _inbound) = mesh.node(&stranger).await;
     let host: PeerId = mesh.hosts[1].peer.parse().unwrap();
     let err = stranger_node.connect(host).await.unwrap_err();
     assert!(matches!(err, NetError::Unreachable { .. }), "{err:?}");
@@ -253,8 +204,8 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
     let network = mesh.network_id();
     let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
     let host: PeerId = mesh.hosts[0].peer.parse().unwrap();
-    let rogue = register(&mesh, &network).await;
-    let (rogue_node, mut inbound) = node(&mesh, &rogue.key).await;
+    let rogue = mesh.rogue(&network).await;
+    let (rogue_node, mut inbound) = mesh.node(&rogue.key).await;
     // The rogue serves garbage for every blob it is asked for.
     tokio::spawn(async move {
         while let Some(request) = inbound.recv().await {
@@ -337,8 +288,8 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
     assert_eq!(refusal, JobRefusal::InputMismatch);
 
     // The ticket presented by another peer (stolen or replayed elsewhere).
-    let thief = register(&mesh, &network).await;
-    let (thief_node, _thief_inbound) = node(&mesh, &thief.key).await;
+    let thief = mesh.rogue(&network).await;
+    let (thief_node, _thief_inbound) = mesh.node(&thief.key).await;
     connect(&thief_node, host).await;
     let stolen = thief_node
         .request_job(
@@ -369,8 +320,8 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
         })
         .await
         .unwrap();
-    let outsider = register(&mesh, &other.id).await;
-    let (outsider_node, _o) = node(&mesh, &outsider.key).await;
+    let outsider = mesh.rogue(&other.id).await;
+    let (outsider_node, _o) = mesh.node(&outsider.key).await;
     connect(&outsider_node, host).await;
     let answer = outsider_node
         .request_job(

@@ -16,11 +16,13 @@ async fn cheaters_are_caught_and_honest_devices_never_penalised() {
         owner,
         backend: Some(backend.into()),
         fault: None,
+        ..HostSpec::default()
     };
     let cheater = HostSpec {
         owner: 4,
         backend: Some("onnxruntime".into()),
         fault: Some("collude".into()),
+        ..HostSpec::default()
     };
     let mesh = Mesh::start(MeshOptions {
         hosts: 5,
@@ -247,16 +249,19 @@ async fn ringers_catch_a_cheater_with_an_honest_history() {
                 owner: 1,
                 backend: Some("onnxruntime".into()),
                 fault: None,
+                ..HostSpec::default()
             },
             HostSpec {
                 owner: 2,
                 backend: Some("openvino".into()),
                 fault: None,
+                ..HostSpec::default()
             },
             HostSpec {
                 owner: 3,
                 backend: Some("onnxruntime".into()),
                 fault: Some("items:0.5@6".into()),
+                ..HostSpec::default()
             },
         ],
         // Checks halve with every pass down to one in a million: after its honest start the
@@ -399,6 +404,7 @@ async fn zero_replayed_and_random_lies_are_caught() {
         owner,
         backend: Some(backend.into()),
         fault: fault.map(str::to_string),
+        ..HostSpec::default()
     };
     let mesh = Mesh::start(MeshOptions {
         hosts: 6,

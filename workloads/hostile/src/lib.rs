@@ -42,6 +42,10 @@ impl Workload for Hostile {
             "big-tensor" => tensor(&[1, (arg / 8) as u32], &vec![0u8; arg / 8 * 8]),
             "load-bytes" => load_bytes(),
             "slow-inference" => slow_inference(arg),
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(arg as u64));
+                Ok(b"slept".to_vec())
+            }
             "ok" => Ok(b"ok".to_vec()),
             other => Err(JobError::invalid_input(format!("unknown attack {other}"))),
         }

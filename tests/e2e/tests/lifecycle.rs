@@ -1,0 +1,227 @@
+//! A job's life at its executor beyond the happy path: cancelled by its requester (a deadline,
+//! or the requester going away) while it runs, and a host draining its running job on SIGTERM.
+
+use mesh_e2e::{Mesh, MeshOptions, bin, reference};
+use mesh_proto::api::{JobInfo, JobState, RunJobRequest};
+use mesh_proto::{Blake3Hash, JobId};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+/// `mesh-host submit` of `input` to `workload`, as the device of host 0.
+fn submit(mesh: &Mesh, workload: Blake3Hash, input: &[u8], extra: &[&str]) -> Child {
+    let path = mesh
+        .dir
+        .path()
+        .join(format!("input-{}.txt", Blake3Hash::of(input)));
+    std::fs::write(&path, input).unwrap();
+    Command::new(bin("mesh-host"))
+        .args(["submit", "--config", mesh.hosts[0].config.to_str().unwrap()])
+        .args(["--workload", &workload.to_string()])
+        .args(["--input", path.to_str().unwrap()])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait until host `i`'s log holds `needle` more than `before` times.
+async fn wait_for_count(mesh: &Mesh, i: usize, needle: &str, before: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while count(&mesh.hosts[i].process.log_text(), needle) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "host {i} never logged {needle:?}\n{}",
+            mesh.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The newest job of `workload`.
+async fn newest_job(mesh: &Mesh, workload: Blake3Hash) -> JobInfo {
+    let jobs = mesh.admin.jobs(&mesh.network_id()).await.unwrap();
+    jobs.into_iter()
+        .filter(|j| j.workload == workload)
+        .max_by_key(|j| j.created_at_ms)
+        .expect("a job of the workload")
+}
+
+/// Wait until the control plane has `job` in `state`.
+async fn wait_for_state(mesh: &Mesh, job: JobId, state: JobState) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = mesh.admin.job(&mesh.network_id(), &job).await.unwrap().job;
+        if now.state == state {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {job} is {:?}, not {state:?}\n{}",
+            now.state,
+            mesh.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_jobs_stop_at_their_executor_and_are_refunded() {
+    // One slot per host: the executor can only take the next job once the cancelled one
+    // has really stopped.
+    let mesh = Mesh::start(MeshOptions::default()).await;
+    let hostile = mesh.publish(mesh_test_artifacts::HOSTILE).await;
+    let echo = mesh.publish(mesh_test_artifacts::ECHO).await;
+
+    // 1. The requester's deadline passes while the job spins (it would run for the whole job
+    //    time limit): it cancels the job over /mesh/cancel/1.
+    let before = count(
+        &mesh.hosts[1].process.log_text(),
+        "cancelled by its requester",
+    );
+    let started = Instant::now();
+    let out = submit(&mesh, hostile, b"loop", &["--timeout-ms", "1500"])
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a spinning job completed?\n{stderr}");
+    assert!(
+        stderr.contains("deadline passed; the job was cancelled") && stderr.contains("(cancelled)"),
+        "{stderr}"
+    );
+    wait_for_count(
+        &mesh,
+        1,
+        "cancelled by its requester",
+        before,
+        Duration::from_secs(5),
+    )
+    .await;
+    let job = newest_job(&mesh, hostile).await;
+    wait_for_state(&mesh, job.id, JobState::Failed).await;
+    // Reserved, never paid to the executor, refunded once.
+    assert_eq!(mesh.job_entries(job.id).await, (1, 0, 1));
+    // The slot is free again: the next job runs at once, long before the spinning job's
+    // time limit would have ended.
+    let out = submit(&mesh, echo, br#"{"texts":["x"]}"#, &[])
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        mesh.logs()
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let log = mesh.hosts[1].process.log_text();
+    assert!(
+        log.contains("job failed: the job was cancelled"),
+        "the executor did not stop the run\n{log}"
+    );
+
+    // 2. The requester goes away (killed) while the job runs: its connection closes, and the
+    //    executor cancels the job once it has not asked again.
+    let before = count(&mesh.hosts[1].process.log_text(), "job request");
+    let mut requester = submit(&mesh, hostile, b"loop", &["--idempotency-key", "gone"]);
+    wait_for_count(&mesh, 1, "job request", before, Duration::from_secs(30)).await;
+    let job = newest_job(&mesh, hostile).await;
+    wait_for_state(&mesh, job.id, JobState::Running).await;
+    requester.kill().unwrap();
+    requester.wait().unwrap();
+    wait_for_count(
+        &mesh,
+        1,
+        "the requester went away: cancelling the job",
+        0,
+        Duration::from_secs(15),
+    )
+    .await;
+    wait_for_state(&mesh, job.id, JobState::Failed).await;
+    assert_eq!(mesh.job_entries(job.id).await, (1, 0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_running_job_and_sends_new_ones_elsewhere() {
+    let mut mesh = Mesh::start(MeshOptions::default()).await;
+    let network = mesh.network_id();
+    let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
+    // Long enough to be running when the signal comes.
+    let corpus = reference(101);
+    let texts: Vec<String> = (0..1500)
+        .map(|i| format!("{} [{i}]", corpus[i % corpus.len()].0))
+        .collect();
+    let admin = mesh.admin.clone();
+    let long_job = tokio::spawn(async move {
+        admin
+            .run_job(
+                &network,
+                &RunJobRequest {
+                    workload,
+                    input: serde_json::json!({ "texts": texts }),
+                    idempotency_key: Some("drain".into()),
+                },
+            )
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let draining = loop {
+        if let Some(i) = mesh
+            .hosts
+            .iter()
+            .position(|h| h.process.log_text().contains("job request"))
+        {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no host got the job\n{}",
+            mesh.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let other = 1 - draining;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SIGTERM: the host stops taking jobs and finishes the one it runs.
+    let pid = mesh.hosts[draining].process.pid();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    mesh.hosts[draining]
+        .process
+        .wait_for_log("shutting down: draining jobs", Duration::from_secs(5));
+
+    // A job sent meanwhile runs on the other host.
+    let short = mesh
+        .admin
+        .run_job(
+            &network,
+            &RunJobRequest {
+                workload,
+                input: serde_json::json!({ "texts": ["while draining"] }),
+                idempotency_key: Some("during-drain".into()),
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("a job during the drain failed: {e}\n{}", mesh.logs()));
+    assert_eq!(short.job.state, JobState::Done);
+    assert_eq!(short.executor, mesh.hosts[other].device);
+
+    let long = long_job
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the draining host lost its job: {e}\n{}", mesh.logs()));
+    assert_eq!(long.job.state, JobState::Done);
+    assert_eq!(long.attempts, 1, "the job was not finished where it ran");
+    assert_eq!(long.executor, mesh.hosts[draining].device);
+    assert_eq!(long.output["embeddings"].as_array().unwrap().len(), 1500);
+    assert_eq!(mesh.job_entries(long.job.id).await, (1, 1, 0));
+    mesh.hosts[draining]
+        .process
+        .wait_for_log("stopped", Duration::from_secs(10));
+    mesh.hosts[draining].process.stop(Duration::from_secs(5));
+}
