@@ -7,10 +7,14 @@
 //! - (d) sentence-transformers, when installed.
 //!
 //! Same model file, threads, corpus (the reference corpus repeated to 2,000 sentences) and
-//! batch size (32, length-sorted) for all. Each pipeline runs in its own child process so its
-//! peak RSS can be reported; the parent prints sentences/s (best of three passes after a
-//! warm-up), the ratios a/c and a/b, cold-start figures and peak RSS. The mesh-host child starts
-//! from a warm compiled-artifact cache, as a running host does.
+//! batch size (32, length-sorted) for all. Each pipeline runs in its own child process (one
+//! ONNX Runtime session and thread pool per process, and its own peak RSS). The machine's
+//! speed drifts by several percent over minutes, so the pipelines run in rounds, each round
+//! running (a), (b) and (c) back to back (in rotating order); a ratio is the median of its
+//! per-round ratios, and each child reports its best of five passes after a warm-up. The
+//! parent prints sentences/s, the ratios a/c and a/b with their range over the rounds,
+//! cold-start figures and peak RSS. The mesh-host child starts from a warm compiled-artifact
+//! cache, as a running host does.
 //!
 //! `cargo bench -p mesh-host --bench embeddings` (env: `MESH_BENCH_SENTENCES`,
 //! `MESH_BENCH_THREADS`, `MESH_BENCH_BACKENDS=onnxruntime,openvino`).
@@ -27,10 +31,12 @@ use wasmtime_wasi_nn::wit::TensorType;
 
 const BATCH: usize = 32;
 /// Timed passes per pipeline; the best is reported (the least disturbed by the machine).
-const PASSES: usize = 3;
-/// Interleaved rounds for the ratios.
+const PASSES: usize = 5;
+/// Rounds of (a), (b) and (c) run back to back, for the ratios.
 const ROUNDS: usize = 5;
 const CHILD_ENV: &str = "MESH_BENCH_CHILD";
+/// One round's results of (a), (b) and (c), each absent if that pipeline did not run.
+type Round = (Option<Value>, Option<Value>, Option<Value>);
 const PARENT_ENV: &str = "MESH_BENCH_PARENT";
 
 fn sentences() -> usize {
@@ -100,7 +106,6 @@ fn child(pipeline: &str) {
     let backend: BackendKind = backend.parse().unwrap();
     let result = match kind {
         "cold" => cold_start(backend),
-        "ratio" => interleaved(backend),
         "wasm" => wasm_pipeline(backend),
         "bare" => bare_pipeline(backend),
         other => panic!("unknown pipeline {other}"),
@@ -244,29 +249,6 @@ fn bare_pipeline(backend: BackendKind) -> Value {
     })
 }
 
-/// Sandbox overhead: (a) and (b) in one process, passes interleaved, so both see the same
-/// machine; the median of the per-round ratios is robust to a noisy neighbour.
-fn interleaved(backend: BackendKind) -> Value {
-    let component = std::fs::read(mesh_test_artifacts::EMBEDDINGS).unwrap();
-    let executor = executor(backend, &data_dir(backend));
-    let hash = executor.add_component(&component).unwrap().component;
-    let input = serde_json::to_vec(&json!({ "texts": corpus(), "batch_size": BATCH })).unwrap();
-    let mut bare = Bare::new(backend);
-    executor.run(&hash, &input).unwrap();
-    bare.pass();
-    let mut ratios: Vec<f64> = (0..ROUNDS)
-        .map(|_| {
-            let started = Instant::now();
-            executor.run(&hash, &input).unwrap();
-            let a = started.elapsed();
-            let b = bare.pass();
-            b.as_secs_f64() / a.as_secs_f64()
-        })
-        .collect();
-    ratios.sort_by(f64::total_cmp);
-    json!({ "a_over_b": ratios[ratios.len() / 2], "ratios": ratios })
-}
-
 fn batch_tensors(batch: &[Vec<u32>]) -> Vec<NamedTensor> {
     let cols = batch.iter().map(Vec::len).max().unwrap_or(0);
     let mut ids = vec![0i64; batch.len() * cols];
@@ -328,6 +310,7 @@ fn python_pipeline(args: &[&str]) -> Option<Value> {
             &BATCH.to_string(),
         ])
         .args(["--sentences", &sentences().to_string()])
+        .args(["--passes", &PASSES.to_string()])
         .args(args)
         .output()
         .ok()?;
@@ -359,7 +342,12 @@ fn parent() {
                 .is_none_or(|o| o.iter().any(|n| n == b.name()))
         })
         .collect();
-    let python = python_pipeline(&[]);
+    // With ONNX Runtime, (c) runs in the rounds below; otherwise once, for reference.
+    let mut python = if available.contains(&BackendKind::OnnxRuntime) {
+        None
+    } else {
+        python_pipeline(&[])
+    };
     let sentence_transformers = python_pipeline(&["--sentence-transformers"]);
 
     println!(
@@ -368,41 +356,68 @@ fn parent() {
     );
     let rate = |v: &Value| v["sentences_per_s"].as_f64().unwrap_or(0.0);
     let rss = |v: &Value| v["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0;
+    let median = |r: &[f64]| {
+        r.get(r.len() / 2)
+            .map_or_else(|| "-".to_string(), |m| format!("{m:.3}"))
+    };
+    let list = |r: &[f64]| {
+        r.iter()
+            .map(|x| format!("{x:.3}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut ranges = Vec::new();
     let mut cold = Vec::new();
     for backend in available {
         let Some(cold_start) = run_child(&format!("cold:{backend}")) else {
             continue;
         };
-        let (Some(a), Some(b)) = (
-            run_child(&format!("wasm:{backend}")),
-            run_child(&format!("bare:{backend}")),
-        ) else {
+        // Rounds of (a), (b) and, for ONNX Runtime (the target), (c), back to back in an
+        // order that rotates, so each ratio compares runs that saw the same machine.
+        let rounds = if backend == BackendKind::OnnxRuntime {
+            ROUNDS
+        } else {
+            ROUNDS.min(3)
+        };
+        let mut runs: Vec<Round> = Vec::new();
+        for round in 0..rounds {
+            let (mut a, mut b, mut c) = (None, None, None);
+            for step in 0..3 {
+                match (round + step) % 3 {
+                    0 => a = run_child(&format!("wasm:{backend}")),
+                    1 => b = run_child(&format!("bare:{backend}")),
+                    _ if backend == BackendKind::OnnxRuntime => c = python_pipeline(&[]),
+                    _ => {}
+                }
+            }
+            runs.push((a, b, c));
+        }
+        let ratios = |pick: &dyn Fn(&Round) -> Option<f64>| {
+            let mut r: Vec<f64> = runs.iter().filter_map(pick).collect();
+            r.sort_by(f64::total_cmp);
+            r
+        };
+        let ab = ratios(&|(a, b, _)| Some(rate(a.as_ref()?) / rate(b.as_ref()?)));
+        let ac = ratios(&|(a, _, c)| Some(rate(a.as_ref()?) / rate(c.as_ref()?)));
+        let median_run = |pick: &dyn Fn(&Round) -> Option<Value>| {
+            let mut all: Vec<Value> = runs.iter().filter_map(pick).collect();
+            all.sort_by(|x, y| rate(x).total_cmp(&rate(y)));
+            all.get(all.len() / 2).cloned()
+        };
+        let (Some(a), Some(b)) = (median_run(&|r| r.0.clone()), median_run(&|r| r.1.clone()))
+        else {
             continue;
         };
-        let ab = run_child(&format!("ratio:{backend}"))
-            .map_or(f64::NAN, |r| r["a_over_b"].as_f64().unwrap_or(f64::NAN));
-        // a/c alternates the Python baseline and mesh-host children, so each pair sees the same
-        // machine, and reports the median pair (ONNX Runtime, the target); one pair otherwise.
-        let mut pairs = vec![python.as_ref().map(|c| rate(&a) / rate(c))];
-        if backend == BackendKind::OnnxRuntime {
-            for _ in 1..ROUNDS {
-                let c = python_pipeline(&[]);
-                let a = run_child(&format!("wasm:{backend}"));
-                pairs.push(c.zip(a).map(|(c, a)| rate(&a) / rate(&c)));
-            }
+        if let Some(c) = median_run(&|r| r.2.clone()) {
+            python = Some(c);
         }
-        let mut pairs: Vec<f64> = pairs.into_iter().flatten().collect();
-        pairs.sort_by(f64::total_cmp);
-        let ac = pairs
-            .get(pairs.len() / 2)
-            .map_or_else(|| "-".into(), |r| format!("{r:.3}"));
         let _ = std::fs::remove_dir_all(data_dir(backend));
         println!(
-            "{:<44} {:>10.1} {:>8.3} {:>8} {:>12.1}",
+            "{:<44} {:>10.1} {:>8} {:>8} {:>12.1}",
             a["pipeline"].as_str().unwrap(),
             rate(&a),
-            ab,
-            ac,
+            median(&ab),
+            median(&ac),
             rss(&a)
         );
         println!(
@@ -413,6 +428,12 @@ fn parent() {
             "",
             rss(&b)
         );
+        ranges.push(format!(
+            "  {backend:<12} a/b over {} rounds: {}   a/c: {}",
+            ab.len(),
+            list(&ab),
+            if ac.is_empty() { "-".into() } else { list(&ac) }
+        ));
         cold.push((backend, a, cold_start));
     }
     for baseline in [&python, &sentence_transformers].into_iter().flatten() {
@@ -431,6 +452,12 @@ fn parent() {
                 rss(baseline)
             ),
         }
+    }
+    println!(
+        "\nper-round ratios, sorted (the table shows their medians, and each pipeline's median run):"
+    );
+    for line in &ranges {
+        println!("{line}");
     }
     println!("\ncold start (embeddings component):");
     for (backend, a, c) in cold {

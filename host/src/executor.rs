@@ -497,6 +497,14 @@ impl Executor {
         })
     }
 
+    /// Whether a component is ready to run here (stored, compiled, its models loaded).
+    pub fn is_prepared(&self, hash: &Blake3Hash) -> bool {
+        self.prepared
+            .lock()
+            .expect("prepared lock")
+            .contains_key(hash)
+    }
+
     /// The model store.
     pub fn models(&self) -> &ModelStore {
         &self.models
@@ -505,12 +513,7 @@ impl Executor {
     /// The models a stored component needs on this host's backend whose files are not here
     /// yet: the manifest pins them by hash, and a peer can send them over `/mesh/blob/1`.
     pub fn missing_models(&self, hash: &Blake3Hash) -> Result<Vec<ModelEntry>, ExecError> {
-        if self
-            .prepared
-            .lock()
-            .expect("prepared lock")
-            .contains_key(hash)
-        {
+        if self.is_prepared(hash) {
             return Ok(Vec::new());
         }
         let (_, metadata) = self.inspect(hash)?;

@@ -26,6 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 const ANSWER_CACHE_TIME: Duration = Duration::from_secs(600);
 /// Finished answers kept at most.
 const ANSWER_CACHE_ENTRIES: usize = 32;
+/// A job reports that it runs (and renews its lease) once it has run this long; well inside
+/// any lease, and longer than most jobs, which then report only when done.
+const START_REPORT_DELAY: Duration = Duration::from_millis(500);
 /// How long a running job whose requester went away waits for it to ask again (over a new
 /// connection) before it is cancelled.
 const REASK_GRACE: Duration = Duration::from_secs(2);
@@ -455,7 +458,7 @@ impl Agent {
     /// `/mesh/blob/1` (resuming a partial transfer), else from the control plane.
     async fn ensure_component(&self, job: &Queued) -> Result<(), String> {
         let hash = job.ticket.workload;
-        if self.executor.has_component(&hash) {
+        if self.executor.is_prepared(&hash) || self.executor.has_component(&hash) {
             return Ok(());
         }
         let fetched = self
@@ -491,6 +494,9 @@ impl Agent {
     /// manifest pins them by hash, and missing files come from the requester over
     /// `/mesh/blob/1` (resuming a partial transfer), verified before they are stored.
     async fn ensure_models(&self, job: &Queued) -> Result<(), String> {
+        if self.executor.is_prepared(&job.ticket.workload) {
+            return Ok(());
+        }
         let _one_at_a_time = self.fetching_models.lock().await;
         let executor = self.executor.clone();
         let component = job.ticket.workload;
@@ -620,14 +626,11 @@ impl Agent {
             self.report_failure(id, &reason, true).await;
             return;
         }
-        // Tell the control plane the job started (state `running`, lease renewed) while it
-        // already runs: the ticket, signed by the control plane and naming this device until
-        // its lease ends, is the authorisation, and settlement only pays the executor of
-        // record, so nobody waits for this call.
-        let started_call = {
-            let client = self.client.clone();
-            tokio::spawn(async move { client.start_job(&id).await })
-        };
+        // Tell the control plane the job runs (state `running`, lease renewed) only once it
+        // has run for a while: the ticket, signed by the control plane and naming this device
+        // until its lease ends, is the authorisation, settlement only pays the executor of
+        // record, and a short job goes from `assigned` to `done` with one report instead of
+        // two (so the control plane, and the CPU this job shares with it, do half the work).
         let executor = self.executor.clone();
         let component = job.ticket.workload;
         let input = job.input;
@@ -635,23 +638,21 @@ impl Agent {
         let renew = {
             let agent = self.clone();
             tokio::spawn(async move {
+                tokio::time::sleep(START_REPORT_DELAY).await;
                 // Renew at a third of the lease the control plane granted.
-                let renewal = match started_call.await {
-                    Ok(Ok(info)) => {
-                        info.lease_expires_at_ms
-                            .map_or(DEFAULT_LEASE_RENEWAL, |until| {
-                                let left = until
-                                    .saturating_sub(mesh_net::verify::now_ms() as i64)
-                                    .max(0);
-                                Duration::from_millis(left as u64 / 3)
-                                    .max(Duration::from_millis(500))
-                            })
-                    }
-                    Ok(Err(e)) => {
+                let renewal = match agent.client.start_job(&id).await {
+                    Ok(info) => info
+                        .lease_expires_at_ms
+                        .map_or(DEFAULT_LEASE_RENEWAL, |until| {
+                            let left = until
+                                .saturating_sub(mesh_net::verify::now_ms() as i64)
+                                .max(0);
+                            Duration::from_millis(left as u64 / 3).max(Duration::from_millis(500))
+                        }),
+                    Err(e) => {
                         tracing::warn!(%id, "the control plane did not take the start: {e}");
                         DEFAULT_LEASE_RENEWAL
                     }
-                    Err(_) => DEFAULT_LEASE_RENEWAL,
                 };
                 loop {
                     tokio::time::sleep(renewal).await;

@@ -53,12 +53,23 @@ pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, cap: usize) -> io::Res
     Ok(buf)
 }
 
+/// Frames up to this size go out in one write with their length prefix (one packet where
+/// the transport allows), larger ones in two writes rather than a copy.
+const COALESCE_BYTES: usize = 64 << 10;
+
 /// Write one frame.
 pub async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
     let len = u32::try_from(bytes.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(bytes).await?;
+    if bytes.len() <= COALESCE_BYTES {
+        let mut frame = Vec::with_capacity(4 + bytes.len());
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(bytes);
+        io.write_all(&frame).await?;
+    } else {
+        io.write_all(&len.to_be_bytes()).await?;
+        io.write_all(bytes).await?;
+    }
     io.flush().await?;
     io.close().await
 }

@@ -1,12 +1,14 @@
-//! Data-plane benchmark (ignored by `cargo test`; run it with
-//! `cargo test -p mesh-e2e --test bench_p2p -- --ignored --nocapture`).
+//! Data-plane benchmark (ignored by `cargo test`; run it on release builds with
+//! `cargo build --release --workspace --bins` and
+//! `cargo test --release -p mesh-e2e --test bench_p2p -- --ignored --nocapture`).
 //!
 //! Side by side in one run, on the same loopback path through the same relay:
 //! - job round trip (`/mesh/job/1`: ticket and certificate checks, queue, sandboxed run,
 //!   signed receipt, receipt check) for the no-op echo workload and one-sentence embeddings,
-//!   relayed and direct, against bare libp2p request-response of the same sizes; the
-//!   embeddings baseline adds the run time the executor measured itself, so the ratio is the
-//!   mesh's overhead;
+//!   relayed and direct, against bare libp2p request-response of the same sizes answered by a
+//!   bare responder in its own process (as the host is); the baseline adds the run time the
+//!   executor measured itself, so the ratio is the mesh's overhead, and the time the host's
+//!   agent held the job shows where it goes;
 //! - component transfer over `/mesh/blob/1` (1 MiB chunks) against one bare libp2p stream;
 //! - relay memory per reserved device, with hundreds of devices.
 
@@ -141,6 +143,37 @@ async fn bare_round_trips(
     median(&mut times)
 }
 
+/// Seconds since midnight of a log line's timestamp (`2026-01-01T12:34:56.789012Z ...`).
+fn log_time(line: &str) -> Option<f64> {
+    let clock = line.split_once('T')?.1.split_once('Z')?.0;
+    let mut parts = clock.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// Median time the host's agent held each of the last `n` jobs: from its `job request` log
+/// line to its `job done` line (jobs run one at a time here).
+fn agent_time(log: &str, n: usize) -> Duration {
+    let mut started = None;
+    let mut times = Vec::new();
+    for line in log.lines() {
+        if line.contains("job request") {
+            started = log_time(line);
+        } else if line.contains("job done")
+            && let (Some(a), Some(b)) = (started.take(), log_time(line))
+        {
+            times.push(Duration::from_secs_f64((b - a).max(0.0)));
+        }
+    }
+    let mut last = times.split_off(times.len().saturating_sub(n));
+    if last.is_empty() {
+        return Duration::ZERO;
+    }
+    median(&mut last)
+}
+
 fn median(times: &mut [Duration]) -> Duration {
     times.sort();
     times[times.len() / 2]
@@ -152,6 +185,8 @@ fn ms(d: Duration) -> String {
 
 struct JobSample {
     round_trip: Duration,
+    /// From the host's agent taking the request off its node to handing the answer back.
+    in_agent: Duration,
     run: Duration,
     request_bytes: usize,
     response_bytes: usize,
@@ -225,6 +260,7 @@ async fn mesh_round_trips(
     }
     JobSample {
         round_trip: median(&mut times),
+        in_agent: agent_time(&mesh.hosts[0].process.log_text(), SAMPLES),
         run: median(&mut runs),
         request_bytes: sizes.0,
         response_bytes: sizes.1,
@@ -261,7 +297,69 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Environment variable that turns [`bare_responder_process`] into the bare responder for the
+/// relay address it holds.
+const BARE_RESPONDER_ENV: &str = "MESH_BENCH_BARE_RESPONDER";
+/// Seed of the bare responder's key (registered by the benchmark).
+const RESPONDER_SEED: [u8; 32] = [0x32; 32];
+
+/// Kills the child process on drop.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start this test binary as the bare responder (see [`bare_responder_process`]); returns
+/// it and its direct address once it holds a relay reservation.
+fn spawn_bare_responder(relay: &Multiaddr) -> (ChildGuard, Multiaddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "bare_responder_process",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(BARE_RESPONDER_ENV, relay.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let guard = ChildGuard(child);
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(address) = line.strip_prefix("BARE_RESPONDER ") {
+            // Keep reading, so the child never writes into a closed pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            return (guard, address.parse().unwrap());
+        }
+    }
+    panic!("the bare responder exited without an address");
+}
+
+/// The bare responder, when started by [`spawn_bare_responder`]; does nothing otherwise.
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "started by data_plane_benchmark"]
+async fn bare_responder_process() {
+    let Ok(relay) = std::env::var(BARE_RESPONDER_ENV) else {
+        return;
+    };
+    let address = bare_responder(
+        &SigningKey::from_seed(RESPONDER_SEED),
+        &relay.parse().unwrap(),
+    )
+    .await;
+    println!("BARE_RESPONDER {address}");
+    std::future::pending::<()>().await;
+}
+
+// One thread, as in the agent: the requester's node and the bare swarm alike.
+#[tokio::test(flavor = "current_thread")]
 #[ignore = "benchmark: run with --ignored --nocapture"]
 async fn data_plane_benchmark() {
     let mesh = Mesh::start(MeshOptions {
@@ -273,13 +371,15 @@ async fn data_plane_benchmark() {
     let embeddings = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
     let relay: Multiaddr = mesh.relay_addr.parse().unwrap();
     let requester = SigningKey::from_seed([0x31; 32]);
-    let responder = SigningKey::from_seed([0x32; 32]);
+    let responder = SigningKey::from_seed(RESPONDER_SEED);
     let blob_server = SigningKey::from_seed([0x34; 32]);
     let (client, cert) = mesh.register_device(&requester).await;
     mesh.register_device(&responder).await;
     mesh.register_device(&blob_server).await;
     tokio::time::sleep(Duration::from_secs(2)).await; // the relay's next allow-list poll
-    let responder_addr = bare_responder(&responder, &relay).await;
+    // The bare responder runs in its own process, as the host does, so both sides of the
+    // comparison cross the same process boundary.
+    let (_bare_process, responder_addr) = spawn_bare_responder(&relay);
     let responder_peer = mesh_net::keypair(&responder).public().to_peer_id();
     let responder_circuit = relay
         .clone()
@@ -293,8 +393,8 @@ async fn data_plane_benchmark() {
         "\n== job round trip (median of {SAMPLES}), mesh vs bare libp2p request-response of the same sizes"
     );
     println!(
-        "{:<12} {:<8} {:>10} {:>10} {:>12} {:>10} {:>7}",
-        "workload", "path", "mesh", "run", "bare+run", "bare", "ratio"
+        "{:<12} {:<8} {:>10} {:>10} {:>10} {:>12} {:>10} {:>7}",
+        "workload", "path", "mesh", "in agent", "run", "bare+run", "bare", "ratio"
     );
     for hole_punching in [false, true] {
         let (node, _inbound) = node_for(&mesh, &requester, hole_punching, false).await;
@@ -322,10 +422,11 @@ async fn data_plane_benchmark() {
             .await;
             let baseline = bare_rtt + sample.run;
             println!(
-                "{:<12} {:<8} {:>10} {:>10} {:>12} {:>10} {:>6.2}x",
+                "{:<12} {:<8} {:>10} {:>10} {:>10} {:>12} {:>10} {:>6.2}x",
                 name,
                 if sample.relayed { "relayed" } else { "direct" },
                 ms(sample.round_trip),
+                ms(sample.in_agent),
                 ms(sample.run),
                 ms(baseline),
                 ms(bare_rtt),

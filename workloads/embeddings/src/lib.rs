@@ -160,9 +160,7 @@ fn run_batch<'a>(
         let mut sum = vec![0f32; hidden_size];
         for token in 0..sequence.len() {
             let start = (row * cols + token) * hidden_size;
-            for (acc, v) in sum.iter_mut().zip(&values[start..start + hidden_size]) {
-                *acc += v;
-            }
+            add_into(&mut sum, &values[start..start + hidden_size]);
         }
         let count = sequence.len().max(1) as f32;
         sum.iter_mut().for_each(|v| *v /= count);
@@ -171,6 +169,15 @@ fn run_batch<'a>(
         pooled.push(sum);
     }
     Ok(pooled)
+}
+
+/// `acc += values`, element by element: the pooling loop, which is most of the component's
+/// own work. Built with wasm SIMD (every wasmtime supports it), so it runs four lanes at once.
+#[cfg_attr(target_arch = "wasm32", target_feature(enable = "simd128"))]
+fn add_into(acc: &mut [f32], values: &[f32]) {
+    for (a, v) in acc.iter_mut().zip(values) {
+        *a += v;
+    }
 }
 
 mesh_guest::export_workload!(Embeddings);
