@@ -1026,58 +1026,24 @@ impl Driver {
         event: request_response::Event<CancelRequest, CancelResponse>,
         replies: &mut FuturesUnordered<Reply>,
     ) {
-        use request_response::{Event, Message};
-        match event {
-            Event::Message {
+        let handled = on_plain_request_response(
+            event,
+            &mut self.pending_cancels,
+            &self.inbound,
+            replies,
+            |peer, request, reply| Inbound::Cancel {
                 peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let (reply, answer) = oneshot::channel();
-                let inbound = Inbound::Cancel {
-                    peer,
-                    request,
-                    reply,
-                };
-                if self.inbound.try_send(inbound).is_ok() {
-                    replies.push(Box::pin(async move {
-                        Outgoing::Cancel(channel, answer.await.ok())
-                    }));
-                }
-            }
-            Event::Message {
-                peer,
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(reply) = self.pending_cancels.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
-                }
-                self.request_done(peer);
-            }
-            Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                tracing::info!(%peer, "cancel request failed: {error}");
-                if let Some(reply) = self.pending_cancels.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::from_outbound(peer, error)));
-                }
-                self.request_done(peer);
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::info!(%peer, "inbound cancel request failed: {error}");
-            }
-            Event::ResponseSent { .. } => {}
+                request,
+                reply,
+            },
+            Outgoing::Cancel,
+            "cancel",
+        );
+        match handled {
+            // A full inbound queue: the requester sees the stream close and may ask again.
+            Handled::Unqueued(_) => {}
+            Handled::Answered(peer) => self.request_done(peer),
+            Handled::Nothing => {}
         }
     }
 
@@ -1086,62 +1052,99 @@ impl Driver {
         event: request_response::Event<BlobRequest, BlobResponse>,
         replies: &mut FuturesUnordered<Reply>,
     ) {
-        use request_response::{Event, Message};
-        match event {
-            Event::Message {
+        let handled = on_plain_request_response(
+            event,
+            &mut self.pending_blobs,
+            &self.inbound,
+            replies,
+            |peer, request, reply| Inbound::Blob {
                 peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let (reply, answer) = oneshot::channel();
-                let inbound = Inbound::Blob {
-                    peer,
-                    request: Box::new(request),
-                    reply,
-                };
-                match self.inbound.try_send(inbound) {
-                    Ok(()) => replies.push(Box::pin(async move {
-                        Outgoing::Blob(channel, answer.await.ok())
-                    })),
-                    Err(_) => {
-                        let busy = BlobResponse::Refused("busy".into());
-                        let _ = self.swarm.behaviour_mut().blob.send_response(channel, busy);
-                    }
-                }
+                request: Box::new(request),
+                reply,
+            },
+            Outgoing::Blob,
+            "blob",
+        );
+        match handled {
+            Handled::Unqueued(channel) => {
+                let busy = BlobResponse::Refused("busy".into());
+                let _ = self.swarm.behaviour_mut().blob.send_response(channel, busy);
             }
-            Event::Message {
-                peer,
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(reply) = self.pending_blobs.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
-                }
-                self.request_done(peer);
-            }
-            Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                tracing::info!(%peer, "blob request failed: {error}");
-                if let Some(reply) = self.pending_blobs.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::from_outbound(peer, error)));
-                }
-                self.request_done(peer);
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::info!(%peer, "inbound blob request failed: {error}");
-            }
-            Event::ResponseSent { .. } => {}
+            Handled::Answered(peer) => self.request_done(peer),
+            Handled::Nothing => {}
         }
+    }
+}
+
+/// What [`on_plain_request_response`] leaves to its caller.
+enum Handled<Resp> {
+    /// An inbound request found the application's queue full: answer it here (or drop it).
+    Unqueued(ResponseChannel<Resp>),
+    /// An outbound request to this peer ended (answered or failed).
+    Answered(PeerId),
+    /// Nothing to do.
+    Nothing,
+}
+
+/// One event of a request-response protocol whose inbound requests go to the application
+/// (answered through `replies`) and whose outbound requests wait in `pending`.
+fn on_plain_request_response<Req, Resp: Send + 'static>(
+    event: request_response::Event<Req, Resp>,
+    pending: &mut HashMap<OutboundRequestId, oneshot::Sender<Result<Resp, NetError>>>,
+    inbound: &mpsc::Sender<Inbound>,
+    replies: &mut FuturesUnordered<Reply>,
+    to_inbound: impl FnOnce(PeerId, Req, oneshot::Sender<Resp>) -> Inbound,
+    to_outgoing: fn(ResponseChannel<Resp>, Option<Resp>) -> Outgoing,
+    protocol: &str,
+) -> Handled<Resp> {
+    use request_response::{Event, Message};
+    match event {
+        Event::Message {
+            peer,
+            message: Message::Request {
+                request, channel, ..
+            },
+            ..
+        } => {
+            let (reply, answer) = oneshot::channel();
+            if inbound.try_send(to_inbound(peer, request, reply)).is_err() {
+                return Handled::Unqueued(channel);
+            }
+            replies.push(Box::pin(
+                async move { to_outgoing(channel, answer.await.ok()) },
+            ));
+            Handled::Nothing
+        }
+        Event::Message {
+            peer,
+            message:
+                Message::Response {
+                    request_id,
+                    response,
+                },
+            ..
+        } => {
+            if let Some(reply) = pending.remove(&request_id) {
+                let _ = reply.send(Ok(response));
+            }
+            Handled::Answered(peer)
+        }
+        Event::OutboundFailure {
+            peer,
+            request_id,
+            error,
+            ..
+        } => {
+            tracing::info!(%peer, "{protocol} request failed: {error}");
+            if let Some(reply) = pending.remove(&request_id) {
+                let _ = reply.send(Err(NetError::from_outbound(peer, error)));
+            }
+            Handled::Answered(peer)
+        }
+        Event::InboundFailure { peer, error, .. } => {
+            tracing::info!(%peer, "inbound {protocol} request failed: {error}");
+            Handled::Nothing
+        }
+        Event::ResponseSent { .. } => Handled::Nothing,
     }
 }

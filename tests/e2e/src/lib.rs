@@ -719,6 +719,67 @@ impl Mesh {
         (client, cert, registered.device)
     }
 
+    /// The standard output of a `mesh-host submit` (or any command) that must have
+    /// succeeded; panics with its standard error and every log otherwise.
+    pub fn succeeded(&self, out: std::process::Output, what: &str) -> Vec<u8> {
+        assert!(
+            out.status.success(),
+            "{what} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        out.stdout
+    }
+
+    /// Start a gateway job of `sentences` distinct sentences (long enough to run for a while
+    /// on one slot) and return it with the index of the host that received it.
+    pub async fn start_long_job(
+        &self,
+        workload: Blake3Hash,
+        sentences: usize,
+        idempotency_key: &str,
+    ) -> (
+        tokio::task::JoinHandle<mesh_client::Result<mesh_proto::api::RunJobResponse>>,
+        usize,
+    ) {
+        let corpus = reference(101);
+        let texts: Vec<String> = (0..sentences)
+            .map(|i| format!("{} ({i})", corpus[i % corpus.len()].0))
+            .collect();
+        let admin = self.admin.clone();
+        let network = self.network_id();
+        let key = idempotency_key.to_string();
+        let job = tokio::spawn(async move {
+            admin
+                .run_job(
+                    &network,
+                    &mesh_proto::api::RunJobRequest {
+                        workload,
+                        input: serde_json::json!({ "texts": texts }),
+                        idempotency_key: Some(key),
+                    },
+                )
+                .await
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let host = loop {
+            if let Some(i) = self
+                .hosts
+                .iter()
+                .position(|h| h.process.log_text().contains("job request"))
+            {
+                break i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no host got the job\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        (job, host)
+    }
+
     /// Every process's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();

@@ -18,6 +18,30 @@ pub struct Rogue {
     pub device: mesh_proto::DeviceId,
 }
 
+impl Rogue {
+    /// Ask the control plane to schedule a job of `workload` on `input` with this device as
+    /// requester.
+    pub async fn submit(
+        &self,
+        network: &NetworkId,
+        workload: mesh_proto::Blake3Hash,
+        input: &[u8],
+    ) -> mesh_proto::api::JobAssignment {
+        self.client
+            .submit_job(
+                network,
+                &mesh_proto::api::SubmitJobRequest {
+                    workload,
+                    input: mesh_proto::Blake3Hash::of(input),
+                    input_size: input.len() as u64,
+                    idempotency_key: None,
+                },
+            )
+            .await
+            .unwrap()
+    }
+}
+
 impl Mesh {
     /// Register a fresh in-process device in `network` (which the admin owns).
     pub async fn rogue(&self, network: &NetworkId) -> Rogue {
@@ -46,6 +70,22 @@ impl Mesh {
         .await
         .unwrap()
     }
+}
+
+/// Answer every blob request on `inbound` with pieces of a `total`-byte blob of garbage (so
+/// whatever is fetched has the wrong BLAKE3).
+pub fn serve_wrong_blobs(mut inbound: tokio::sync::mpsc::Receiver<Inbound>, total: u64) {
+    tokio::spawn(async move {
+        while let Some(request) = inbound.recv().await {
+            if let Inbound::Blob { request, reply, .. } = request {
+                let _ = reply.send(mesh_proto::p2p::BlobResponse::Chunk {
+                    total,
+                    offset: request.offset,
+                    data: vec![0x5a; total.saturating_sub(request.offset).min(400 << 10) as usize],
+                });
+            }
+        }
+    });
 }
 
 /// Connect `node` to `peer`, retrying while the relay has not yet learnt (from its next

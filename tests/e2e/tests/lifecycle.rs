@@ -1,7 +1,7 @@
 //! A job's life at its executor beyond the happy path: cancelled by its requester (a deadline,
 //! or the requester going away) while it runs, and a host draining its running job on SIGTERM.
 
-use mesh_e2e::{Mesh, MeshOptions, bin, reference};
+use mesh_e2e::{Mesh, MeshOptions, bin};
 use mesh_proto::api::{JobInfo, JobState, RunJobRequest};
 use mesh_proto::{Blake3Hash, JobId};
 use std::process::{Child, Command, Stdio};
@@ -110,12 +110,7 @@ async fn cancelled_jobs_stop_at_their_executor_and_are_refunded() {
     let out = submit(&mesh, echo, br#"{"texts":["x"]}"#, &[])
         .wait_with_output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        mesh.logs()
-    );
+    mesh.succeeded(out, "the job after the cancelled one");
     assert!(started.elapsed() < Duration::from_secs(30));
     let log = mesh.hosts[1].process.log_text();
     assert!(
@@ -150,39 +145,7 @@ async fn sigterm_drains_the_running_job_and_sends_new_ones_elsewhere() {
     let network = mesh.network_id();
     let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
     // Long enough to be running when the signal comes.
-    let corpus = reference(101);
-    let texts: Vec<String> = (0..1500)
-        .map(|i| format!("{} [{i}]", corpus[i % corpus.len()].0))
-        .collect();
-    let admin = mesh.admin.clone();
-    let long_job = tokio::spawn(async move {
-        admin
-            .run_job(
-                &network,
-                &RunJobRequest {
-                    workload,
-                    input: serde_json::json!({ "texts": texts }),
-                    idempotency_key: Some("drain".into()),
-                },
-            )
-            .await
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let draining = loop {
-        if let Some(i) = mesh
-            .hosts
-            .iter()
-            .position(|h| h.process.log_text().contains("job request"))
-        {
-            break i;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no host got the job\n{}",
-            mesh.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (long_job, draining) = mesh.start_long_job(workload, 1500, "drain").await;
     let other = 1 - draining;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // SIGTERM: the host stops taking jobs and finishes the one it runs.

@@ -3,12 +3,12 @@
 //! killed mid-job.
 
 use base64::Engine as _;
-use mesh_e2e::rogue::connect;
+use mesh_e2e::rogue::{connect, serve_wrong_blobs};
 use mesh_e2e::{Mesh, MeshOptions, cosine, reference, vectors};
 use mesh_net::dispatch::Assignment;
-use mesh_net::{Inbound, NetError, PeerId};
-use mesh_proto::api::{JobState, RunJobRequest, SubmitJobRequest};
-use mesh_proto::p2p::{BlobResponse, JobRefusal, JobRequest, JobResponse};
+use mesh_net::{NetError, PeerId};
+use mesh_proto::api::{JobState, RunJobRequest};
+use mesh_proto::p2p::{JobRefusal, JobRequest, JobResponse};
 use mesh_proto::{Blake3Hash, SignDomain, Signed, SigningKey};
 use std::time::Duration;
 
@@ -99,13 +99,7 @@ async fn jobs_run_across_the_mesh_and_settle_once() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "submit failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        mesh.logs()
-    );
-    let d2d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d2d: serde_json::Value = serde_json::from_slice(&mesh.succeeded(out, "submit")).unwrap();
     assert_eq!(d2d["state"], "done");
     assert_eq!(d2d["executor"], mesh.hosts[1].device.to_string());
     let v = &vectors(&d2d["output"])[0];
@@ -205,33 +199,11 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
     let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
     let host: PeerId = mesh.hosts[0].peer.parse().unwrap();
     let rogue = mesh.rogue(&network).await;
-    let (rogue_node, mut inbound) = mesh.node(&rogue.key).await;
+    let (rogue_node, inbound) = mesh.node(&rogue.key).await;
     // The rogue serves garbage for every blob it is asked for.
-    tokio::spawn(async move {
-        while let Some(request) = inbound.recv().await {
-            if let Inbound::Blob { request, reply, .. } = request {
-                let _ = reply.send(BlobResponse::Chunk {
-                    total: 1000,
-                    offset: request.offset,
-                    data: vec![0xab; (1000 - request.offset as usize).min(400)],
-                });
-            }
-        }
-    });
+    serve_wrong_blobs(inbound, 1000);
     let input = serde_json::to_vec(&serde_json::json!({"texts": ["hostile"]})).unwrap();
-    let assignment = rogue
-        .client
-        .submit_job(
-            &network,
-            &SubmitJobRequest {
-                workload,
-                input: Blake3Hash::of(&input),
-                input_size: input.len() as u64,
-                idempotency_key: None,
-            },
-        )
-        .await
-        .unwrap();
+    let assignment = rogue.submit(&network, workload, &input).await;
     let ticket = assignment.ticket.clone().expect("assigned at once");
     assert_eq!(
         Assignment::from_ticket(ticket.clone()).unwrap().executor,
@@ -415,43 +387,9 @@ async fn a_host_killed_mid_job_is_replaced_and_the_job_is_charged_once() {
         ..MeshOptions::default()
     })
     .await;
-    let network = mesh.network_id();
     let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
-    // Enough sentences that the job runs for a while on one slot.
-    let corpus = reference(101);
-    let texts: Vec<String> = (0..2000)
-        .map(|i| format!("{} ({i})", corpus[i % corpus.len()].0))
-        .collect();
-    let admin = mesh.admin.clone();
-    let job = tokio::spawn(async move {
-        admin
-            .run_job(
-                &network,
-                &RunJobRequest {
-                    workload,
-                    input: serde_json::json!({ "texts": texts }),
-                    idempotency_key: Some("crash".into()),
-                },
-            )
-            .await
-    });
     // Kill whichever host received it, as soon as it has.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let victim = loop {
-        if let Some(i) = mesh
-            .hosts
-            .iter()
-            .position(|h| h.process.log_text().contains("job request"))
-        {
-            break i;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no host got the job\n{}",
-            mesh.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (job, victim) = mesh.start_long_job(workload, 2000, "crash").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     mesh.hosts[victim].process.kill();
     let result = job

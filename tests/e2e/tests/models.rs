@@ -2,12 +2,11 @@
 //! fetches it from the job's requester (in chunks, verified by BLAKE3 before it is stored),
 //! once; bytes that do not hash right are refused and never stored.
 
-use mesh_e2e::rogue::connect;
+use mesh_e2e::rogue::{connect, serve_wrong_blobs};
 use mesh_e2e::{HostSpec, Mesh, MeshOptions, bin, cosine, reference, vectors};
-use mesh_net::{Inbound, PeerId};
+use mesh_net::PeerId;
 use mesh_proto::Blake3Hash;
-use mesh_proto::api::SubmitJobRequest;
-use mesh_proto::p2p::{BlobResponse, JobRefusal, JobRequest, JobResponse};
+use mesh_proto::p2p::{JobRefusal, JobRequest, JobResponse};
 use std::time::Duration;
 
 fn count(text: &str, needle: &str) -> usize {
@@ -42,34 +41,11 @@ async fn a_host_without_model_files_fetches_them_from_the_requester() {
     // A requester that answers every blob request with bytes that do not hash right: the
     // host refuses the job, and stores nothing.
     let rogue = mesh.rogue(&network).await;
-    let (rogue_node, mut inbound) = mesh.node(&rogue.key).await;
-    tokio::spawn(async move {
-        while let Some(request) = inbound.recv().await {
-            if let Inbound::Blob { request, reply, .. } = request {
-                let total = 3 << 20;
-                let _ = reply.send(BlobResponse::Chunk {
-                    total,
-                    offset: request.offset,
-                    data: vec![0x5a; (total - request.offset).min(1 << 20) as usize],
-                });
-            }
-        }
-    });
+    let (rogue_node, inbound) = mesh.node(&rogue.key).await;
+    serve_wrong_blobs(inbound, 3 << 20);
     let input = serde_json::to_vec(&serde_json::json!({"texts": ["poisoned?"]})).unwrap();
     let ticket = loop {
-        let assignment = rogue
-            .client
-            .submit_job(
-                &network,
-                &SubmitJobRequest {
-                    workload,
-                    input: Blake3Hash::of(&input),
-                    input_size: input.len() as u64,
-                    idempotency_key: None,
-                },
-            )
-            .await
-            .unwrap();
+        let assignment = rogue.submit(&network, workload, &input).await;
         let ticket = assignment.ticket.expect("assigned at once");
         if ticket.peek().unwrap().executor == mesh.hosts[1].device {
             break ticket;
@@ -126,13 +102,7 @@ async fn a_host_without_model_files_fetches_them_from_the_requester() {
             .args(["--input", input.to_str().unwrap()])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "submit failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            mesh.logs()
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        serde_json::from_slice::<serde_json::Value>(&mesh.succeeded(out, "submit")).unwrap()
     };
     let first = submit();
     assert_eq!(first["executor"], mesh.hosts[1].device.to_string());

@@ -76,13 +76,7 @@ async fn jobs_across(
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "submit failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        mesh.logs()
-    );
-    let results: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+    let results: Vec<serde_json::Value> = String::from_utf8(mesh.succeeded(out, "submit"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
