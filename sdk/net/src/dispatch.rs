@@ -121,12 +121,22 @@ where
             input: input.to_vec(),
         };
         let executor = assignment.executor;
+        // Dropped unanswered (the caller went away: a gateway client that disconnected), the
+        // guard tells the executor to stop.
+        let mut guard = assignment
+            .ticket
+            .peek()
+            .ok()
+            .map(|ticket| CancelOnDrop(Some((node.clone(), executor, ticket.job))));
         let answer = match deadline {
             None => node.request_job(executor, request).await,
             Some(at) => {
                 match tokio::time::timeout_at(at, node.request_job(executor, request)).await {
                     Ok(answer) => answer,
                     Err(_) => {
+                        if let Some(guard) = &mut guard {
+                            guard.0 = None;
+                        }
                         let cancel = match assignment.ticket.peek() {
                             Ok(ticket) => match node.cancel_job(executor, ticket.job).await {
                                 Ok(CancelResponse::Cancelled) => "cancelled".to_string(),
@@ -147,6 +157,9 @@ where
                 }
             }
         };
+        if let Some(mut guard) = guard {
+            guard.0 = None;
+        }
         let failure = match answer {
             Ok(answer) => match answer.response {
                 JobResponse::Done { output, receipt } => {
@@ -193,6 +206,20 @@ where
             Ok(Some(next)) => assignment = next,
             Ok(None) => return Err(DispatchError::NoExecutor(failure)),
             Err(e) => return Err(DispatchError::Control(e)),
+        }
+    }
+}
+
+/// Cancels a job at its executor when dropped while armed.
+struct CancelOnDrop(Option<(Node, PeerId, mesh_proto::JobId)>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some((node, executor, job)) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            tracing::info!(%executor, %job, "the job's requester went away; cancelling it");
+            runtime.spawn(async move { node.cancel_job(executor, job).await });
         }
     }
 }

@@ -140,6 +140,54 @@ async fn cancelled_jobs_stop_at_their_executor_and_are_refunded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_client_that_disconnects_cancels_its_job() {
+    let mesh = Mesh::start(MeshOptions::default()).await;
+    let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
+    // A job that runs for seconds, asked for by a client that gives up after one.
+    let texts: Vec<String> = (0..4000).map(|i| format!("sentence number {i}")).collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let sent = client
+        .post(format!(
+            "{}/v1/networks/{}/jobs/run",
+            mesh.url,
+            mesh.network_id()
+        ))
+        .bearer_auth(mesh.admin_token())
+        .json(&serde_json::json!({ "workload": workload, "input": { "texts": texts } }))
+        .send()
+        .await;
+    assert!(sent.is_err(), "the long job answered within a second?");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let executor = loop {
+        if let Some(i) = mesh.hosts.iter().position(|h| {
+            h.process
+                .log_text()
+                .contains("job failed: the job was cancelled")
+        }) {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the executor never stopped the abandoned job\n{}",
+            mesh.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        mesh.hosts[executor]
+            .process
+            .log_text()
+            .contains("cancelled by its requester")
+    );
+    let job = newest_job(&mesh, workload).await;
+    wait_for_state(&mesh, job.id, JobState::Failed).await;
+    assert_eq!(mesh.job_entries(job.id).await, (1, 0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_running_job_and_sends_new_ones_elsewhere() {
     let mut mesh = Mesh::start(MeshOptions::default()).await;
     let network = mesh.network_id();
