@@ -175,6 +175,12 @@ impl OrtModel {
             .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3))
             .and_then(|b| b.with_intra_threads(threads))
             .and_then(|b| b.with_inter_threads(1))
+            // Every batch has its own shape (length-sorted batches pad to their longest
+            // item), and ONNX Runtime plans and keeps one memory pattern per input shape it
+            // sees: with it on, a session's memory grows with the number of distinct batch
+            // widths (about 100 MB more over the 2,000-sentence benchmark corpus, at no
+            // measurable speed gain). The allocation arena stays on.
+            .and_then(|b| b.with_memory_pattern(false))
             .and_then(|b| match source {
                 ModelSource::Memory(onnx) => b.commit_from_memory(onnx),
                 ModelSource::File(path) => b.commit_from_file(path),
