@@ -224,6 +224,8 @@ pub struct HostSpec {
     pub fault: Option<String>,
     /// Model store (default: the prepared one in the cache).
     pub model_dir: Option<PathBuf>,
+    /// Jobs it queues (default: [`MeshOptions::queue_capacity`]).
+    pub queue_capacity: Option<usize>,
 }
 
 /// The transport of relay connections (and so of hole punching).
@@ -558,7 +560,10 @@ impl Mesh {
         let config = root.join(format!("{name}.toml"));
         let data = root.join(name);
         let slots = options.slots.to_string();
-        let queue = options.queue_capacity.to_string();
+        let queue = spec
+            .queue_capacity
+            .unwrap_or(options.queue_capacity)
+            .to_string();
         let (listen_ip, listen) = match (ns.is_some(), options.transport) {
             (true, Transport::Quic) => ("0.0.0.0", "udp/0/quic-v1"),
             (true, Transport::Tcp) => ("0.0.0.0", "tcp/0"),

@@ -1,7 +1,8 @@
 //! A job's life at its executor beyond the happy path: cancelled by its requester (a deadline,
-//! or the requester going away) while it runs, and a host draining its running job on SIGTERM.
+//! or the requester going away) while it runs, refused by a full host and run elsewhere, and a
+//! host draining its running job on SIGTERM.
 
-use mesh_e2e::{Mesh, MeshOptions, bin};
+use mesh_e2e::{HostSpec, Mesh, MeshOptions, bin};
 use mesh_proto::api::{JobInfo, JobState, RunJobRequest};
 use mesh_proto::{Blake3Hash, JobId};
 use std::process::{Child, Command, Stdio};
@@ -235,4 +236,87 @@ async fn sigterm_drains_the_running_job_and_sends_new_ones_elsewhere() {
         .process
         .wait_for_log("stopped", Duration::from_secs(10));
     mesh.hosts[draining].process.stop(Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_host_answers_busy_and_the_job_runs_on_another_device() {
+    // Host 0 holds one job running and one queued; host 1 queues 64.
+    let mesh = Mesh::start(MeshOptions {
+        host_specs: vec![HostSpec {
+            queue_capacity: Some(1),
+            ..HostSpec::default()
+        }],
+        ..MeshOptions::default()
+    })
+    .await;
+    let network = mesh.network_id();
+    let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
+    let busy = "refused a job: busy";
+    // Jobs of a few seconds each, one after another (each assigned before the next is sent),
+    // until the scheduler has offered one to the full host: it is the least loaded while the
+    // other host's queue is longer than its own two.
+    let mut jobs = Vec::new();
+    for i in 0..10 {
+        let texts: Vec<String> = (0..600)
+            .map(|n| format!("job {i}, sentence number {n}"))
+            .collect();
+        let admin = mesh.admin.clone();
+        jobs.push(tokio::spawn(async move {
+            admin
+                .run_job(
+                    &network,
+                    &RunJobRequest {
+                        workload,
+                        input: serde_json::json!({ "texts": texts }),
+                        idempotency_key: Some(format!("full-{i}")),
+                    },
+                )
+                .await
+        }));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let listed = mesh.admin.jobs(&network).await.unwrap();
+            let sent = listed.iter().filter(|j| j.workload == workload).count();
+            let waiting = listed
+                .iter()
+                .any(|j| j.workload == workload && j.state == JobState::Queued);
+            if sent == jobs.len() && !waiting {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {i} was never assigned\n{}",
+                mesh.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if count(&mesh.hosts[0].process.log_text(), busy) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refusals = count(&mesh.hosts[0].process.log_text(), busy);
+    assert!(refusals > 0, "host 0 was never full\n{}", mesh.logs());
+
+    // Every job completes; the refused ones on the other host, after a second attempt.
+    let mut moved = 0;
+    for job in jobs {
+        let done = job
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("a job failed: {e}\n{}", mesh.logs()));
+        assert_eq!(done.job.state, JobState::Done);
+        if done.attempts > 1 {
+            assert_eq!(done.executor, mesh.hosts[1].device, "{done:?}");
+            moved += 1;
+        }
+        // Reserved once, paid once, never refunded.
+        assert_eq!(mesh.job_entries(done.job.id).await, (1, 1, 0));
+    }
+    assert_eq!(
+        moved,
+        refusals,
+        "each refused job moved once\n{}",
+        mesh.logs()
+    );
 }
