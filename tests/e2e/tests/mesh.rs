@@ -356,6 +356,47 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
         .report_receipt(
             &network,
             &assignment.job.id,
+            &mesh_proto::api::CompleteJobRequest {
+                receipt: receipt.clone(),
+            },
+        )
+        .await
+        .unwrap();
+
+    // The same request replayed by its requester: the same answer, and the job does not run
+    // again. The same receipt reported again settles nothing more.
+    let replayed = rogue_node
+        .request_job(
+            host,
+            JobRequest {
+                ticket: ticket.clone(),
+                requester_cert: Some(rogue.cert.clone()),
+                input: input.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    let JobResponse::Done {
+        output: replayed_output,
+        receipt: replayed_receipt,
+    } = replayed.response
+    else {
+        panic!("replay refused: {:?}", replayed.response);
+    };
+    assert_eq!(replayed_output, output);
+    assert_eq!(replayed_receipt.hash(), receipt.hash());
+    let runs = mesh.hosts[0]
+        .process
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("job done") && l.contains(&assignment.job.id.to_string()))
+        .count();
+    assert_eq!(runs, 1, "the replayed ticket ran again\n{}", mesh.logs());
+    rogue
+        .client
+        .report_receipt(
+            &network,
+            &assignment.job.id,
             &mesh_proto::api::CompleteJobRequest { receipt },
         )
         .await
