@@ -220,6 +220,17 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
         }
     };
 
+    // The real ticket and input, presented by `node` with `cert`.
+    let present = |node: &mesh_net::Node, cert: &Signed<mesh_proto::device::DeviceCert>| {
+        let node = node.clone();
+        let request = JobRequest {
+            ticket: ticket.clone(),
+            requester_cert: Some(cert.clone()),
+            input: input.clone(),
+        };
+        async move { node.request_job(host, request).await.unwrap() }
+    };
+
     // A ticket signed by anyone but the control plane.
     let forger = SigningKey::from_seed([0x66; 32]);
     let forged = Signed::sign(
@@ -263,17 +274,7 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
     let thief = mesh.rogue(&network).await;
     let (thief_node, _thief_inbound) = mesh.node(&thief.key).await;
     connect(&thief_node, host).await;
-    let stolen = thief_node
-        .request_job(
-            host,
-            JobRequest {
-                ticket: ticket.clone(),
-                requester_cert: Some(thief.cert.clone()),
-                input: input.clone(),
-            },
-        )
-        .await
-        .unwrap();
+    let stolen = present(&thief_node, &thief.cert).await;
     assert!(
         matches!(stolen.response, JobResponse::Refused(JobRefusal::InvalidTicket(ref m)) if m.contains("another peer")),
         "{:?}",
@@ -295,17 +296,7 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
     let outsider = mesh.rogue(&other.id).await;
     let (outsider_node, _o) = mesh.node(&outsider.key).await;
     connect(&outsider_node, host).await;
-    let answer = outsider_node
-        .request_job(
-            host,
-            JobRequest {
-                ticket: ticket.clone(),
-                requester_cert: Some(outsider.cert.clone()),
-                input: input.clone(),
-            },
-        )
-        .await
-        .unwrap();
+    let answer = present(&outsider_node, &outsider.cert).await;
     assert!(
         matches!(
             answer.response,
@@ -317,17 +308,7 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
 
     // The honest request runs, although the rogue serves a component with the wrong
     // BLAKE3: the host rejects it and fetches a verified copy from the control plane.
-    let answer = rogue_node
-        .request_job(
-            host,
-            JobRequest {
-                ticket: ticket.clone(),
-                requester_cert: Some(rogue.cert.clone()),
-                input: input.clone(),
-            },
-        )
-        .await
-        .unwrap();
+    let answer = present(&rogue_node, &rogue.cert).await;
     let JobResponse::Done { output, receipt } = answer.response else {
         panic!("refused: {:?}\n{}", answer.response, mesh.logs());
     };
@@ -365,17 +346,7 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
 
     // The same request replayed by its requester: the same answer, and the job does not run
     // again. The same receipt reported again settles nothing more.
-    let replayed = rogue_node
-        .request_job(
-            host,
-            JobRequest {
-                ticket: ticket.clone(),
-                requester_cert: Some(rogue.cert.clone()),
-                input: input.clone(),
-            },
-        )
-        .await
-        .unwrap();
+    let replayed = present(&rogue_node, &rogue.cert).await;
     let JobResponse::Done {
         output: replayed_output,
         receipt: replayed_receipt,
