@@ -45,6 +45,13 @@ const RESERVATION_WAIT: Duration = Duration::from_secs(20);
 const MAX_MODEL_BYTES: u64 = 4 << 30;
 /// Certificates are refreshed this often.
 const CERT_REFRESH: Duration = Duration::from_secs(3600);
+/// How long a finished job's receipt waits before it is reported, so the receipts of a burst
+/// of short jobs go out after the burst (off its answers' path), one call at a time.
+const REPORT_DELAY: Duration = Duration::from_millis(200);
+/// Receipts waiting to be reported at most; answering waits when this many are.
+const REPORT_QUEUE: usize = 1024;
+/// Requesters whose checked certificate is remembered at most.
+const CERT_CACHE_ENTRIES: usize = 4096;
 
 /// A job accepted into the queue.
 struct Queued {
@@ -77,10 +84,17 @@ pub struct Agent {
     peer: PeerId,
     cert: RwLock<Option<Signed<DeviceCert>>>,
     queue: mpsc::Sender<Queued>,
+    /// Receipts of finished jobs, for [`report_receipts`].
+    receipts: mpsc::Sender<(JobId, Signed<mesh_proto::RunReceipt>)>,
+    /// Receipts handed to [`report_receipts`] and not yet reported.
+    unreported: AtomicU32,
     queued: AtomicU32,
     running: AtomicU32,
     slots: u32,
     seen: Mutex<HashMap<JobId, Seen>>,
+    /// Requester certificates already checked, by peer: the certificate's hash and expiry.
+    /// A requester presents the same certificate with every job; it is checked once.
+    checked_certs: Mutex<HashMap<PeerId, (Blake3Hash, u64)>>,
     accepting: AtomicBool,
     partial_dir: PathBuf,
     /// Held while models are fetched, so two jobs never fetch one model at once.
@@ -133,6 +147,7 @@ pub async fn run(
     let (node, inbound) = Node::spawn(&key, node_config).await?;
     let slots = config.effective_slots();
     let (queue, queue_rx) = mpsc::channel(config.queue_capacity.max(1));
+    let (receipts, receipts_rx) = mpsc::channel(REPORT_QUEUE);
     let agent = Arc::new(Agent {
         executor: Arc::new(executor),
         client,
@@ -143,10 +158,13 @@ pub async fn run(
         control_plane: config.control_plane_key,
         cert: RwLock::new(None),
         queue,
+        receipts,
+        unreported: AtomicU32::new(0),
         queued: AtomicU32::new(0),
         running: AtomicU32::new(0),
         slots: slots as u32,
         seen: Mutex::new(HashMap::new()),
+        checked_certs: Mutex::new(HashMap::new()),
         accepting: AtomicBool::new(true),
         partial_dir: config.data_dir().join("partial"),
         fetching_models: tokio::sync::Mutex::new(()),
@@ -177,6 +195,7 @@ pub async fn run(
     let (revoked_tx, mut revoked_rx) = mpsc::channel::<()>(1);
     tokio::spawn(heartbeats(agent.clone(), config.device, revoked_tx));
     tokio::spawn(certificates(agent.clone(), config.device));
+    tokio::spawn(report_receipts(agent.clone(), receipts_rx));
     let queue_rx = Arc::new(tokio::sync::Mutex::new(queue_rx));
     for _ in 0..slots {
         tokio::spawn(worker(agent.clone(), queue_rx.clone()));
@@ -188,7 +207,10 @@ pub async fn run(
     }
     agent.accepting.store(false, Ordering::SeqCst);
     let deadline = Instant::now() + DRAIN_TIME;
-    while agent.queued.load(Ordering::SeqCst) + agent.running.load(Ordering::SeqCst) > 0
+    while agent.queued.load(Ordering::SeqCst)
+        + agent.running.load(Ordering::SeqCst)
+        + agent.unreported.load(Ordering::SeqCst)
+        > 0
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -342,13 +364,7 @@ impl Agent {
                     JobRefusal::NotAuthorized("no device certificate".into()),
                 ));
             };
-            if let Err(e) = mesh_net::verify::device_cert(
-                cert,
-                &self.control_plane,
-                Some(&self.network),
-                Some(&peer),
-                now,
-            ) {
+            if let Err(e) = self.check_requester_cert(cert, &peer, now) {
                 return Err((reply, JobRefusal::NotAuthorized(format!("certificate {e}"))));
             }
         }
@@ -407,6 +423,43 @@ impl Agent {
                 ))
             }
         }
+    }
+
+    /// Check a requester's certificate: issued by the control plane to `peer` in this network
+    /// and unexpired. The same certificate from the same peer is checked once, until it
+    /// expires.
+    fn check_requester_cert(
+        &self,
+        cert: &Signed<DeviceCert>,
+        peer: &PeerId,
+        now: u64,
+    ) -> Result<(), mesh_net::verify::VerifyError> {
+        let hash = cert.hash();
+        let known = self
+            .checked_certs
+            .lock()
+            .expect("cert cache lock")
+            .get(peer)
+            .copied();
+        if known.is_some_and(|(h, expires)| h == hash && now < expires) {
+            return Ok(());
+        }
+        let checked = mesh_net::verify::device_cert(
+            cert,
+            &self.control_plane,
+            Some(&self.network),
+            Some(peer),
+            now,
+        )?;
+        let mut certs = self.checked_certs.lock().expect("cert cache lock");
+        if certs.len() >= CERT_CACHE_ENTRIES {
+            certs.retain(|_, (_, expires)| now < *expires);
+            if certs.len() >= CERT_CACHE_ENTRIES {
+                certs.clear();
+            }
+        }
+        certs.insert(*peer, (hash, checked.expires_at_ms));
+        Ok(())
     }
 
     /// A piece of a stored component, for the executor a valid ticket names.
@@ -766,8 +819,10 @@ impl Agent {
                 };
                 tracing::info!(%id, elapsed_ms = started.elapsed().as_millis() as u64, "job done");
                 self.finish(id, reply, response);
-                let agent = self.clone();
-                tokio::spawn(async move { agent.report_done(id, signed).await });
+                self.unreported.fetch_add(1, Ordering::SeqCst);
+                if self.receipts.send((id, signed)).await.is_err() {
+                    self.unreported.fetch_sub(1, Ordering::SeqCst);
+                }
             }
             Err(((kind, retryable), message)) => {
                 tracing::info!(%id, "job failed: {message}");
@@ -875,6 +930,27 @@ fn append(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
         .append(true)
         .open(path)?
         .write_all(data)
+}
+
+/// Report receipts in the order jobs finished, one call at a time, each [`REPORT_DELAY`]
+/// after the first of its batch finished. The requester reports the receipt too (the gateway
+/// settles the moment it has it), so this report is the executor's own claim to payment, and
+/// it need not race the next job's answer for the CPU.
+async fn report_receipts(
+    agent: Arc<Agent>,
+    mut receipts: mpsc::Receiver<(JobId, Signed<mesh_proto::RunReceipt>)>,
+) {
+    while let Some(first) = receipts.recv().await {
+        tokio::time::sleep(REPORT_DELAY).await;
+        let mut batch = vec![first];
+        while let Ok(next) = receipts.try_recv() {
+            batch.push(next);
+        }
+        for (id, receipt) in batch {
+            agent.report_done(id, receipt).await;
+            agent.unreported.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 async fn worker(agent: Arc<Agent>, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>) {

@@ -1,7 +1,8 @@
 //! A job's life at its executor beyond the happy path: cancelled by its requester (a deadline,
-//! or the requester going away) while it runs, refused by a full host and run elsewhere, and a
-//! host draining its running job on SIGTERM.
+//! or the requester going away) while it runs, refused by a full host and run elsewhere, a
+//! host draining its running job on SIGTERM, and a job whose requester never reports it.
 
+use mesh_e2e::rogue::connect;
 use mesh_e2e::{HostSpec, Mesh, MeshOptions, bin};
 use mesh_proto::api::{JobInfo, JobState, RunJobRequest};
 use mesh_proto::{Blake3Hash, JobId};
@@ -319,4 +320,42 @@ async fn a_full_host_answers_busy_and_the_job_runs_on_another_device() {
         "each refused job moved once\n{}",
         mesh.logs()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_executor_is_paid_when_the_requester_never_reports() {
+    let mesh = Mesh::start(MeshOptions {
+        hosts: 1,
+        ..MeshOptions::default()
+    })
+    .await;
+    let network = mesh.network_id();
+    let echo = mesh.publish(mesh_test_artifacts::ECHO).await;
+    let requester = mesh.rogue(&network).await;
+    let (node, _inbound) = mesh.node(&requester.key).await;
+    let host: mesh_net::PeerId = mesh.hosts[0].peer.parse().unwrap();
+    connect(&node, host).await;
+    // A burst of jobs, answered and never reported by their requester.
+    let mut jobs = Vec::new();
+    for i in 0..5 {
+        let input = format!("{{\"texts\":[\"{i}\"]}}").into_bytes();
+        let assignment = requester.submit(&network, echo, &input).await;
+        let request = mesh_proto::p2p::JobRequest {
+            ticket: assignment.ticket.clone().expect("assigned"),
+            requester_cert: Some(requester.cert.clone()),
+            input,
+        };
+        let answer = node.request_job(host, request).await.unwrap();
+        assert!(
+            matches!(answer.response, mesh_proto::p2p::JobResponse::Done { .. }),
+            "{:?}",
+            answer.response
+        );
+        jobs.push(assignment.job.id);
+    }
+    // The host reports each receipt itself, a moment later: every job settles, once.
+    for job in jobs {
+        wait_for_state(&mesh, job, JobState::Done).await;
+        assert_eq!(mesh.job_entries(job).await, (1, 1, 0), "{}", mesh.logs());
+    }
 }

@@ -281,6 +281,28 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
         stolen.response
     );
 
+    // The host checked the rogue's certificate once (the input mismatch above got past it)
+    // and remembers it: a forged certificate, or another device's, from the same peer is
+    // still refused.
+    let forged_cert = Signed::sign(
+        &rogue.cert.peek().unwrap(),
+        &forger,
+        SignDomain::DeviceCert,
+        &network,
+    )
+    .unwrap();
+    for cert in [&forged_cert, &thief.cert] {
+        let answer = present(&rogue_node, cert).await;
+        assert!(
+            matches!(
+                answer.response,
+                JobResponse::Refused(JobRefusal::NotAuthorized(ref m)) if m.starts_with("certificate")
+            ),
+            "{:?}",
+            answer.response
+        );
+    }
+
     // A device of another network, with its own valid certificate.
     let other = mesh
         .admin
