@@ -8,7 +8,8 @@
 //!   relayed and direct, against bare libp2p request-response of the same sizes answered by a
 //!   bare responder in its own process (as the host is); the baseline adds the run time the
 //!   executor measured itself, so the ratio is the mesh's overhead, and the time the host's
-//!   agent held the job shows where it goes;
+//!   agent held the job shows where it goes. Tickets are fetched first and both sides send
+//!   their requests back to back on a quiet machine (see [`mesh_round_trips`]);
 //! - component transfer over `/mesh/blob/1` (1 MiB chunks) against one bare libp2p stream;
 //! - relay memory per reserved device, with hundreds of devices.
 
@@ -245,6 +246,9 @@ async fn mesh_round_trips(
         assert!(assignment.ticket.is_some(), "assigned");
         assignments.push(assignment);
     }
+    // Let the control plane finish what the submissions left it (as the bare round trips
+    // below also start on a quiet machine).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut answers = Vec::new();
     for assignment in &assignments {
         let ticket = assignment.ticket.clone().unwrap();
