@@ -104,40 +104,8 @@ async fn bare_responder(key: &SigningKey, relay: &Multiaddr) -> Multiaddr {
     rx.await.unwrap()
 }
 
-/// One bare round trip of `request_bytes` out and `response_bytes` back, to `peer` at
-/// `address`.
-async fn bare_round_trip(
-    swarm: &mut Swarm<Bare>,
-    peer: PeerId,
-    address: &Multiaddr,
-    request_bytes: usize,
-    response_bytes: usize,
-) -> Duration {
-    let mut request = vec![1u8; request_bytes.max(4)];
-    request[..4].copy_from_slice(&(response_bytes as u32).to_be_bytes());
-    let started = Instant::now();
-    swarm
-        .behaviour_mut()
-        .rr
-        .send_request_with_addresses(&peer, request, vec![address.clone()]);
-    loop {
-        match swarm.select_next_some().await {
-            SwarmEvent::Behaviour(BareEvent::Rr(request_response::Event::Message {
-                message: request_response::Message::Response { .. },
-                ..
-            })) => return started.elapsed(),
-            SwarmEvent::Behaviour(BareEvent::Rr(request_response::Event::OutboundFailure {
-                error,
-                ..
-            })) => {
-                panic!("bare request failed: {error}")
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Median time of `samples` bare round trips (after 3 untimed ones), as [`bare_round_trip`].
+/// Median time of `samples` bare round trips of `request_bytes` out and `response_bytes`
+/// back, to `peer` at `address`.
 async fn bare_round_trips(
     swarm: &mut Swarm<Bare>,
     peer: PeerId,
@@ -148,9 +116,29 @@ async fn bare_round_trips(
 ) -> Duration {
     let mut times = Vec::new();
     for i in 0..samples + 3 {
-        let time = bare_round_trip(swarm, peer, &address, request_bytes, response_bytes).await;
+        let mut request = vec![1u8; request_bytes.max(4)];
+        request[..4].copy_from_slice(&(response_bytes as u32).to_be_bytes());
+        let started = Instant::now();
+        swarm
+            .behaviour_mut()
+            .rr
+            .send_request_with_addresses(&peer, request, vec![address.clone()]);
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(BareEvent::Rr(request_response::Event::Message {
+                    message: request_response::Message::Response { .. },
+                    ..
+                })) => break,
+                SwarmEvent::Behaviour(BareEvent::Rr(
+                    request_response::Event::OutboundFailure { error, .. },
+                )) => {
+                    panic!("bare request failed: {error}")
+                }
+                _ => {}
+            }
+        }
         if i >= 3 {
-            times.push(time);
+            times.push(started.elapsed());
         }
     }
     median(&mut times)
@@ -198,28 +186,20 @@ fn ms(d: Duration) -> String {
 
 struct JobSample {
     round_trip: Duration,
-    /// Median bare round trip of the same sizes on the same path, measured right after.
-    bare: Duration,
     /// From the host's agent taking the request off its node to handing the answer back.
     in_agent: Duration,
     run: Duration,
+    request_bytes: usize,
+    response_bytes: usize,
     relayed: bool,
 }
 
-/// The bare side of a comparison: a bare swarm and the bare responder's addresses.
-struct BarePath<'a> {
-    swarm: &'a mut Swarm<Bare>,
-    peer: PeerId,
-    direct: Multiaddr,
-    relayed: Multiaddr,
-}
-
-/// Median mesh job round trip, the run time the executor reported, and then the median bare
-/// round trip of the same sizes on the same path. The tickets are fetched from the control
-/// plane first and the receipts checked and reported after, all untimed, so the jobs go out
-/// back to back as the bare requests do, and no control-plane call sits between them.
-/// (Interleaving one job and one bare request instead slows the bare one down: it then
-/// shares the CPU with what the job leaves behind, on both sides.)
+/// Median mesh job round trip and the run time the executor reported. The tickets are fetched
+/// from the control plane first and the receipts checked and reported after, all untimed, so
+/// the jobs go out back to back as the bare requests do, and no control-plane call sits
+/// between them. Returns once the host's own reports are done, so the bare round trips that
+/// follow start on a quiet machine too. (Interleaving one job and one bare request instead
+/// slows the bare one down: it then shares the CPU with what the job leaves behind.)
 async fn mesh_round_trips(
     mesh: &Mesh,
     node: &Node,
@@ -227,7 +207,6 @@ async fn mesh_round_trips(
     cert: &mesh_proto::Signed<mesh_proto::device::DeviceCert>,
     workload: Blake3Hash,
     input: &[u8],
-    bare: BarePath<'_>,
 ) -> JobSample {
     let mut assignments = Vec::new();
     for _ in 0..SAMPLES + 3 {
@@ -303,17 +282,14 @@ async fn mesh_round_trips(
             relayed = answer.relayed;
         }
     }
-    // The host reports its receipts a moment after a burst of jobs: let those calls end
-    // before the bare round trips.
+    // The host reports its receipts a moment after a burst of jobs: let those calls end.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let address = if relayed { bare.relayed } else { bare.direct };
-    let bare_time =
-        bare_round_trips(bare.swarm, bare.peer, address, sizes.0, sizes.1, SAMPLES).await;
     JobSample {
         round_trip: median(&mut times),
-        bare: bare_time,
         in_agent: agent_time(&mesh.hosts[0].process.log_text(), SAMPLES),
         run: median(&mut runs),
+        request_bytes: sizes.0,
+        response_bytes: sizes.1,
         relayed,
     }
 }
@@ -455,15 +431,21 @@ async fn data_plane_benchmark() {
             ("echo", echo, &noop),
             ("embeddings", embeddings, &one_sentence),
         ] {
-            let bare_path = BarePath {
-                swarm: &mut bare,
-                peer: responder_peer,
-                direct: responder_addr.clone(),
-                relayed: responder_circuit.clone(),
+            let sample = mesh_round_trips(&mesh, &node, &client, &cert, workload, input).await;
+            let address = if sample.relayed {
+                responder_circuit.clone()
+            } else {
+                responder_addr.clone()
             };
-            let sample =
-                mesh_round_trips(&mesh, &node, &client, &cert, workload, input, bare_path).await;
-            let bare_rtt = sample.bare;
+            let bare_rtt = bare_round_trips(
+                &mut bare,
+                responder_peer,
+                address,
+                sample.request_bytes,
+                sample.response_bytes,
+                SAMPLES,
+            )
+            .await;
             let baseline = bare_rtt + sample.run;
             println!(
                 "{:<12} {:<8} {:>10} {:>10} {:>10} {:>12} {:>10} {:>6.2}x",
