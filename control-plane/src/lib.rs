@@ -140,12 +140,8 @@ pub async fn bootstrap_admin(
     let db = open_db(config).await?;
     keys::load_or_create(&db).await?;
     let mut tx = db.pool.begin().await?;
-    let person = api::people::create_person(&mut tx, name)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let token = api::people::create_person_token(&mut tx, &person, "bootstrap", None)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let person = api::people::create_person(&mut tx, name).await?;
+    let token = api::people::create_person_token(&mut tx, &person, "bootstrap", None).await?;
     tx.commit().await?;
     Ok(token)
 }

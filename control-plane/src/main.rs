@@ -128,18 +128,7 @@ async fn main() -> Result<()> {
     }
 }
 
-fn write_secret(path: &PathBuf, secret: &str) -> Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    writeln!(file, "{secret}")?;
-    Ok(())
+fn write_secret(path: &std::path::Path, secret: &str) -> Result<()> {
+    mesh_fs::write_private(path, format!("{secret}\n").as_bytes())
+        .with_context(|| format!("creating {}", path.display()))
 }

@@ -155,13 +155,7 @@ impl CompiledCache {
             _ => {
                 let mut key = [0u8; 32];
                 getrandom::fill(&mut key).expect("the OS random number generator works");
-                write_atomic(&key_path, &key)?;
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600))
-                        .map_err(io("chmod", &key_path))?;
-                }
+                mesh_fs::write_private(&key_path, &key).map_err(io("write", &key_path))?;
                 key
             }
         };

@@ -5,7 +5,12 @@
 //! network. Every resource a job can consume is bounded ([`limits`]). Inference goes through
 //! `wasi:nn` to a pluggable [`backend`] (ONNX Runtime, OpenVINO or tract); models come from
 //! the host's content-addressed [`models::ModelStore`], never from the component.
+//!
+//! [`agent`] is the device agent around it: joining a network, serving jobs from peers
+//! ([`agent::serve::Agent::spawn`]) and submitting jobs as a requester. The `mesh-host` binary is flag
+//! parsing and configuration around this library.
 
+pub mod agent;
 pub mod backend;
 pub mod components;
 pub mod executor;

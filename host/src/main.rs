@@ -1,9 +1,8 @@
-//! `mesh-host`: the Mesh device agent.
-
-mod agent;
+//! `mesh-host`: the Mesh device agent's command line, around the `mesh_host` library.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use mesh_host::agent;
 use mesh_host::backend::{self, BackendConfig, BackendKind};
 use mesh_host::models::ModelStore;
 use mesh_host::{Executor, ExecutorConfig, Limits};

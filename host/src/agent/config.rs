@@ -98,23 +98,9 @@ impl HostConfig {
 
     /// Write the config to `path` with mode 0600.
     pub fn save(&self, path: &Path) -> Result<()> {
-        use std::io::Write;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
         let text = toml::to_string_pretty(self)?;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options
-            .open(path)
-            .with_context(|| format!("writing {}", path.display()))?;
-        file.write_all(text.as_bytes())?;
-        Ok(())
+        mesh_fs::write_private(path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// The device key.
@@ -135,6 +121,6 @@ impl HostConfig {
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
-            .unwrap_or_else(|| mesh_host::cache_dir().join("host"))
+            .unwrap_or_else(|| crate::cache_dir().join("host"))
     }
 }

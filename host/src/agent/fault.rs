@@ -17,7 +17,7 @@
 #[cfg(not(debug_assertions))]
 compile_error!("fault injection is for debug test builds only, never for release artifacts");
 
-use mesh_host::RunOutput;
+use crate::RunOutput;
 use mesh_proto::Blake3Hash;
 use serde_json::Value;
 use std::sync::Mutex;

@@ -2,9 +2,9 @@
 //! write the config file.
 
 use super::config::HostConfig;
+use crate::backend::{self, BackendConfig};
+use crate::models::ModelStore;
 use anyhow::{Context, Result, bail};
-use mesh_host::backend::{self, BackendConfig};
-use mesh_host::models::ModelStore;
 use mesh_proto::api::{DeviceStatus, RegisterDeviceRequest};
 use mesh_proto::device::{Capabilities, RegistrationProof};
 use mesh_proto::{SignDomain, SigningKey};

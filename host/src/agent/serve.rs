@@ -3,10 +3,10 @@
 //! ticket and certificate checks, signed receipts), `/mesh/cancel/1` and `/mesh/blob/1`.
 
 use super::config::HostConfig;
+use crate::limits::MAX_COMPONENT_BYTES;
+use crate::{CancelToken, ExecError, Executor};
 use anyhow::{Context, Result};
 use mesh_client::{Client, ClientError};
-use mesh_host::limits::MAX_COMPONENT_BYTES;
-use mesh_host::{CancelToken, ExecError, Executor};
 use mesh_net::{Inbound, Node, NodeConfig, PeerId};
 use mesh_proto::api::{CompleteJobRequest, DeviceStatus, FailJobRequest, JobTicket};
 use mesh_proto::device::{DeviceCert, DeviceLoad, Heartbeat};
@@ -73,7 +73,7 @@ enum Seen {
     Done(Box<JobResponse>, Instant),
 }
 
-/// State shared by the agent's tasks.
+/// The device agent: the state its tasks share. Started with [`Agent::spawn`].
 pub struct Agent {
     executor: Arc<Executor>,
     client: Client,
@@ -116,12 +116,88 @@ impl Backoff {
     }
 }
 
-/// Run the agent until `shutdown` resolves, then drain running jobs.
+/// A running device agent (see [`Agent::spawn`]). Dropping it stops the agent's tasks at once;
+/// [`AgentHandle::shutdown`] lets running jobs finish first.
+pub struct AgentHandle {
+    agent: Arc<Agent>,
+    revoked: mpsc::Receiver<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl AgentHandle {
+    /// The agent's libp2p peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.agent.peer
+    }
+
+    /// Resolves when the control plane says this device was revoked.
+    pub async fn revoked(&mut self) {
+        if self.revoked.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Stop taking jobs and wait (at most [`DRAIN_TIME`]) until the queued and running ones
+    /// have finished and their receipts are reported. Returns whether everything finished.
+    pub async fn drain(&self) -> bool {
+        let agent = &self.agent;
+        agent.accepting.store(false, Ordering::SeqCst);
+        let busy = || {
+            agent.queued.load(Ordering::SeqCst)
+                + agent.running.load(Ordering::SeqCst)
+                + agent.unreported.load(Ordering::SeqCst)
+                > 0
+        };
+        let deadline = Instant::now() + DRAIN_TIME;
+        while busy() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        !busy()
+    }
+
+    /// Drain, let the last answers leave, then stop every task of the agent.
+    pub async fn shutdown(self) {
+        self.drain().await;
+        // Let the last answers leave before the swarm goes away.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Run the agent until `shutdown` resolves (or the device is revoked), then drain.
 pub async fn run(
     config: HostConfig,
     executor: Executor,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    let mut agent = Agent::spawn(config, executor).await?;
+    tokio::select! {
+        _ = shutdown => eprintln!("shutting down: draining jobs"),
+        _ = agent.revoked() => eprintln!("this device was revoked: stopping"),
+    }
+    agent.shutdown().await;
+    eprintln!("stopped");
+    Ok(())
+}
+
+impl Agent {
+    /// Start the device agent in the current runtime: its libp2p node (reserving on the
+    /// relays), heartbeats once peers can reach it, certificate refresh, the receipt reporter,
+    /// the job workers and the inbound request loop. Returns once the device has announced
+    /// itself.
+    pub async fn spawn(config: HostConfig, executor: Executor) -> Result<AgentHandle> {
+        spawn_agent(config, executor).await
+    }
+}
+
+async fn spawn_agent(config: HostConfig, executor: Executor) -> Result<AgentHandle> {
     let key = config.signing_key()?;
     let client = Client::new(&config.control_plane, Some(config.token.clone()))?;
     // The control plane's relay list wins over the one saved at join time.
@@ -192,33 +268,22 @@ pub async fn run(
             "no relay reservation after {RESERVATION_WAIT:?}; announcing the device anyway"
         );
     }
-    let (revoked_tx, mut revoked_rx) = mpsc::channel::<()>(1);
-    tokio::spawn(heartbeats(agent.clone(), config.device, revoked_tx));
-    tokio::spawn(certificates(agent.clone(), config.device));
-    tokio::spawn(report_receipts(agent.clone(), receipts_rx));
+    let (revoked_tx, revoked_rx) = mpsc::channel::<()>(1);
+    let mut tasks = vec![
+        tokio::spawn(heartbeats(agent.clone(), config.device, revoked_tx)),
+        tokio::spawn(certificates(agent.clone(), config.device)),
+        tokio::spawn(report_receipts(agent.clone(), receipts_rx)),
+    ];
     let queue_rx = Arc::new(tokio::sync::Mutex::new(queue_rx));
     for _ in 0..slots {
-        tokio::spawn(worker(agent.clone(), queue_rx.clone()));
+        tasks.push(tokio::spawn(worker(agent.clone(), queue_rx.clone())));
     }
-    tokio::spawn(serve_inbound(agent.clone(), inbound));
-    tokio::select! {
-        _ = shutdown => eprintln!("shutting down: draining jobs"),
-        _ = revoked_rx.recv() => eprintln!("this device was revoked: stopping"),
-    }
-    agent.accepting.store(false, Ordering::SeqCst);
-    let deadline = Instant::now() + DRAIN_TIME;
-    while agent.queued.load(Ordering::SeqCst)
-        + agent.running.load(Ordering::SeqCst)
-        + agent.unreported.load(Ordering::SeqCst)
-        > 0
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Let the last answers leave before the swarm goes away.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    eprintln!("stopped");
-    Ok(())
+    tasks.push(tokio::spawn(serve_inbound(agent.clone(), inbound)));
+    Ok(AgentHandle {
+        agent,
+        revoked: revoked_rx,
+        tasks,
+    })
 }
 
 async fn heartbeats(agent: Arc<Agent>, device: mesh_proto::DeviceId, revoked: mpsc::Sender<()>) {
@@ -781,7 +846,7 @@ impl Agent {
         id: JobId,
         reply: oneshot::Sender<JobResponse>,
         signed_ticket: Signed<JobTicket>,
-        finished: Result<Result<mesh_host::RunOutput, ExecError>, tokio::task::JoinError>,
+        finished: Result<Result<crate::RunOutput, ExecError>, tokio::task::JoinError>,
         started: Instant,
     ) {
         let result = finished;

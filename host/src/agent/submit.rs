@@ -3,9 +3,9 @@
 //! report it, and print the result.
 
 use super::config::HostConfig;
+use crate::models::ModelStore;
 use anyhow::{Context, Result, bail};
 use mesh_client::Client;
-use mesh_host::models::ModelStore;
 use mesh_net::dispatch::{self, Assignment};
 use mesh_net::{Inbound, Node, NodeConfig};
 use mesh_proto::api::{CompleteJobRequest, FailJobRequest, JobAssignment, SubmitJobRequest};
@@ -90,7 +90,7 @@ pub async fn submit(
     .await?;
     // Serve the component, and the models it needs, to the executor from this device's
     // stores when it has them.
-    let store = mesh_host::components::ComponentStore::open(&config.data_dir().join("components"))?;
+    let store = crate::components::ComponentStore::open(&config.data_dir().join("components"))?;
     let models = ModelStore::open(
         &config
             .model_dir
@@ -147,7 +147,7 @@ pub async fn submit(
 
 /// A piece of this device's copy of the job's component, or of a model, for its executor.
 fn serve_blob(
-    components: &mesh_host::components::ComponentStore,
+    components: &crate::components::ComponentStore,
     models: Option<&ModelStore>,
     request: &BlobRequest,
 ) -> BlobResponse {

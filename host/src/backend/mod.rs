@@ -1,4 +1,10 @@
-//! Inference backends ("plugin executors") behind wasmtime-wasi-nn's `BackendInner` trait.
+//! Inference backends ("plugin executors"): ONNX Runtime, OpenVINO and tract behind one
+//! [`InferenceBackend`] trait of our own.
+//!
+//! wasmtime-wasi-nn's `BackendInner` is not used: its `load` takes model bytes from the guest,
+//! and a component never supplies a model. The executor registers no backend with
+//! `WasiNnCtx` (so `load` has nothing behind it) and serves `load-by-name` from a per-job
+//! registry of [`Graph`]s built from the host's verified model store.
 //!
 //! Each backend loads a model once into a shared, thread-safe [`LoadedModel`]; every job then
 //! gets its own cheap [`Graph`] handle bound to the job's [`InferenceBudget`], so concurrent

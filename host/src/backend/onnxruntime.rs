@@ -18,8 +18,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::{self, NonNull};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
-use wasmtime_wasi_nn::backend::{BackendFromDir, BackendInner, NamedTensor};
-use wasmtime_wasi_nn::wit::{ExecutionTarget, GraphEncoding};
+use wasmtime_wasi_nn::backend::NamedTensor;
 
 /// The oldest ONNX Runtime whose C API `ort` 2.0.0-rc.10 can use.
 const MIN_ORT_MINOR: u32 = ort::MINOR_VERSION;
@@ -120,30 +119,6 @@ impl InferenceBackend for OnnxRuntimeBackend {
             ModelSource::File(path),
             self.threads,
         )?))
-    }
-}
-
-impl BackendInner for OnnxRuntimeBackend {
-    fn encoding(&self) -> GraphEncoding {
-        GraphEncoding::Onnx
-    }
-
-    fn load(
-        &mut self,
-        builders: &[&[u8]],
-        _target: ExecutionTarget,
-    ) -> Result<wasmtime_wasi_nn::Graph, wasmtime_wasi_nn::backend::BackendError> {
-        let [model] = builders else {
-            return Err(
-                wasmtime_wasi_nn::backend::BackendError::InvalidNumberOfBuilders(1, builders.len()),
-            );
-        };
-        let model = self.load_model(model).map_err(wasmtime::Error::new)?;
-        Ok(model.graph(Arc::new(super::InferenceBudget::unlimited())))
-    }
-
-    fn as_dir_loadable(&mut self) -> Option<&mut dyn BackendFromDir> {
-        None
     }
 }
 

@@ -14,8 +14,7 @@ use ::openvino::{
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
-use wasmtime_wasi_nn::backend::{BackendFromDir, BackendInner, NamedTensor};
-use wasmtime_wasi_nn::wit::{ExecutionTarget, GraphEncoding};
+use wasmtime_wasi_nn::backend::NamedTensor;
 
 /// Result of loading the OpenVINO library, at most once per process.
 static LIBRARY: OnceLock<Result<(), String>> = OnceLock::new();
@@ -125,30 +124,6 @@ impl InferenceBackend for OpenVinoBackend {
             inputs,
             outputs,
         }))
-    }
-}
-
-impl BackendInner for OpenVinoBackend {
-    fn encoding(&self) -> GraphEncoding {
-        GraphEncoding::Openvino
-    }
-
-    fn load(
-        &mut self,
-        builders: &[&[u8]],
-        _target: ExecutionTarget,
-    ) -> Result<wasmtime_wasi_nn::Graph, wasmtime_wasi_nn::backend::BackendError> {
-        let [model] = builders else {
-            return Err(
-                wasmtime_wasi_nn::backend::BackendError::InvalidNumberOfBuilders(1, builders.len()),
-            );
-        };
-        let model = self.load_model(model).map_err(wasmtime::Error::new)?;
-        Ok(model.graph(Arc::new(super::InferenceBudget::unlimited())))
-    }
-
-    fn as_dir_loadable(&mut self) -> Option<&mut dyn BackendFromDir> {
-        None
     }
 }
 

@@ -10,8 +10,7 @@ use crate::wasi_nn::{Tensor as NnTensor, TensorType};
 use std::sync::Arc;
 use std::time::Instant;
 use tract_onnx::prelude::*;
-use wasmtime_wasi_nn::backend::{BackendFromDir, BackendInner, NamedTensor};
-use wasmtime_wasi_nn::wit::{ExecutionTarget, GraphEncoding};
+use wasmtime_wasi_nn::backend::NamedTensor;
 
 /// tract as a Mesh inference backend.
 pub struct TractBackend;
@@ -66,30 +65,6 @@ impl InferenceBackend for TractBackend {
             inputs,
             outputs,
         }))
-    }
-}
-
-impl BackendInner for TractBackend {
-    fn encoding(&self) -> GraphEncoding {
-        GraphEncoding::Onnx
-    }
-
-    fn load(
-        &mut self,
-        builders: &[&[u8]],
-        _target: ExecutionTarget,
-    ) -> Result<wasmtime_wasi_nn::Graph, wasmtime_wasi_nn::backend::BackendError> {
-        let [model] = builders else {
-            return Err(
-                wasmtime_wasi_nn::backend::BackendError::InvalidNumberOfBuilders(1, builders.len()),
-            );
-        };
-        let model = self.load_model(model).map_err(wasmtime::Error::new)?;
-        Ok(model.graph(Arc::new(super::InferenceBudget::unlimited())))
-    }
-
-    fn as_dir_loadable(&mut self) -> Option<&mut dyn BackendFromDir> {
-        None
     }
 }
 

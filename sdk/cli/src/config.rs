@@ -62,22 +62,9 @@ impl Config {
 
     /// Save to the file (mode 0600: it holds a token).
     pub fn save(&self) -> Result<PathBuf> {
-        use std::io::Write;
         let path = path();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options
-            .open(&path)
+        mesh_fs::write_private(&path, toml::to_string(self)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
-        file.write_all(toml::to_string(self)?.as_bytes())?;
         Ok(path)
     }
 }

@@ -118,7 +118,7 @@ enum NetworkCommand {
     /// Remove a member (their devices are revoked).
     RemoveMember {
         /// Person id.
-        person: String,
+        person: PersonId,
     },
 }
 
@@ -129,12 +129,12 @@ enum DeviceCommand {
     /// Approve a pending device.
     Approve {
         /// Device id.
-        device: String,
+        device: DeviceId,
     },
     /// Revoke a device.
     Revoke {
         /// Device id.
-        device: String,
+        device: DeviceId,
     },
 }
 
@@ -150,12 +150,12 @@ enum WorkloadCommand {
     /// One workload.
     Show {
         /// Component hash (b3:…).
-        hash: String,
+        hash: Blake3Hash,
     },
     /// Yank a workload (no new jobs).
     Yank {
         /// Component hash (b3:…).
-        hash: String,
+        hash: Blake3Hash,
     },
 }
 
@@ -165,18 +165,18 @@ enum CreditsCommand {
     Balance {
         /// Person id.
         #[arg(long)]
-        person: Option<String>,
+        person: Option<PersonId>,
     },
     /// Ledger entries, newest first.
     History {
         /// Person id.
         #[arg(long)]
-        person: Option<String>,
+        person: Option<PersonId>,
     },
     /// Grant credits to a member (admin).
     Grant {
         /// Person id.
-        person: String,
+        person: PersonId,
         /// Credits.
         amount: i64,
         /// Idempotency key: repeating the command with it grants once.
@@ -192,13 +192,13 @@ enum JobCommand {
     /// One job.
     Show {
         /// Job id.
-        job: String,
+        job: JobId,
     },
     /// Check offline that the VRF selection of a settled job (checked or not) was computed
     /// correctly, and show what its check found.
     Verify {
         /// Job id.
-        job: String,
+        job: JobId,
         /// The control plane's VRF public key (hex) to check against, if you hold it already;
         /// otherwise it is fetched from `/v1/vrf`.
         #[arg(long)]
@@ -512,7 +512,6 @@ async fn network(mut ctx: Ctx, command: NetworkCommand) -> Result<()> {
             })
         }
         NetworkCommand::RemoveMember { person } => {
-            let person: PersonId = parse(&person, "person id")?;
             ctx.client.remove_member(&ctx.network()?, &person).await?;
             eprintln!("removed {person}");
             Ok(())
@@ -550,12 +549,10 @@ async fn device(ctx: Ctx, command: DeviceCommand) -> Result<()> {
             })
         }
         DeviceCommand::Approve { device } => {
-            let device: DeviceId = parse(&device, "device id")?;
             let d = ctx.client.approve_device(&network, &device).await?;
             print(ctx.json, &d, line)
         }
         DeviceCommand::Revoke { device } => {
-            let device: DeviceId = parse(&device, "device id")?;
             let d = ctx.client.revoke_device(&network, &device).await?;
             print(ctx.json, &d, line)
         }
@@ -613,12 +610,10 @@ async fn workload(ctx: Ctx, command: WorkloadCommand) -> Result<()> {
             })
         }
         WorkloadCommand::Show { hash } => {
-            let hash: Blake3Hash = parse(&hash, "component hash")?;
             let w = ctx.client.workload(&network, &hash).await?;
             print(ctx.json, &w, workload_line)
         }
         WorkloadCommand::Yank { hash } => {
-            let hash: Blake3Hash = parse(&hash, "component hash")?;
             let w = ctx.client.yank_workload(&network, &hash).await?;
             print(ctx.json, &w, workload_line)
         }
@@ -627,18 +622,13 @@ async fn workload(ctx: Ctx, command: WorkloadCommand) -> Result<()> {
 
 async fn credits(ctx: Ctx, command: CreditsCommand) -> Result<()> {
     let network = ctx.network()?;
-    let person = |p: &Option<String>| {
-        p.as_deref()
-            .map(|p| parse::<PersonId>(p, "person id"))
-            .transpose()
-    };
     match command {
         CreditsCommand::Balance { person: p } => {
-            let balance = ctx.client.balance(&network, person(&p)?.as_ref()).await?;
+            let balance = ctx.client.balance(&network, p.as_ref()).await?;
             print(ctx.json, &balance, |b| b.balance.to_string())
         }
         CreditsCommand::History { person: p } => {
-            let history = ctx.client.history(&network, person(&p)?.as_ref()).await?;
+            let history = ctx.client.history(&network, p.as_ref()).await?;
             print(ctx.json, &history, |h| {
                 h.iter()
                     .map(|e| format!("{:>8}  {:<12} {}", e.amount, e.kind, e.memo))
@@ -647,11 +637,10 @@ async fn credits(ctx: Ctx, command: CreditsCommand) -> Result<()> {
             })
         }
         CreditsCommand::Grant {
-            person: p,
+            person,
             amount,
             key,
         } => {
-            let person: PersonId = parse(&p, "person id")?;
             let key = key.unwrap_or_else(|| format!("cli-{}-{}", person, std::process::id()));
             let transfer = ctx
                 .client
@@ -702,12 +691,10 @@ async fn job(ctx: Ctx, command: JobCommand) -> Result<()> {
             })
         }
         JobCommand::Show { job } => {
-            let job: JobId = parse(&job, "job id")?;
             let assignment = ctx.client.job(&network, &job).await?;
             print(ctx.json, &assignment, |a| line(&a.job))
         }
         JobCommand::Verify { job, vrf_key } => {
-            let job: JobId = parse(&job, "job id")?;
             let key: mesh_proto::vrf::VrfPublicKey = match vrf_key {
                 Some(k) => k.parse().map_err(|e| anyhow::anyhow!("--vrf-key: {e}"))?,
                 None => ctx.client.vrf_key().await?.public_key,

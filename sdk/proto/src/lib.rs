@@ -32,4 +32,7 @@ pub use workload::WorkloadMetadata;
 /// History:
 /// - 1 (2026-11-21): run receipts, workload metadata, comparison rules, device certificates,
 ///   heartbeats, job tickets, REST bodies, `/mesh/job/1` and `/mesh/blob/1`.
+/// - 1 (2026-11-22): `/mesh/cancel/1` added beside them (a requester cancels a running job at
+///   its executor). Additive: a peer without it only misses the cancellation, so the version
+///   stayed 1.
 pub const PROTOCOL_VERSION: u32 = 1;
