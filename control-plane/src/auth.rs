@@ -2,9 +2,9 @@
 //! what they may do. A caller who is not a member of a network sees its resources as absent
 //! (404), so ids of other networks reveal nothing.
 
-use crate::db::{now_ms, secret_hash};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+use crate::store::{now_ms, secret_hash};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use mesh_proto::api::Role;
@@ -69,7 +69,7 @@ impl Principal {
 
 /// A fresh bearer secret.
 pub fn new_token_secret() -> String {
-    format!("{TOKEN_PREFIX}{}", crate::db::random_secret())
+    format!("{TOKEN_PREFIX}{}", crate::store::random_secret())
 }
 
 /// Resolve a bearer secret to its principal, if it is valid now.

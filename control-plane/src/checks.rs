@@ -20,11 +20,12 @@
 
 use crate::api::jobs::find_job;
 use crate::auth::parse;
-use crate::db::{now_ms, random_id};
 use crate::error::{ApiError, ApiResult};
 use crate::ledger::{self, Account};
 use crate::state::AppState;
-use mesh_proto::api::{CheckInfo, CheckState, JobInfo};
+use crate::store::jobs::{self, NewJob};
+use crate::store::{now_ms, random_id};
+use mesh_proto::api::{CheckInfo, CheckReason, CheckState, JobInfo, JobPurpose};
 use mesh_proto::verification::{
     CheckRecord, Selection, is_selected, receipt_hash, selection_input,
 };
@@ -64,11 +65,7 @@ pub async fn select(
     executor: &DeviceId,
     receipt: &RunReceipt,
 ) -> ApiResult<()> {
-    let purpose: String = sqlx::query_scalar("SELECT purpose FROM jobs WHERE id = $1")
-        .bind(info.id.to_string())
-        .fetch_one(&state.db.pool)
-        .await?;
-    if purpose != "job" {
+    if info.purpose != JobPurpose::Job {
         return Ok(());
     }
     let record = device_record(state, executor).await?;
@@ -105,17 +102,25 @@ pub async fn select(
 
 /// The check of `job`, if it settled.
 pub async fn check_info(state: &AppState, job: &JobId) -> ApiResult<Option<CheckInfo>> {
-    let row = sqlx::query(
-        "SELECT c.*, (SELECT executor_id FROM jobs WHERE id = c.check_job) AS verifier, \
-         (SELECT executor_id FROM jobs WHERE id = c.tiebreak_job) AS tiebreaker \
-         FROM checks c WHERE c.job_id = $1",
-    )
-    .bind(job.to_string())
-    .fetch_optional(&state.db.pool)
-    .await?;
+    let row = sqlx::query("SELECT * FROM checks WHERE job_id = $1")
+        .bind(job.to_string())
+        .fetch_optional(&state.db.pool)
+        .await?;
     let Some(row) = row else { return Ok(None) };
     let opt = |name: &str| -> ApiResult<Option<String>> { Ok(row.try_get(name)?) };
     let state_text: String = row.try_get("state")?;
+    let check_job: Option<JobId> = opt("check_job")?.map(parse).transpose()?;
+    let tiebreak_job: Option<JobId> = opt("tiebreak_job")?.map(parse).transpose()?;
+    let executor_of = async |job: Option<JobId>| -> ApiResult<Option<DeviceId>> {
+        Ok(match job {
+            Some(job) => jobs::get(&state.db.pool, &job)
+                .await?
+                .and_then(|j| j.info.executor),
+            None => None,
+        })
+    };
+    let verifier = executor_of(check_job).await?;
+    let tiebreaker = executor_of(tiebreak_job).await?;
     Ok(Some(CheckInfo {
         job: *job,
         executor: parse(row.try_get("executor_id")?)?,
@@ -134,11 +139,15 @@ pub async fn check_info(state: &AppState, job: &JobId) -> ApiResult<Option<Check
         },
         state: CheckState::parse(&state_text)
             .ok_or_else(|| ApiError::internal("bad check state"))?,
-        reason: row.try_get("reason")?,
-        check_job: opt("check_job")?.map(parse).transpose()?,
-        tiebreak_job: opt("tiebreak_job")?.map(parse).transpose()?,
-        verifier: opt("verifier")?.map(parse).transpose()?,
-        tiebreaker: opt("tiebreaker")?.map(parse).transpose()?,
+        reason: {
+            let reason: String = row.try_get("reason")?;
+            CheckReason::parse(&reason)
+                .ok_or_else(|| ApiError::internal(format!("bad check reason {reason:?}")))?
+        },
+        check_job,
+        tiebreak_job,
+        verifier,
+        tiebreaker,
         verified_output: opt("verified_output")?.map(parse).transpose()?,
         detail: opt("detail")?,
     }))
@@ -350,7 +359,7 @@ pub async fn comparison(
 /// Whether a device of an owner who has not run or checked `job` could re-execute it now.
 async fn verifier_available(state: &AppState, job: &JobInfo) -> ApiResult<bool> {
     let models = metadata(state, &job.network, &job.workload).await?.models;
-    let excluded = excluded_owners(state, &job.id).await?;
+    let excluded = crate::store::jobs::owners_who_ran(&state.db.pool, &job.id).await?;
     Ok(crate::scheduler::candidates(state, &job.network, &models)
         .await?
         .iter()
@@ -495,7 +504,7 @@ async fn advance(state: &AppState, node: &mesh_net::Node, job_id: &JobId) -> Api
     let rule = comparison(state, &job.network, &job.workload).await?;
     if round == "selected" {
         let (check_job, verifier, check_output) =
-            reexecute(state, node, &job, "check", &input).await?;
+            reexecute(state, node, &job, JobPurpose::Check, &input).await?;
         let check_hash = store_payload(state, &check_output).await?;
         sqlx::query("UPDATE checks SET check_job = $1 WHERE job_id = $2")
             .bind(check_job.to_string())
@@ -543,7 +552,7 @@ async fn advance(state: &AppState, node: &mesh_net::Node, job_id: &JobId) -> Api
             .await?
             .ok_or_else(|| ApiError::internal("the check output is gone"))?;
         let (tiebreak_job, tiebreaker, third) =
-            reexecute(state, node, &job, "tiebreak", &input).await?;
+            reexecute(state, node, &job, JobPurpose::Tiebreak, &input).await?;
         sqlx::query("UPDATE checks SET tiebreak_job = $1 WHERE job_id = $2")
             .bind(tiebreak_job.to_string())
             .bind(job_id.to_string())
@@ -650,55 +659,39 @@ async fn reexecute(
     state: &AppState,
     node: &mesh_net::Node,
     job: &JobInfo,
-    purpose: &str,
+    purpose: JobPurpose,
     input: &[u8],
 ) -> ApiResult<(JobId, DeviceId, Vec<u8>)> {
     let key = format!("{purpose}:{}", job.id);
-    let existing: Option<String> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE network_id = $1 AND requester_id = $2 AND idempotency_key = $3",
-    )
-    .bind(job.network.to_string())
-    .bind(job.requester.to_string())
-    .bind(&key)
-    .fetch_optional(&state.db.pool)
-    .await?;
+    let existing = jobs::find_by_key(&state.db.pool, &job.network, &job.requester, &key).await?;
     let check_job: JobId = match existing {
         Some(id) => {
-            let id: JobId = parse(id)?;
             let current = find_job(state, None, &id).await?;
             // A re-execution that failed before (no device, refused) is started afresh.
             if current.state == mesh_proto::api::JobState::Failed {
-                sqlx::query(
-                    "UPDATE jobs SET state = 'queued', executor_id = NULL, attempts = 0, error = NULL, updated_at = $1 \
-                     WHERE id = $2 AND state = 'failed'",
-                )
-                .bind(now_ms())
-                .bind(id.to_string())
-                .execute(&state.db.pool)
-                .await?;
+                jobs::restart_failed(&state.db.pool, &id, now_ms()).await?;
             }
             id
         }
         None => {
             let id: JobId = random_id(JobId::from_bytes);
-            let now = now_ms();
-            sqlx::query(
-                "INSERT INTO jobs (id, network_id, requester_id, workload_hash, input_hash, input_size, price, state, \
-                 idempotency_key, purpose, verifies, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 0, 'queued', $7, $8, $9, $10, $10)",
-            )
-            .bind(id.to_string())
-            .bind(job.network.to_string())
-            .bind(job.requester.to_string())
-            .bind(job.workload.to_string())
-            .bind(job.input.to_string())
-            .bind(input.len() as i64)
-            .bind(&key)
-            .bind(purpose)
-            .bind(job.id.to_string())
-            .bind(now)
-            .execute(&state.db.pool)
-            .await?;
+            let new = NewJob {
+                id,
+                network: job.network,
+                requester: job.requester,
+                workload: job.workload,
+                input: job.input,
+                input_size: input.len() as u64,
+                price: 0,
+                idempotency_key: &key,
+                requester_peer: None,
+                purpose,
+                verifies: Some(job.id),
+                avoid: &[],
+            };
+            let mut tx = state.db.pool.begin().await?;
+            jobs::insert(&mut tx, &new, now_ms()).await?;
+            tx.commit().await?;
             id
         }
     };
@@ -726,16 +719,4 @@ async fn reexecute(
         tracing::debug!(job = %check_job, "settling the re-execution: {e}");
     }
     Ok((check_job, claims.executor, completed.output))
-}
-
-/// Owners whose devices may not re-execute `job`: the executor's, and those of devices that
-/// already re-executed it.
-pub async fn excluded_owners(state: &AppState, verifies: &JobId) -> ApiResult<Vec<String>> {
-    Ok(sqlx::query_scalar(
-        "SELECT DISTINCT d.owner_id FROM jobs j JOIN devices d ON d.id = j.executor_id \
-         WHERE (j.id = $1 OR (j.verifies = $1 AND j.state = 'done'))",
-    )
-    .bind(verifies.to_string())
-    .fetch_all(&state.db.pool)
-    .await?)
 }

@@ -224,17 +224,11 @@ async fn run_once(
         && let Some((mixed, ringers)) =
             crate::ringers::mix(state, network, &workload, &person, &executor, &input).await?
     {
-        let updated = sqlx::query(
-            "UPDATE jobs SET input_hash = $1, input_size = $2 WHERE id = $3 AND state = 'assigned' AND executor_id = $4",
-        )
-        .bind(Blake3Hash::of(&mixed).to_string())
-        .bind(mixed.len() as i64)
-        .bind(job.to_string())
-        .bind(executor.to_string())
-        .execute(&state.db.pool)
-        .await?
-        .rows_affected();
-        if updated == 1 {
+        let mixed_hash = Blake3Hash::of(&mixed);
+        let size = mixed.len() as u64;
+        if crate::store::jobs::replace_input(&state.db.pool, &job, &executor, &mixed_hash, size)
+            .await?
+        {
             tracing::debug!(%job, ringers = ringers.len(), "ringers mixed in");
             input = mixed;
             planted = ringers;

@@ -10,8 +10,8 @@
 //! Overdraft protection is a conditional update (`... WHERE balance - amount >= floor`),
 //! atomic on SQLite and PostgreSQL alike, so concurrent spends can never overdraw.
 
-use crate::db::{now_ms, random_id};
 use crate::error::{ApiError, ApiResult};
+use crate::store::{now_ms, random_id};
 use mesh_proto::{JobId, NetworkId, PersonId};
 use sqlx::{Any, Transaction};
 

@@ -7,7 +7,6 @@
 pub mod api;
 pub mod auth;
 pub mod checks;
-pub mod db;
 pub mod error;
 pub mod gateway;
 pub mod keys;
@@ -17,14 +16,15 @@ pub mod presence;
 pub mod ringers;
 pub mod scheduler;
 pub mod state;
+pub mod store;
 pub mod validate;
 
 pub use state::{AppState, Config};
 
 use anyhow::Context;
-use db::Db;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use store::Db;
 use tokio::task::JoinHandle;
 
 /// Open the database the configuration names: PostgreSQL when `database_url` is set, else the

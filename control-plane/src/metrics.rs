@@ -1,8 +1,8 @@
 //! Prometheus metrics: request counters kept in memory, domain gauges read from the database
 //! at scrape time (so every control-plane process reports the shared truth).
 
-use crate::db::now_ms;
 use crate::state::AppState;
+use crate::store::now_ms;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -32,7 +32,7 @@ impl Metrics {
     }
 
     /// Render the Prometheus text exposition format.
-    pub async fn render(&self, state: &AppState) -> Result<String, sqlx::Error> {
+    pub async fn render(&self, state: &AppState) -> Result<String, crate::store::StoreError> {
         let mut out = String::new();
         out.push_str(
             "# HELP mesh_http_requests_total HTTP requests by method, route and status.\n",
@@ -77,11 +77,8 @@ impl Metrics {
             "# HELP mesh_devices_online Approved devices currently online.\n# TYPE mesh_devices_online gauge\nmesh_devices_online {online}"
         );
         out.push_str("# HELP mesh_jobs Jobs by state.\n# TYPE mesh_jobs gauge\n");
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state")
-                .fetch_all(&state.db.pool)
-                .await?;
-        for (job_state, count) in rows {
+        for (job_state, count) in crate::store::jobs::count_by_state(&state.db.pool).await? {
+            let job_state = job_state.as_str();
             let _ = writeln!(out, "mesh_jobs{{state=\"{job_state}\"}} {count}");
         }
         let _ = writeln!(

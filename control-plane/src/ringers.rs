@@ -22,9 +22,9 @@
 //! output document has exactly one array field of the same length, item for item (the
 //! embeddings workload: `{"texts": [...]}` to `{"embeddings": [...], "tokens": n}`).
 
-use crate::db::{now_ms, random_id};
 use crate::error::ApiResult;
 use crate::state::AppState;
+use crate::store::{now_ms, random_id};
 use mesh_proto::api::JobInfo;
 use mesh_proto::{Blake3Hash, Comparison, DeviceId, NetworkId, PersonId};
 use serde_json::Value;

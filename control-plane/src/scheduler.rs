@@ -7,15 +7,16 @@
 //! once (idempotency keys per job).
 
 use crate::auth::parse;
-use crate::db::now_ms;
 use crate::error::{ApiError, ApiResult};
 use crate::ledger::{self, Account};
 use crate::state::AppState;
-use mesh_proto::api::JobTicket;
+use crate::store::Tx;
+use crate::store::jobs::{self, Holder, JobRecord};
+use crate::store::now_ms;
+use mesh_proto::api::{JobInfo, JobTicket};
 use mesh_proto::device::Capabilities;
-use mesh_proto::{Blake3Hash, DeviceId, JobId, NetworkId, PersonId, SignDomain, Signed};
+use mesh_proto::{DeviceId, JobId, NetworkId, PersonId, SignDomain, Signed};
 use sqlx::Row;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 /// Devices with a trust score below this are never chosen.
@@ -33,7 +34,7 @@ pub struct Candidate {
     /// Its trust score.
     pub trust: f64,
     /// Its owner.
-    pub owner: String,
+    pub owner: PersonId,
 }
 
 /// Devices of `network` able to run a workload needing `models`: approved, online, with an
@@ -51,17 +52,10 @@ pub async fn candidates(
     .bind(network.to_string())
     .fetch_all(&state.db.pool)
     .await?;
-    let held: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT executor_id, COUNT(*) FROM jobs WHERE network_id = $1 AND state IN ('assigned', 'running') \
-         AND executor_id IS NOT NULL GROUP BY executor_id",
-    )
-    .bind(network.to_string())
-    .fetch_all(&state.db.pool)
-    .await?;
-    let held: HashMap<String, i64> = held.into_iter().collect();
+    let held = jobs::held_per_executor(&state.db.pool, network).await?;
     let mut out = Vec::new();
     for row in rows {
-        let id: String = row.try_get("id")?;
+        let id: DeviceId = parse(row.try_get("id")?)?;
         let capabilities: Capabilities =
             serde_json::from_str(&row.try_get::<String, _>("capabilities")?)
                 .map_err(ApiError::internal)?;
@@ -76,11 +70,11 @@ pub async fn candidates(
         let reported = row.try_get::<i64, _>("load_queued")? as f64;
         let holding = *held.get(&id).unwrap_or(&0) as f64;
         out.push(Candidate {
-            device: parse(id)?,
+            device: id,
             peer_id: row.try_get("peer_id")?,
             load: (holding.max(row.try_get::<i64, _>("load_running")? as f64) + reported) / slots,
             trust,
-            owner: row.try_get("owner_id")?,
+            owner: parse(row.try_get("owner_id")?)?,
         });
     }
     // Equal load and trust: a random order, so idle devices share the work.
@@ -106,17 +100,18 @@ pub fn gateway_peer(state: &AppState) -> String {
 /// Sign a ticket letting `executor` (with libp2p peer id `executor_peer`) run `job`.
 pub fn ticket(
     state: &AppState,
-    job: &JobRow,
+    record: &JobRecord,
     executor: &DeviceId,
     executor_peer: &str,
 ) -> ApiResult<Signed<JobTicket>> {
+    let job = &record.info;
     let ticket = JobTicket {
         job: job.id,
         network: job.network,
         requester: job.requester,
         executor: *executor,
         executor_peer: executor_peer.to_string(),
-        requester_peer: job
+        requester_peer: record
             .requester_peer
             .clone()
             .unwrap_or_else(|| gateway_peer(state)),
@@ -129,70 +124,18 @@ pub fn ticket(
         .map_err(ApiError::internal)
 }
 
-/// The fields of a job the scheduler needs.
-#[derive(Debug, Clone)]
-pub struct JobRow {
-    /// Job id.
-    pub id: JobId,
-    /// Network.
-    pub network: NetworkId,
-    /// Requester.
-    pub requester: PersonId,
-    /// Workload hash.
-    pub workload: Blake3Hash,
-    /// Input hash.
-    pub input: Blake3Hash,
-    /// Price.
-    pub price: i64,
-    /// Attempts so far.
-    pub attempts: i64,
-    /// The peer that may present the ticket (`None`: the control plane as gateway).
-    pub requester_peer: Option<String>,
-    /// Devices that already had a go, in order.
-    pub tried_devices: Vec<String>,
-    /// `job`, or `check` / `tiebreak` for the control plane's re-executions.
-    pub purpose: String,
-    /// For re-executions: the job re-executed.
-    pub verifies: Option<JobId>,
-}
-
-/// Read a job's scheduling fields.
-pub async fn job_row(state: &AppState, job: &JobId) -> ApiResult<JobRow> {
-    let row = sqlx::query(
-        "SELECT network_id, requester_id, workload_hash, input_hash, price, attempts, requester_peer, tried_devices, \
-         purpose, verifies \
-         FROM jobs WHERE id = $1",
-    )
-        .bind(job.to_string())
-        .fetch_one(&state.db.pool)
-        .await?;
-    Ok(JobRow {
-        id: *job,
-        network: parse(row.try_get("network_id")?)?,
-        requester: parse(row.try_get("requester_id")?)?,
-        workload: parse(row.try_get("workload_hash")?)?,
-        input: parse(row.try_get("input_hash")?)?,
-        price: row.try_get("price")?,
-        attempts: row.try_get("attempts")?,
-        requester_peer: row.try_get("requester_peer")?,
-        tried_devices: row
-            .try_get::<String, _>("tried_devices")?
-            .split(',')
-            .filter(|d| !d.is_empty())
-            .map(str::to_string)
-            .collect(),
-        purpose: row.try_get("purpose")?,
-        verifies: row
-            .try_get::<Option<String>, _>("verifies")?
-            .map(parse)
-            .transpose()?,
-    })
+/// Read a job (404 when there is none).
+pub async fn job_record(state: &AppState, job: &JobId) -> ApiResult<JobRecord> {
+    jobs::get(&state.db.pool, job)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job"))
 }
 
 /// Try to assign a queued job to the best candidate. Returns the executor and its peer id, or
 /// `None` when no device can take it now (the job stays queued).
 pub async fn try_assign(state: &AppState, job: &JobId) -> ApiResult<Option<(DeviceId, String)>> {
-    let row = job_row(state, job).await?;
+    let record = job_record(state, job).await?;
+    let row = &record.info;
     let models: Option<String> =
         sqlx::query_scalar("SELECT metadata FROM workloads WHERE network_id = $1 AND hash = $2")
             .bind(row.network.to_string())
@@ -213,42 +156,31 @@ pub async fn try_assign(state: &AppState, job: &JobId) -> ApiResult<Option<(Devi
     let mut candidates: Vec<Candidate> = candidates(state, &row.network, &models)
         .await?
         .into_iter()
-        .filter(|c| row.requester_peer.as_deref() != Some(c.peer_id.as_str()))
+        .filter(|c| record.requester_peer.as_deref() != Some(c.peer_id.as_str()))
         .collect();
     // A re-execution goes to another owner's device, the most trusted first.
     if let Some(verifies) = &row.verifies {
-        let excluded = crate::checks::excluded_owners(state, verifies).await?;
+        let excluded = jobs::owners_who_ran(&state.db.pool, verifies).await?;
         candidates.retain(|c| !excluded.contains(&c.owner));
         candidates.sort_by(|a, b| b.trust.total_cmp(&a.trust));
     }
-    candidates.sort_by_key(|c| row.tried_devices.contains(&c.device.to_string()));
+    let tried = jobs::tried_devices(&state.db.pool, job).await?;
+    candidates.sort_by_key(|c| tried.contains(&c.device));
     let Some(candidate) = candidates.into_iter().next() else {
         return Ok(None);
     };
-    {
-        let now = now_ms();
-        let assigned = sqlx::query(
-            "UPDATE jobs SET state = 'assigned', executor_id = $1, lease_expires_at = $2, attempts = attempts + 1, \
-             updated_at = $3 WHERE id = $4 AND state = 'queued'",
-        )
-        .bind(candidate.device.to_string())
-        .bind(now + state.config.job_lease.as_millis() as i64)
-        .bind(now)
-        .bind(job.to_string())
-        .execute(&state.db.pool)
-        .await?
-        .rows_affected();
-        if assigned == 1 {
-            state.metrics.assignments.fetch_add(1, Ordering::Relaxed);
-            return Ok(Some((candidate.device, candidate.peer_id)));
-        }
+    let now = now_ms();
+    let lease_until = now + state.config.job_lease.as_millis() as i64;
+    if jobs::assign(&state.db.pool, job, &candidate.device, lease_until, now).await? {
+        state.metrics.assignments.fetch_add(1, Ordering::Relaxed);
+        return Ok(Some((candidate.device, candidate.peer_id)));
     }
     // Someone else assigned it meanwhile.
     Ok(None)
 }
 
 /// Refund a job's reservation to its requester (once per job).
-pub async fn refund(tx: &mut sqlx::Transaction<'static, sqlx::Any>, job: &JobRow) -> ApiResult<()> {
+pub async fn refund(tx: &mut Tx, job: &JobInfo) -> ApiResult<()> {
     if job.price == 0 {
         return Ok(());
     }
@@ -278,35 +210,19 @@ pub async fn requeue_or_fail(
     reason: &str,
     retryable: bool,
 ) -> ApiResult<bool> {
-    let row = job_row(state, job).await?;
+    let row = job_record(state, job).await?.info;
     let now = now_ms();
-    let give_up = !retryable || row.attempts >= i64::from(state.config.max_job_attempts);
-    let executor_clause = match expected_executor {
-        Some(_) => "AND executor_id = $4",
-        None => "AND lease_expires_at < $4",
+    let give_up = !retryable || row.attempts >= state.config.max_job_attempts;
+    let holder = match expected_executor {
+        Some(device) => Holder::Executor(device),
+        None => Holder::LeaseExpiredBefore(now),
     };
     let mut tx = state.db.pool.begin().await?;
-    let sql = if give_up {
-        format!(
-            "UPDATE jobs SET state = 'failed', error = $1, lease_expires_at = NULL, updated_at = $2 \
-             WHERE id = $3 AND state IN ('assigned', 'running') {executor_clause}"
-        )
+    let changed = if give_up {
+        jobs::fail_held(&mut tx, job, holder, reason, now).await?
     } else {
-        format!(
-            "UPDATE jobs SET state = 'queued', tried_devices = tried_devices || COALESCE(executor_id, '') || ',', \
-             executor_id = NULL, error = $1, lease_expires_at = NULL, updated_at = $2 \
-             WHERE id = $3 AND state IN ('assigned', 'running') {executor_clause}"
-        )
+        jobs::requeue(&mut tx, job, holder, reason, now).await?
     };
-    let query = sqlx::query(&sql)
-        .bind(reason)
-        .bind(now)
-        .bind(job.to_string());
-    let query = match expected_executor {
-        Some(device) => query.bind(device.to_string()),
-        None => query.bind(now),
-    };
-    let changed = query.execute(&mut *tx).await?.rows_affected() == 1;
     if changed && give_up {
         refund(&mut tx, &row).await?;
     }
@@ -317,18 +233,9 @@ pub async fn requeue_or_fail(
 /// Fail a job still waiting in the queue and refund its reservation (the gateway gives up
 /// when no device can take it). Returns whether this call failed it.
 pub async fn fail_queued(state: &AppState, job: &JobId, reason: &str) -> ApiResult<bool> {
-    let row = job_row(state, job).await?;
+    let row = job_record(state, job).await?.info;
     let mut tx = state.db.pool.begin().await?;
-    let changed = sqlx::query(
-        "UPDATE jobs SET state = 'failed', error = $1, updated_at = $2 WHERE id = $3 AND state = 'queued'",
-    )
-    .bind(reason)
-    .bind(now_ms())
-    .bind(job.to_string())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
+    let changed = jobs::fail_queued(&mut tx, job, reason, now_ms()).await?;
     if changed {
         refund(&mut tx, &row).await?;
     }
@@ -343,26 +250,14 @@ pub async fn sweep(state: &AppState) -> ApiResult<()> {
         .bind(now - state.config.offline_after.as_millis() as i64)
         .execute(&state.db.pool)
         .await?;
-    let expired: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE state IN ('assigned', 'running') AND lease_expires_at < $1 ORDER BY lease_expires_at LIMIT 100",
-    )
-    .bind(now)
-    .fetch_all(&state.db.pool)
-    .await?;
-    for id in expired {
-        let job: JobId = parse(id)?;
+    for job in jobs::expired_leases(&state.db.pool, now, 100).await? {
         if requeue_or_fail(state, &job, None, "the executor's lease expired", true).await? {
             state.metrics.expired_leases.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%job, "lease expired");
         }
     }
-    let queued: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at LIMIT 100",
-    )
-    .fetch_all(&state.db.pool)
-    .await?;
-    for id in queued {
-        try_assign(state, &parse(id)?).await?;
+    for job in jobs::queued(&state.db.pool, 100).await? {
+        try_assign(state, &job).await?;
     }
     Ok(())
 }

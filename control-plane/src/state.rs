@@ -1,7 +1,7 @@
 //! Configuration and the state every handler shares.
 
-use crate::db::Db;
 use crate::metrics::Metrics;
+use crate::store::Db;
 use crate::validate::ComponentValidator;
 use mesh_proto::SigningKey;
 use mesh_proto::verification::{CheckPolicy, RingerPolicy};

@@ -324,7 +324,7 @@ async fn body(
             std::fs::read(mesh_test_artifacts::HOSTILE).unwrap(),
         )),
         ("post", "/v1/networks/{network}/credits/grant") => json(
-            serde_json::json!({"person": f.member_id, "amount": 1, "idempotency_key": mesh_control_plane::db::random_secret()}),
+            serde_json::json!({"person": f.member_id, "amount": 1, "idempotency_key": mesh_control_plane::store::random_secret()}),
         ),
         ("post", "/v1/networks/{network}/jobs") => json(
             serde_json::json!({"workload": f.workload, "input": Blake3Hash::of(b"x"), "input_size": 1}),

@@ -4,9 +4,9 @@
 use crate::api::networks::network_id;
 use crate::api::people::{check_name, use_invite};
 use crate::auth::{Auth, new_token_secret, parse, require_reader, require_role};
-use crate::db::{now_ms, random_id, random_secret, secret_hash};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::state::AppState;
+use crate::store::{now_ms, random_id, random_secret, secret_hash};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

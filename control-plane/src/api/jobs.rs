@@ -4,58 +4,24 @@
 use crate::api::networks::network_id;
 use crate::api::workloads::find_workload;
 use crate::auth::{Auth, parse, require_reader, require_role};
-use crate::db::{now_ms, random_id};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::ledger::{self, Account};
-use crate::scheduler::{self, job_row};
+use crate::scheduler::{self, job_record};
 use crate::state::AppState;
+use crate::store::StoreError;
+use crate::store::jobs::{self, NewJob};
+use crate::store::{now_ms, random_id};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mesh_proto::api::{
-    CompleteJobRequest, FailJobRequest, JobAssignment, JobInfo, JobState, Role, SubmitJobRequest,
+    CompleteJobRequest, FailJobRequest, JobAssignment, JobInfo, JobPurpose, JobState, Role,
+    SubmitJobRequest,
 };
 use mesh_proto::{DeviceId, JobId, NetworkId, RunReceipt, SignDomain};
-use sqlx::Row;
 
 fn job_id(text: &str) -> ApiResult<JobId> {
     text.parse().map_err(|_| ApiError::not_found("job"))
-}
-
-const JOB_COLUMNS: &str = "id, network_id, requester_id, workload_hash, input_hash, input_size, price, state, executor_id, \
-     attempts, lease_expires_at, receipt, error, created_at, updated_at, purpose, verifies";
-
-fn job_from_row(row: &sqlx::any::AnyRow) -> ApiResult<JobInfo> {
-    let state: String = row.try_get("state")?;
-    let receipt: Option<String> = row.try_get("receipt")?;
-    Ok(JobInfo {
-        id: parse(row.try_get("id")?)?,
-        purpose: row.try_get("purpose")?,
-        verifies: row
-            .try_get::<Option<String>, _>("verifies")?
-            .map(parse)
-            .transpose()?,
-        network: parse(row.try_get("network_id")?)?,
-        requester: parse(row.try_get("requester_id")?)?,
-        workload: parse(row.try_get("workload_hash")?)?,
-        input: parse(row.try_get("input_hash")?)?,
-        input_size: row.try_get::<i64, _>("input_size")? as u64,
-        price: row.try_get("price")?,
-        state: JobState::parse(&state).ok_or_else(|| ApiError::internal("bad job state"))?,
-        executor: row
-            .try_get::<Option<String>, _>("executor_id")?
-            .map(parse)
-            .transpose()?,
-        attempts: row.try_get::<i64, _>("attempts")? as u32,
-        lease_expires_at_ms: row.try_get("lease_expires_at")?,
-        receipt: receipt
-            .map(|r| serde_json::from_str(&r))
-            .transpose()
-            .map_err(ApiError::internal)?,
-        error: row.try_get("error")?,
-        created_at_ms: row.try_get("created_at")?,
-        updated_at_ms: row.try_get("updated_at")?,
-    })
 }
 
 /// Read a job of `network` (404 if it belongs elsewhere).
@@ -64,29 +30,25 @@ pub async fn find_job(
     network: Option<&NetworkId>,
     job: &JobId,
 ) -> ApiResult<JobInfo> {
-    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
-        .bind(job.to_string())
-        .fetch_optional(&state.db.pool)
-        .await?
-        .ok_or_else(|| ApiError::not_found("job"))?;
-    let info = job_from_row(&row)?;
+    let info = job_record(state, job).await?.info;
     if network.is_some_and(|n| *n != info.network) {
         return Err(ApiError::not_found("job"));
     }
     Ok(info)
 }
 
+/// The job with its ticket when it is assigned.
 pub async fn assignment(state: &AppState, job: &JobId) -> ApiResult<JobAssignment> {
-    let info = find_job(state, None, job).await?;
+    let record = job_record(state, job).await?;
+    let info = record.info.clone();
     let (ticket, executor_peer_id) = match (info.state, info.executor) {
         (JobState::Assigned | JobState::Running, Some(executor)) => {
-            let row = job_row(state, job).await?;
             let peer: String = sqlx::query_scalar("SELECT peer_id FROM devices WHERE id = $1")
                 .bind(executor.to_string())
                 .fetch_one(&state.db.pool)
                 .await?;
             (
-                Some(scheduler::ticket(state, &row, &executor, &peer)?),
+                Some(scheduler::ticket(state, &record, &executor, &peer)?),
                 Some(peer),
             )
         }
@@ -151,22 +113,14 @@ pub async fn submit_job(
     let key = request
         .idempotency_key
         .clone()
-        .unwrap_or_else(crate::db::random_secret);
+        .unwrap_or_else(crate::store::random_secret);
     if key.is_empty() || key.len() > 200 {
         return Err(ApiError::bad_request(
             "idempotency_key must be 1-200 characters",
         ));
     }
-    let existing: Option<String> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE network_id = $1 AND requester_id = $2 AND idempotency_key = $3",
-    )
-    .bind(network.to_string())
-    .bind(requester.to_string())
-    .bind(&key)
-    .fetch_optional(&state.db.pool)
-    .await?;
-    if let Some(id) = existing {
-        return Ok((StatusCode::OK, Json(assignment(&state, &parse(id)?).await?)));
+    if let Some(id) = jobs::find_by_key(&state.db.pool, &network, &requester, &key).await? {
+        return Ok((StatusCode::OK, Json(assignment(&state, &id).await?)));
     }
     let price: i64 = sqlx::query_scalar("SELECT job_price FROM networks WHERE id = $1")
         .bind(network.to_string())
@@ -175,30 +129,29 @@ pub async fn submit_job(
     let job: JobId = random_id(JobId::from_bytes);
     let now = now_ms();
     let mut tx = state.db.pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO jobs (id, network_id, requester_id, workload_hash, input_hash, input_size, price, state, \
-         idempotency_key, requester_peer, tried_devices, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11, $11)",
-    )
-    .bind(job.to_string())
-    .bind(network.to_string())
-    .bind(requester.to_string())
-    .bind(request.workload.to_string())
-    .bind(request.input.to_string())
-    .bind(request.input_size as i64)
-    .bind(price)
-    .bind(&key)
-    .bind(requester_peer)
-    .bind(avoid.iter().map(|d| format!("{d},")).collect::<String>())
-    .bind(now)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            ApiError::conflict("concurrent_submit", "a job with this idempotency key is being submitted; retry")
-        }
-        _ => ApiError::from(e),
-    })?;
+    let new = NewJob {
+        id: job,
+        network,
+        requester,
+        workload: request.workload,
+        input: request.input,
+        input_size: request.input_size,
+        price,
+        idempotency_key: &key,
+        requester_peer: requester_peer.as_deref(),
+        purpose: JobPurpose::Job,
+        verifies: None,
+        avoid,
+    };
+    jobs::insert(&mut tx, &new, now)
+        .await
+        .map_err(|e| match e {
+            StoreError::Duplicate(_) => ApiError::conflict(
+                "concurrent_submit",
+                "a job with this idempotency key is being submitted; retry",
+            ),
+            e => ApiError::from(e),
+        })?;
     if price > 0 {
         ledger::transfer(
             &mut tx,
@@ -297,16 +250,8 @@ pub async fn list(
 ) -> ApiResult<Json<Vec<JobInfo>>> {
     let network = network_id(&network)?;
     require_reader(&state, &principal, &network).await?;
-    let rows = sqlx::query(&format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE network_id = $1 ORDER BY created_at DESC, id LIMIT 200"
-    ))
-    .bind(network.to_string())
-    .fetch_all(&state.db.pool)
-    .await?;
-    rows.iter()
-        .map(job_from_row)
-        .collect::<ApiResult<Vec<_>>>()
-        .map(Json)
+    let jobs = jobs::list(&state.db.pool, &network, 200).await?;
+    Ok(Json(jobs.into_iter().map(|j| j.info).collect()))
 }
 
 /// One job, with its ticket when the caller is its requester and it is assigned.
@@ -321,13 +266,15 @@ pub async fn show(
     let network = network_id(&network)?;
     require_reader(&state, &principal, &network).await?;
     let job = job_id(&job)?;
-    let info = find_job(&state, Some(&network), &job).await?;
+    let record = job_record(&state, &job).await?;
+    if record.info.network != network {
+        return Err(ApiError::not_found("job"));
+    }
     let requester = match principal {
-        crate::auth::Principal::Person { person, .. } => person == info.requester,
-        crate::auth::Principal::Device { key, .. } => {
-            job_row(&state, &job).await?.requester_peer == Some(key.peer_id())
-        }
+        crate::auth::Principal::Person { person, .. } => person == record.info.requester,
+        crate::auth::Principal::Device { key, .. } => record.requester_peer == Some(key.peer_id()),
     };
+    let info = record.info;
     if requester {
         return Ok(Json(assignment(&state, &job).await?));
     }
@@ -367,18 +314,8 @@ pub async fn start(
 ) -> ApiResult<Json<JobInfo>> {
     let (info, device) = executor_job(&state, &principal, &job).await?;
     let now = now_ms();
-    let updated = sqlx::query(
-        "UPDATE jobs SET state = 'running', lease_expires_at = $1, updated_at = $2 \
-         WHERE id = $3 AND executor_id = $4 AND state IN ('assigned', 'running')",
-    )
-    .bind(now + state.config.job_lease.as_millis() as i64)
-    .bind(now)
-    .bind(info.id.to_string())
-    .bind(device.to_string())
-    .execute(&state.db.pool)
-    .await?
-    .rows_affected();
-    if updated != 1 {
+    let lease_until = now + state.config.job_lease.as_millis() as i64;
+    if !jobs::mark_running(&state.db.pool, &info.id, &device, lease_until, now).await? {
         return Err(ApiError::conflict(
             "wrong_state",
             format!("job is {}", info.state.as_str()),
@@ -467,13 +404,16 @@ pub(crate) async fn requester_job(
         crate::auth::Principal::Device {
             network: own, key, ..
         } if own == *network => {
-            let info = find_job(state, Some(network), job).await?;
-            if job_row(state, job).await?.requester_peer != Some(key.peer_id()) {
+            let record = job_record(state, job).await?;
+            if record.info.network != *network {
+                return Err(ApiError::not_found("job"));
+            }
+            if record.requester_peer != Some(key.peer_id()) {
                 return Err(ApiError::forbidden(
                     "only the requesting device may do this",
                 ));
             }
-            Ok(info)
+            Ok(record.info)
         }
         crate::auth::Principal::Device { .. } => Err(ApiError::not_found("network")),
         crate::auth::Principal::Person { person, .. } => {
@@ -511,21 +451,8 @@ pub async fn settle_receipt(
             .fetch_one(&state.db.pool)
             .await?,
     )?;
-    let stored = serde_json::to_string(receipt).map_err(ApiError::internal)?;
-    let now = now_ms();
     let mut tx = state.db.pool.begin().await?;
-    let updated = sqlx::query(
-        "UPDATE jobs SET state = 'done', receipt = $1, lease_expires_at = NULL, error = NULL, updated_at = $2 \
-         WHERE id = $3 AND executor_id = $4 AND state IN ('assigned', 'running')",
-    )
-    .bind(&stored)
-    .bind(now)
-    .bind(info.id.to_string())
-    .bind(executor.to_string())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if updated != 1 {
+    if !jobs::settle(&mut tx, &info.id, executor, receipt, now_ms()).await? {
         drop(tx);
         let current = find_job(state, None, &info.id).await?;
         if current.state == JobState::Done && current.executor == Some(*executor) {

@@ -12,9 +12,9 @@ pub mod relay;
 pub mod system;
 pub mod workloads;
 
-use crate::db::{now_ms, random_id};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::{AppState, MAX_COMPONENT_BYTES, MAX_JSON_BODY_BYTES};
+use crate::store::{now_ms, random_id};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};

@@ -2,10 +2,10 @@
 
 use crate::api::people::{add_member, check_name};
 use crate::auth::{Auth, parse, require_reader, require_role, role_in};
-use crate::db::{now_ms, random_id, random_secret, secret_hash};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::ledger;
 use crate::state::AppState;
+use crate::store::{now_ms, random_id, random_secret, secret_hash};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

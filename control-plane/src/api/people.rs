@@ -2,10 +2,10 @@
 
 use crate::api::networks::network_info;
 use crate::auth::{Auth, MaybeAuth, Principal, new_token_secret, parse};
-use crate::db::{now_ms, random_id, secret_hash};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::ledger;
 use crate::state::AppState;
+use crate::store::{now_ms, random_id, secret_hash};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

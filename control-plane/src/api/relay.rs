@@ -3,9 +3,9 @@
 
 use crate::api::devices::issue_certificate;
 use crate::auth::parse;
-use crate::db::now_ms;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
+use crate::store::now_ms;
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;

@@ -19,8 +19,8 @@ pub async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
     Ok(Json(Health {
         status: "ok".into(),
         database: match state.db.backend {
-            crate::db::Backend::Sqlite => "sqlite".into(),
-            crate::db::Backend::Postgres => "postgres".into(),
+            crate::store::Backend::Sqlite => "sqlite".into(),
+            crate::store::Backend::Postgres => "postgres".into(),
         },
         protocol_version: mesh_proto::PROTOCOL_VERSION,
     }))

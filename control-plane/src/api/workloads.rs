@@ -3,9 +3,9 @@
 
 use crate::api::networks::network_id;
 use crate::auth::{Auth, parse, require_reader, require_role};
-use crate::db::now_ms;
 use crate::error::{ApiBytes, ApiError, ApiResult, ErrorBody};
 use crate::state::{AppState, MAX_COMPONENT_BYTES};
+use crate::store::now_ms;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};

@@ -52,7 +52,9 @@ impl TestDb {
             let base = std::env::var(POSTGRES_ENV).unwrap();
             let name = format!(
                 "mesh_test_{}",
-                mesh_control_plane::db::random_secret().get(..16).unwrap()
+                mesh_control_plane::store::random_secret()
+                    .get(..16)
+                    .unwrap()
             );
             sqlx::any::install_default_drivers();
             let mut admin = sqlx::AnyConnection::connect(&base).await.unwrap();

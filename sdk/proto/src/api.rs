@@ -9,6 +9,7 @@ use crate::{
     Blake3Hash, Comparison, DeviceId, InviteId, JobId, NetworkId, PersonId, RunReceipt, TokenId,
 };
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 #[cfg(feature = "openapi")]
 use utoipa::ToSchema;
@@ -584,6 +585,20 @@ pub enum CheckState {
 }
 
 impl CheckState {
+    /// The state's name as stored and sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckState::NotSelected => "not_selected",
+            CheckState::Selected => "selected",
+            CheckState::Running => "running",
+            CheckState::Disputed => "disputed",
+            CheckState::Passed => "passed",
+            CheckState::Failed => "failed",
+            CheckState::Inconclusive => "inconclusive",
+            CheckState::Unverifiable => "unverifiable",
+        }
+    }
+
     /// Parse a stored state.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
@@ -615,7 +630,7 @@ pub struct CheckInfo {
     /// Where the check stands.
     pub state: CheckState,
     /// Why it is checked: `vrf`, or `ringer` when a known-answer item failed.
-    pub reason: String,
+    pub reason: CheckReason,
     /// The re-execution job (its receipt says what ran where).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub check_job: Option<JobId>,
@@ -636,8 +651,82 @@ pub struct CheckInfo {
     pub detail: Option<String>,
 }
 
-fn default_purpose() -> String {
-    "job".into()
+/// Why a job runs: for a requester, or as the control plane's re-execution of another job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum JobPurpose {
+    /// A requester's job.
+    #[default]
+    Job,
+    /// The first re-execution of a selected job, on another owner's device.
+    Check,
+    /// The third run that breaks a tie when the first two disagree.
+    Tiebreak,
+}
+
+impl JobPurpose {
+    /// The purpose's name as stored and sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobPurpose::Job => "job",
+            JobPurpose::Check => "check",
+            JobPurpose::Tiebreak => "tiebreak",
+        }
+    }
+
+    /// Parse a stored purpose.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "job" => JobPurpose::Job,
+            "check" => JobPurpose::Check,
+            "tiebreak" => JobPurpose::Tiebreak,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for JobPurpose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a settled job is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum CheckReason {
+    /// The control plane's VRF selected it for re-execution.
+    #[default]
+    Vrf,
+    /// A known-answer item mixed into it came back wrong.
+    Ringer,
+}
+
+impl CheckReason {
+    /// The reason's name as stored and sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckReason::Vrf => "vrf",
+            CheckReason::Ringer => "ringer",
+        }
+    }
+
+    /// Parse a stored reason.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "vrf" => CheckReason::Vrf,
+            "ringer" => CheckReason::Ringer,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for CheckReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A job's state.
@@ -707,8 +796,8 @@ pub struct JobInfo {
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: JobId,
     /// `job`, or the control plane re-executing another job: `check`, `tiebreak`.
-    #[serde(default = "default_purpose")]
-    pub purpose: String,
+    #[serde(default)]
+    pub purpose: JobPurpose,
     /// For a `check` or `tiebreak`: the job it re-executes.
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]

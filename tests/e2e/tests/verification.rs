@@ -316,7 +316,7 @@ async fn ringers_catch_a_cheater_with_an_honest_history() {
         if let Ok(check) = mesh.admin.job_check(&network, &job.id).await
             && check.executor == cheater
             && check.state == CheckState::Failed
-            && check.reason == "ringer"
+            && check.reason == mesh_proto::api::CheckReason::Ringer
         {
             by_ringer += 1;
         }

@@ -7,6 +7,8 @@
 //! single writer anyway, and one connection means a transaction never fails to upgrade its
 //! lock.
 
+pub mod jobs;
+
 use sqlx::AnyPool;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
@@ -119,6 +121,37 @@ impl Db {
         migrator.run(&pool).await.map_err(DbError::Migrate)?;
         Ok(Db { pool, backend })
     }
+}
+
+/// A transaction on either backend.
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database failed or refused the statement.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored value does not parse as what the schema promises.
+    #[error("corrupt {column} in the database: {value:?}")]
+    Corrupt {
+        /// The table and column.
+        column: &'static str,
+        /// What was stored there (cut at 100 characters).
+        value: String,
+    },
+    /// A uniqueness constraint refused the write (another writer got there first).
+    #[error("{0} already exists")]
+    Duplicate(&'static str),
+}
+
+/// Parse a stored text column, or say which one is corrupt.
+pub(crate) fn parse_column<T: FromStr>(column: &'static str, value: &str) -> Result<T, StoreError> {
+    value.parse().map_err(|_| StoreError::Corrupt {
+        column,
+        value: value.chars().take(100).collect(),
+    })
 }
 
 /// Milliseconds since the Unix epoch.
