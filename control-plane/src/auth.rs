@@ -4,12 +4,12 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::store::{now_ms, secret_hash};
+use crate::store::now_ms;
+use crate::store::people::{self, TokenSubject};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use mesh_proto::api::Role;
+use mesh_proto::api::{DeviceStatus, Role};
 use mesh_proto::{DeviceId, NetworkId, PersonId, PublicKey, TokenId};
-use sqlx::Row;
 
 /// Prefix of every bearer secret, so leaked tokens are recognisable.
 pub const TOKEN_PREFIX: &str = "mesh_";
@@ -77,47 +77,26 @@ pub async fn resolve(state: &AppState, secret: &str) -> ApiResult<Option<Princip
     if !secret.starts_with(TOKEN_PREFIX) || secret.len() > 256 {
         return Ok(None);
     }
-    let row = sqlx::query(
-        "SELECT t.id, t.person_id, t.device_id, t.expires_at, t.revoked_at, d.network_id, d.owner_id, d.status, d.public_key \
-         FROM api_tokens t LEFT JOIN devices d ON d.id = t.device_id WHERE t.secret_hash = $1",
+    Ok(
+        match people::resolve(&state.db.pool, secret, now_ms()).await? {
+            Some(TokenSubject::Person { token, person }) => {
+                Some(Principal::Person { person, token })
+            }
+            Some(TokenSubject::Device {
+                device,
+                network,
+                owner,
+                status: DeviceStatus::Pending | DeviceStatus::Approved,
+                key,
+            }) => Some(Principal::Device {
+                device,
+                network,
+                owner,
+                key,
+            }),
+            Some(TokenSubject::Device { .. }) | None => None,
+        },
     )
-    .bind(secret_hash(secret))
-    .fetch_optional(&state.db.pool)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    let now = now_ms();
-    let revoked: Option<i64> = row.try_get("revoked_at")?;
-    let expires: Option<i64> = row.try_get("expires_at")?;
-    if revoked.is_some() || expires.is_some_and(|e| e <= now) {
-        return Ok(None);
-    }
-    let token: TokenId = parse(row.try_get("id")?)?;
-    if let Some(person) = row.try_get::<Option<String>, _>("person_id")? {
-        return Ok(Some(Principal::Person {
-            person: parse(person)?,
-            token,
-        }));
-    }
-    let device: Option<String> = row.try_get("device_id")?;
-    let status: Option<String> = row.try_get("status")?;
-    match (device, status.as_deref()) {
-        (Some(device), Some("pending" | "approved")) => Ok(Some(Principal::Device {
-            device: parse(device)?,
-            network: parse(row.try_get("network_id")?)?,
-            owner: parse(row.try_get("owner_id")?)?,
-            key: parse(row.try_get("public_key")?)?,
-        })),
-        _ => Ok(None),
-    }
-}
-
-/// Parse a stored id; a failure means the database holds garbage.
-pub fn parse<T: std::str::FromStr>(text: String) -> ApiResult<T>
-where
-    T::Err: std::fmt::Display,
-{
-    text.parse()
-        .map_err(|e| ApiError::internal(format!("stored id {text:?}: {e}")))
 }
 
 /// Extractor: the caller, or 401.
@@ -176,13 +155,8 @@ pub async fn role_in(
         }
         Principal::Device { .. } => return Err(ApiError::not_found("network")),
     };
-    let role: Option<String> =
-        sqlx::query_scalar("SELECT role FROM memberships WHERE network_id = $1 AND person_id = $2")
-            .bind(network.to_string())
-            .bind(person.to_string())
-            .fetch_optional(&state.db.pool)
-            .await?;
-    role.and_then(|r| Role::parse(&r))
+    crate::store::networks::role_of(&state.db.pool, network, &person)
+        .await?
         .ok_or_else(|| ApiError::not_found("network"))
 }
 

@@ -19,18 +19,20 @@
 //! anywhere.
 
 use crate::api::jobs::find_job;
-use crate::auth::parse;
+use crate::domain::verification::{
+    Decision, Outcome, PaidRound, Party, Round, Unavailable, decide,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::ledger::{self, Account};
 use crate::state::AppState;
+use crate::store::Tx;
+use crate::store::checks::{self, Reexecution};
+use crate::store::devices;
 use crate::store::jobs::{self, NewJob};
 use crate::store::{now_ms, random_id};
-use mesh_proto::api::{CheckInfo, CheckReason, CheckState, JobInfo, JobPurpose};
-use mesh_proto::verification::{
-    CheckRecord, Selection, is_selected, receipt_hash, selection_input,
-};
-use mesh_proto::{Blake3Hash, Comparison, DeviceId, JobId, NetworkId, PersonId, RunReceipt};
-use sqlx::Row;
+use mesh_proto::api::{CheckInfo, CheckState, JobInfo, JobPurpose};
+use mesh_proto::verification::{Selection, is_selected, receipt_hash, selection_input};
+use mesh_proto::{Blake3Hash, Comparison, DeviceId, JobId, NetworkId, RunReceipt};
 use std::time::Duration;
 
 /// How long a selected job waits for its payload before it is given up as unverifiable.
@@ -40,21 +42,6 @@ const PAYLOAD_WAIT: Duration = Duration::from_secs(600);
 const CHECK_DEADLINE: Duration = Duration::from_secs(1800);
 /// Longest pause between two attempts at a check.
 const MAX_BACKOFF_MS: i64 = 60_000;
-
-/// The check record of `device`.
-pub async fn device_record(state: &AppState, device: &DeviceId) -> ApiResult<CheckRecord> {
-    let row = sqlx::query(
-        "SELECT checks_passed, checks_failed, consecutive_passed FROM devices WHERE id = $1",
-    )
-    .bind(device.to_string())
-    .fetch_one(&state.db.pool)
-    .await?;
-    Ok(CheckRecord {
-        passed: row.try_get::<i64, _>("checks_passed")? as u32,
-        failed: row.try_get::<i64, _>("checks_failed")? as u32,
-        consecutive_passed: row.try_get::<i64, _>("consecutive_passed")? as u32,
-    })
-}
 
 /// Decide by VRF whether the just-settled job `info`, run by `executor` with `receipt`, is
 /// re-executed, and record the decision with its proof. Runs once per job (later calls
@@ -68,7 +55,7 @@ pub async fn select(
     if info.purpose != JobPurpose::Job {
         return Ok(());
     }
-    let record = device_record(state, executor).await?;
+    let record = crate::scheduler::device(state, executor).await?.checks;
     let rate_ppm = state.config.check_policy.rate_ppm(&record);
     let hash = receipt_hash(receipt);
     let proof = state
@@ -76,23 +63,22 @@ pub async fn select(
         .prove(&selection_input(&info.network, &info.id, &hash));
     let output = proof.to_hash().map_err(ApiError::internal)?;
     let selected = is_selected(&output, rate_ppm);
+    let selection = Selection {
+        rate_ppm,
+        receipt_hash: hash,
+        proof,
+        output,
+        selected,
+    };
     let now = now_ms();
-    sqlx::query(
-        "INSERT INTO checks (job_id, network_id, executor_id, rate_ppm, receipt_hash, proof, vrf_output, selected, \
-         state, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
-         ON CONFLICT (job_id) DO NOTHING",
+    checks::insert_decision(
+        &state.db.pool,
+        &info.id,
+        &info.network,
+        executor,
+        &selection,
+        now,
     )
-    .bind(info.id.to_string())
-    .bind(info.network.to_string())
-    .bind(executor.to_string())
-    .bind(i64::from(rate_ppm))
-    .bind(hash.to_string())
-    .bind(proof.to_string())
-    .bind(output.to_string())
-    .bind(i64::from(selected))
-    .bind(if selected { "selected" } else { "not_selected" })
-    .bind(now)
-    .execute(&state.db.pool)
     .await?;
     if selected {
         tracing::info!(job = %info.id, %executor, rate_ppm, "selected for re-execution");
@@ -102,15 +88,9 @@ pub async fn select(
 
 /// The check of `job`, if it settled.
 pub async fn check_info(state: &AppState, job: &JobId) -> ApiResult<Option<CheckInfo>> {
-    let row = sqlx::query("SELECT * FROM checks WHERE job_id = $1")
-        .bind(job.to_string())
-        .fetch_optional(&state.db.pool)
-        .await?;
-    let Some(row) = row else { return Ok(None) };
-    let opt = |name: &str| -> ApiResult<Option<String>> { Ok(row.try_get(name)?) };
-    let state_text: String = row.try_get("state")?;
-    let check_job: Option<JobId> = opt("check_job")?.map(parse).transpose()?;
-    let tiebreak_job: Option<JobId> = opt("tiebreak_job")?.map(parse).transpose()?;
+    let Some(check) = checks::get(&state.db.pool, job).await? else {
+        return Ok(None);
+    };
     let executor_of = async |job: Option<JobId>| -> ApiResult<Option<DeviceId>> {
         Ok(match job {
             Some(job) => jobs::get(&state.db.pool, &job)
@@ -119,62 +99,29 @@ pub async fn check_info(state: &AppState, job: &JobId) -> ApiResult<Option<Check
             None => None,
         })
     };
-    let verifier = executor_of(check_job).await?;
-    let tiebreaker = executor_of(tiebreak_job).await?;
     Ok(Some(CheckInfo {
-        job: *job,
-        executor: parse(row.try_get("executor_id")?)?,
-        selection: Selection {
-            rate_ppm: row.try_get::<i64, _>("rate_ppm")? as u32,
-            receipt_hash: parse(row.try_get("receipt_hash")?)?,
-            proof: row
-                .try_get::<String, _>("proof")?
-                .parse()
-                .map_err(ApiError::internal)?,
-            output: row
-                .try_get::<String, _>("vrf_output")?
-                .parse()
-                .map_err(ApiError::internal)?,
-            selected: row.try_get::<i64, _>("selected")? == 1,
-        },
-        state: CheckState::parse(&state_text)
-            .ok_or_else(|| ApiError::internal("bad check state"))?,
-        reason: {
-            let reason: String = row.try_get("reason")?;
-            CheckReason::parse(&reason)
-                .ok_or_else(|| ApiError::internal(format!("bad check reason {reason:?}")))?
-        },
-        check_job,
-        tiebreak_job,
-        verifier,
-        tiebreaker,
-        verified_output: opt("verified_output")?.map(parse).transpose()?,
-        detail: opt("detail")?,
+        job: check.job,
+        executor: check.executor,
+        selection: check.selection,
+        state: check.state,
+        reason: check.reason,
+        check_job: check.check_job,
+        tiebreak_job: check.tiebreak_job,
+        verifier: executor_of(check.check_job).await?,
+        tiebreaker: executor_of(check.tiebreak_job).await?,
+        verified_output: check.verified_output,
+        detail: check.detail,
     }))
 }
 
 /// Store a payload (an input or output of a checked job) by hash; idempotent.
 pub async fn store_payload(state: &AppState, bytes: &[u8]) -> ApiResult<Blake3Hash> {
-    let hash = Blake3Hash::of(bytes);
-    sqlx::query(
-        "INSERT INTO payloads (hash, bytes, created_at) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING",
-    )
-    .bind(hash.to_string())
-    .bind(bytes)
-    .bind(now_ms())
-    .execute(&state.db.pool)
-    .await?;
-    Ok(hash)
+    Ok(checks::insert_payload(&state.db.pool, bytes, now_ms()).await?)
 }
 
 /// A stored payload.
 pub async fn payload(state: &AppState, hash: &Blake3Hash) -> ApiResult<Option<Vec<u8>>> {
-    Ok(
-        sqlx::query_scalar("SELECT bytes FROM payloads WHERE hash = $1")
-            .bind(hash.to_string())
-            .fetch_optional(&state.db.pool)
-            .await?,
-    )
+    Ok(checks::payload(&state.db.pool, hash).await?)
 }
 
 /// Record that `device` passed or failed the check of `job`, once. A failure resets its
@@ -188,63 +135,43 @@ pub async fn record_verdict(
     reason: &str,
 ) -> ApiResult<bool> {
     let mut tx = state.db.pool.begin().await?;
-    let inserted = sqlx::query(
-        "INSERT INTO check_verdicts (job_id, device_id, passed, reason, created_at) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (job_id, device_id) DO NOTHING",
-    )
-    .bind(job.id.to_string())
-    .bind(device.to_string())
-    .bind(i64::from(passed))
-    .bind(reason)
-    .bind(now_ms())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !inserted {
+    let recorded = record_verdict_in(state, &mut tx, job, device, passed, reason).await?;
+    tx.commit().await?;
+    Ok(recorded)
+}
+
+/// [`record_verdict`] inside `tx`.
+async fn record_verdict_in(
+    state: &AppState,
+    tx: &mut Tx,
+    job: &JobInfo,
+    device: &DeviceId,
+    passed: bool,
+    reason: &str,
+) -> ApiResult<bool> {
+    if !checks::insert_verdict(tx, &job.id, device, passed, reason, now_ms()).await? {
         return Ok(false);
     }
-    let row = sqlx::query(
-        "SELECT owner_id, checks_passed, checks_failed, consecutive_passed, quarantined_at FROM devices WHERE id = $1",
-    )
-    .bind(device.to_string())
-    .fetch_one(&mut *tx)
-    .await?;
-    let owner: PersonId = parse(row.try_get("owner_id")?)?;
-    let before = CheckRecord {
-        passed: row.try_get::<i64, _>("checks_passed")? as u32,
-        failed: row.try_get::<i64, _>("checks_failed")? as u32,
-        consecutive_passed: row.try_get::<i64, _>("consecutive_passed")? as u32,
-    };
+    let (before, owner, quarantined_at) = devices::verification_state(&mut **tx, device)
+        .await?
+        .ok_or_else(|| ApiError::not_found("device"))?;
     let after = if passed { before.pass() } else { before.fail() };
-    let was_quarantined = row.try_get::<Option<i64>, _>("quarantined_at")?.is_some();
-    let quarantine = !was_quarantined && state.config.check_policy.quarantined(&after);
-    sqlx::query(
-        "UPDATE devices SET checks_passed = $1, checks_failed = $2, consecutive_passed = $3, trust = $4, \
-         quarantined_at = CASE WHEN $5 = 1 THEN $6 ELSE quarantined_at END WHERE id = $7",
-    )
-    .bind(i64::from(after.passed))
-    .bind(i64::from(after.failed))
-    .bind(i64::from(after.consecutive_passed))
-    .bind(after.trust())
-    .bind(i64::from(quarantine))
-    .bind(now_ms())
-    .bind(device.to_string())
-    .execute(&mut *tx)
-    .await?;
+    let quarantine = quarantined_at.is_none() && state.config.check_policy.quarantined(&after);
+    devices::record_check(tx, device, &after, quarantine, now_ms()).await?;
     if !passed {
-        crate::api::audit(
-            &mut tx,
+        crate::store::audit::append(
+            tx,
             Some(&job.network),
             &device.to_string(),
             "check_failed",
             &format!("job {}: {reason}", job.id),
+            crate::store::now_ms(),
         )
         .await?;
         // Only the executor of the job itself was paid for it.
         if job.executor == Some(*device) && job.price > 0 {
             ledger::transfer(
-                &mut tx,
+                tx,
                 &ledger::Transfer {
                     network: job.network,
                     idempotency_key: &format!("job:{}:clawback", job.id),
@@ -260,8 +187,8 @@ pub async fn record_verdict(
         }
     }
     if quarantine {
-        crate::api::audit(
-            &mut tx,
+        crate::store::audit::append(
+            tx,
             Some(&job.network),
             &device.to_string(),
             "device_quarantined",
@@ -269,11 +196,11 @@ pub async fn record_verdict(
                 "{device} failed {} checks (latest: job {}); it gets no more jobs",
                 after.failed, job.id
             ),
+            crate::store::now_ms(),
         )
         .await?;
         tracing::warn!(%device, failed = after.failed, "device quarantined");
     }
-    tx.commit().await?;
     Ok(true)
 }
 
@@ -286,36 +213,23 @@ pub async fn ringer_failed(
     reason: &str,
 ) -> ApiResult<()> {
     record_verdict(state, job, executor, false, reason).await?;
-    sqlx::query(
-        "UPDATE checks SET state = 'failed', reason = 'ringer', detail = $1, updated_at = $2 WHERE job_id = $3",
-    )
-    .bind(reason)
-    .bind(now_ms())
-    .bind(job.id.to_string())
-    .execute(&state.db.pool)
-    .await?;
+    checks::fail_by_ringer(&state.db.pool, &job.id, reason, now_ms()).await?;
     Ok(())
 }
 
-/// Pay the owner of `verifier` for re-executing `job` (once per job and round).
-async fn pay_verifier(
-    state: &AppState,
-    job: &JobInfo,
-    verifier: &DeviceId,
-    round: &str,
-) -> ApiResult<()> {
+/// Pay the owner of `device` for re-executing `job` in `round` (once per job and round), inside
+/// `tx`.
+async fn pay_in(tx: &mut Tx, job: &JobInfo, device: &DeviceId, round: PaidRound) -> ApiResult<()> {
     if job.price <= 0 {
         return Ok(());
     }
-    let owner: PersonId = parse(
-        sqlx::query_scalar::<_, String>("SELECT owner_id FROM devices WHERE id = $1")
-            .bind(verifier.to_string())
-            .fetch_one(&state.db.pool)
-            .await?,
-    )?;
-    let mut tx = state.db.pool.begin().await?;
+    let owner = devices::get(&mut **tx, device)
+        .await?
+        .ok_or_else(|| ApiError::not_found("device"))?
+        .owner;
+    let round = round.key();
     ledger::transfer(
-        &mut tx,
+        tx,
         &ledger::Transfer {
             network: job.network,
             idempotency_key: &format!("job:{}:{round}", job.id),
@@ -328,7 +242,6 @@ async fn pay_verifier(
         },
     )
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 
@@ -338,13 +251,9 @@ async fn metadata(
     network: &NetworkId,
     workload: &Blake3Hash,
 ) -> ApiResult<mesh_proto::WorkloadMetadata> {
-    let metadata: String =
-        sqlx::query_scalar("SELECT metadata FROM workloads WHERE network_id = $1 AND hash = $2")
-            .bind(network.to_string())
-            .bind(workload.to_string())
-            .fetch_one(&state.db.pool)
-            .await?;
-    serde_json::from_str(&metadata).map_err(ApiError::internal)
+    crate::store::workloads::metadata_of(&state.db.pool, network, workload)
+        .await?
+        .ok_or_else(|| ApiError::not_found("workload"))
 }
 
 /// The comparison rule of `workload` in `network`.
@@ -373,13 +282,7 @@ pub async fn run(state: AppState) {
         return;
     };
     // A check that was running when the control plane stopped is taken up again.
-    if let Err(e) = sqlx::query(
-        "UPDATE checks SET state = CASE WHEN check_output IS NULL THEN 'selected' ELSE 'disputed' END \
-         WHERE state = 'running'",
-    )
-    .execute(&state.db.pool)
-    .await
-    {
+    if let Err(e) = checks::resume_running(&state.db.pool).await {
         tracing::warn!("resuming checks: {e}");
     }
     let mut interval = tokio::time::interval(Duration::from_secs(1));
@@ -396,52 +299,22 @@ async fn work(state: &AppState, node: &mesh_net::Node) -> ApiResult<()> {
     let now = now_ms();
     // Selected jobs whose payload never came, and checks that could not conclude in time (no
     // device of another owner): nobody is at fault.
-    sqlx::query(
-        "UPDATE checks SET state = 'unverifiable', detail = 'the job input and output were not provided in time', \
-         updated_at = $1 WHERE state = 'selected' AND created_at < $2 AND NOT EXISTS \
-         (SELECT 1 FROM payloads p, jobs j WHERE j.id = checks.job_id AND p.hash = j.input_hash)",
-    )
-    .bind(now)
-    .bind(now - PAYLOAD_WAIT.as_millis() as i64)
-    .execute(&state.db.pool)
-    .await?;
-    sqlx::query(
-        "UPDATE checks SET state = 'unverifiable', updated_at = $1 \
-         WHERE state IN ('selected', 'disputed') AND created_at < $2",
-    )
-    .bind(now)
-    .bind(now - CHECK_DEADLINE.as_millis() as i64)
-    .execute(&state.db.pool)
-    .await?;
-    let due: Vec<String> = sqlx::query_scalar(
-        "SELECT job_id FROM checks WHERE state IN ('selected', 'disputed') AND next_attempt_at <= $1 \
-         ORDER BY next_attempt_at LIMIT 8",
-    )
-    .bind(now)
-    .fetch_all(&state.db.pool)
-    .await?;
-    for job in due {
-        let job: JobId = parse(job)?;
+    let db = &state.db.pool;
+    // Nobody is at fault for these: the payload never came, or no device of another owner
+    // could take the check before its deadline.
+    for job in checks::waiting_for_payload_since(db, now - PAYLOAD_WAIT.as_millis() as i64).await? {
+        give_up(state, &job, Unavailable::NoPayload).await?;
+    }
+    for job in checks::waiting_since(db, now - CHECK_DEADLINE.as_millis() as i64).await? {
+        give_up(state, &job, Unavailable::NoVerifier).await?;
+    }
+    for job in checks::due(db, now, 8).await? {
         if let Err(e) = advance(state, node, &job).await {
             tracing::debug!(%job, "check postponed: {e}");
             // Back off: 1 s, 2 s, 4 s … up to a minute between attempts.
-            let attempts: i64 = sqlx::query_scalar("SELECT attempts FROM checks WHERE job_id = $1")
-                .bind(job.to_string())
-                .fetch_one(&state.db.pool)
-                .await?;
+            let attempts = checks::attempts(db, &job).await?;
             let pause = (1000i64 << attempts.clamp(0, 16)).min(MAX_BACKOFF_MS);
-            sqlx::query(
-                "UPDATE checks SET state = CASE WHEN state = 'running' THEN \
-                 (CASE WHEN check_output IS NULL THEN 'selected' ELSE 'disputed' END) ELSE state END, \
-                 attempts = attempts + 1, next_attempt_at = $1, detail = $2, updated_at = $3 \
-                 WHERE job_id = $4 AND state IN ('running', 'selected', 'disputed')",
-            )
-            .bind(now_ms() + pause)
-            .bind(e.to_string())
-            .bind(now_ms())
-            .bind(job.to_string())
-            .execute(&state.db.pool)
-            .await?;
+            checks::postpone(db, &job, now_ms() + pause, &e.to_string(), now_ms()).await?;
         }
     }
     Ok(())
@@ -480,70 +353,44 @@ async fn advance(state: &AppState, node: &mesh_net::Node, job_id: &JobId) -> Api
             "no device of another owner can re-execute it now",
         ));
     }
-    let row = sqlx::query(
-        "SELECT state, check_job, check_output, executor_id FROM checks WHERE job_id = $1",
-    )
-    .bind(job_id.to_string())
-    .fetch_one(&state.db.pool)
-    .await?;
-    let round: String = row.try_get("state")?;
-    let executor: DeviceId = parse(row.try_get("executor_id")?)?;
-    let taken = sqlx::query(
-        "UPDATE checks SET state = 'running', updated_at = $1 WHERE job_id = $2 AND state = $3",
-    )
-    .bind(now_ms())
-    .bind(job_id.to_string())
-    .bind(&round)
-    .execute(&state.db.pool)
-    .await?
-    .rows_affected()
-        == 1;
-    if !taken {
+    let check = checks::get(&state.db.pool, job_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("check"))?;
+    let round = check.state;
+    let executor = check.executor;
+    if !checks::take(&state.db.pool, job_id, round, now_ms()).await? {
         return Ok(());
     }
     let rule = comparison(state, &job.network, &job.workload).await?;
-    if round == "selected" {
+    if round == CheckState::Selected {
         let (check_job, verifier, check_output) =
             reexecute(state, node, &job, JobPurpose::Check, &input).await?;
         let check_hash = store_payload(state, &check_output).await?;
-        sqlx::query("UPDATE checks SET check_job = $1 WHERE job_id = $2")
-            .bind(check_job.to_string())
-            .bind(job_id.to_string())
-            .execute(&state.db.pool)
-            .await?;
-        match rule.compare(&output, &check_output) {
-            Ok(()) => {
-                record_verdict(state, &job, &executor, true, "re-execution agreed").await?;
-                pay_verifier(state, &job, &verifier, "verify").await?;
-                crate::ringers::harvest(state, &job, &input, &output, &[executor, verifier])
-                    .await?;
-                finish(
-                    state,
-                    job_id,
-                    "passed",
-                    None,
-                    "re-execution on another device agreed",
-                )
-                .await
-            }
-            Err(mismatch) => {
-                tracing::warn!(job = %job_id, %executor, %verifier, "re-execution disagrees: {mismatch}");
-                sqlx::query(
-                    "UPDATE checks SET state = 'disputed', check_output = $1, detail = $2, updated_at = $3 \
-                     WHERE job_id = $4 AND state = 'running'",
-                )
-                .bind(check_hash.to_string())
-                .bind(format!("{verifier} disagrees: {mismatch}; a third device breaks the tie"))
-                .bind(now_ms())
-                .bind(job_id.to_string())
-                .execute(&state.db.pool)
-                .await?;
-                Ok(())
-            }
+        checks::set_round_job(&state.db.pool, job_id, Reexecution::Check, &check_job).await?;
+        let decision = decide(
+            Round::First {
+                original: &output,
+                check: &check_output,
+            },
+            &rule,
+        );
+        let parties = Parties {
+            executor,
+            verifier,
+            tiebreaker: None,
+        };
+        apply(state, &job, &parties, &check_hash, &decision).await?;
+        if decision.outcome == Outcome::Passed {
+            crate::ringers::harvest(state, &job, &input, &output, &[executor, verifier]).await?;
         }
+        Ok(())
     } else {
-        let check_output_hash: Blake3Hash = parse(row.try_get("check_output")?)?;
-        let check_job: JobId = parse(row.try_get("check_job")?)?;
+        let check_output_hash = check
+            .check_output
+            .ok_or_else(|| ApiError::internal("a disputed check without its output"))?;
+        let check_job = check
+            .check_job
+            .ok_or_else(|| ApiError::internal("a disputed check without its re-execution"))?;
         let verifier = find_job(state, None, &check_job)
             .await?
             .executor
@@ -553,103 +400,129 @@ async fn advance(state: &AppState, node: &mesh_net::Node, job_id: &JobId) -> Api
             .ok_or_else(|| ApiError::internal("the check output is gone"))?;
         let (tiebreak_job, tiebreaker, third) =
             reexecute(state, node, &job, JobPurpose::Tiebreak, &input).await?;
-        sqlx::query("UPDATE checks SET tiebreak_job = $1 WHERE job_id = $2")
-            .bind(tiebreak_job.to_string())
-            .bind(job_id.to_string())
-            .execute(&state.db.pool)
-            .await?;
-        let with_executor = rule.compare(&output, &third).is_ok();
-        let with_verifier = rule.compare(&check_output, &third).is_ok();
-        pay_verifier(state, &job, &tiebreaker, "tiebreak").await?;
-        match (with_executor, with_verifier) {
-            (true, false) => {
-                record_verdict(
-                    state,
-                    &job,
-                    &executor,
-                    true,
-                    "the tie-break agreed with the executor",
-                )
-                .await?;
-                record_verdict(
-                    state,
-                    &job,
-                    &verifier,
-                    false,
-                    "its re-execution disagreed with the executor and the tie-break",
-                )
-                .await?;
-                finish(
-                    state,
-                    job_id,
-                    "passed",
-                    None,
-                    "the tie-break agreed with the executor",
-                )
-                .await
-            }
-            (false, true) => {
-                record_verdict(
-                    state,
-                    &job,
-                    &executor,
-                    false,
-                    "its result disagreed with two re-executions on other owners' devices",
-                )
-                .await?;
-                pay_verifier(state, &job, &verifier, "verify").await?;
-                finish(
-                    state,
-                    job_id,
-                    "failed",
-                    Some(&check_output_hash),
-                    "two re-executions on other owners' devices agree against the executor",
-                )
-                .await
-            }
-            _ => {
-                pay_verifier(state, &job, &verifier, "verify").await?;
-                let mut tx = state.db.pool.begin().await?;
-                crate::api::audit(
-                    &mut tx,
-                    Some(&job.network),
-                    "control-plane",
-                    "check_inconclusive",
-                    &format!("job {job_id}: executor {executor}, verifier {verifier} and tie-breaker {tiebreaker} do not form a majority"),
-                )
-                .await?;
-                tx.commit().await?;
-                finish(
-                    state,
-                    job_id,
-                    "inconclusive",
-                    None,
-                    "no two of three results agree",
-                )
-                .await
-            }
+        checks::set_round_job(&state.db.pool, job_id, Reexecution::Tiebreak, &tiebreak_job).await?;
+        let decision = decide(
+            Round::Tiebreak {
+                original: &output,
+                check: &check_output,
+                third: &third,
+            },
+            &rule,
+        );
+        let parties = Parties {
+            executor,
+            verifier,
+            tiebreaker: Some(tiebreaker),
+        };
+        apply(state, &job, &parties, &check_output_hash, &decision).await
+    }
+}
+
+/// End a check that cannot run (see [`Unavailable`]): nobody is judged or paid.
+async fn give_up(state: &AppState, job: &JobId, why: Unavailable) -> ApiResult<()> {
+    let decision = decide(Round::Unavailable(why), &Comparison::Exact);
+    debug_assert!(decision.verdicts.is_empty() && decision.payments.is_empty());
+    let waiting = &[CheckState::Selected, CheckState::Disputed];
+    let outcome = decision.outcome.state();
+    if checks::finish(
+        &state.db.pool,
+        job,
+        waiting,
+        outcome,
+        None,
+        decision.detail,
+        now_ms(),
+    )
+    .await?
+    {
+        tracing::info!(%job, "check unverifiable: {}", decision.detail);
+    }
+    Ok(())
+}
+
+/// The devices that took part in a check.
+struct Parties {
+    executor: DeviceId,
+    verifier: DeviceId,
+    tiebreaker: Option<DeviceId>,
+}
+
+impl Parties {
+    fn device(&self, party: Party) -> ApiResult<DeviceId> {
+        match party {
+            Party::Executor => Ok(self.executor),
+            Party::Verifier => Ok(self.verifier),
+            Party::Tiebreaker => self
+                .tiebreaker
+                .ok_or_else(|| ApiError::internal("a tie-break decision without a tie-breaker")),
         }
     }
 }
 
-async fn finish(
+/// Write `decision` on the check of `job` in one transaction: verdicts (with their clawbacks
+/// and quarantines), payments, the audit entry, and the check's new state.
+/// `check_output` is the verifier's output, the verified one when the executor failed.
+async fn apply(
     state: &AppState,
-    job: &JobId,
-    outcome: &str,
-    verified_output: Option<&Blake3Hash>,
-    detail: &str,
+    job: &JobInfo,
+    parties: &Parties,
+    check_output: &Blake3Hash,
+    decision: &Decision,
 ) -> ApiResult<()> {
-    sqlx::query(
-        "UPDATE checks SET state = $1, verified_output = $2, detail = $3, updated_at = $4 WHERE job_id = $5",
-    )
-    .bind(outcome)
-    .bind(verified_output.map(|h| h.to_string()))
-    .bind(detail)
-    .bind(now_ms())
-    .bind(job.to_string())
-    .execute(&state.db.pool)
-    .await?;
-    tracing::info!(%job, outcome, "check finished");
+    let mut tx = state.db.pool.begin().await?;
+    for verdict in &decision.verdicts {
+        let device = parties.device(verdict.party)?;
+        record_verdict_in(state, &mut tx, job, &device, verdict.passed, verdict.reason).await?;
+    }
+    for payment in &decision.payments {
+        pay_in(&mut tx, job, &parties.device(payment.to)?, payment.round).await?;
+    }
+    if decision.audit {
+        let tiebreaker = parties
+            .tiebreaker
+            .map_or_else(|| "none".to_string(), |t| t.to_string());
+        crate::store::audit::append(
+            &mut tx,
+            Some(&job.network),
+            "control-plane",
+            "check_inconclusive",
+            &format!(
+                "job {}: executor {}, verifier {} and tie-breaker {tiebreaker} do not form a majority",
+                job.id, parties.executor, parties.verifier
+            ),
+            now_ms(),
+        )
+        .await?;
+    }
+    let now = now_ms();
+    match &decision.outcome {
+        Outcome::Disputed { mismatch } => {
+            tracing::warn!(job = %job.id, executor = %parties.executor, verifier = %parties.verifier,
+                "re-execution disagrees: {mismatch}");
+            let detail = format!(
+                "{} disagrees: {mismatch}; a third device breaks the tie",
+                parties.verifier
+            );
+            checks::dispute(&mut *tx, &job.id, check_output, &detail, now).await?;
+        }
+        outcome => {
+            let verified = (*outcome == Outcome::Failed).then_some(check_output);
+            let running = &[CheckState::Running];
+            let state = outcome.state();
+            checks::finish(
+                &mut *tx,
+                &job.id,
+                running,
+                state,
+                verified,
+                decision.detail,
+                now,
+            )
+            .await?;
+            tracing::info!(job = %job.id, outcome = outcome.state().as_str(), "check finished");
+        }
+    }
+    tx.commit().await?;
     Ok(())
 }
 

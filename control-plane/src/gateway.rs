@@ -100,15 +100,10 @@ async fn serve_blob(
     if ticket.workload != request.hash {
         return BlobResponse::Refused("the ticket does not cover this blob".into());
     }
-    let bytes: Option<Vec<u8>> =
-        match sqlx::query_scalar("SELECT bytes FROM components WHERE hash = $1")
-            .bind(request.hash.to_string())
-            .fetch_optional(&state.db.pool)
-            .await
-        {
-            Ok(b) => b,
-            Err(e) => return BlobResponse::Refused(format!("storage error: {e}")),
-        };
+    let bytes = match crate::store::workloads::component(&state.db.pool, &request.hash).await {
+        Ok(b) => b,
+        Err(e) => return BlobResponse::Refused(format!("storage error: {e}")),
+    };
     let Some(bytes) = bytes else {
         return BlobResponse::NotFound;
     };
@@ -163,13 +158,7 @@ pub async fn run_job(
             Err((job, cheater)) => {
                 failed.push(job);
                 // Run it again away from every device of the cheater's owner.
-                let owned: Vec<String> = sqlx::query_scalar(
-                    "SELECT id FROM devices WHERE owner_id = (SELECT owner_id FROM devices WHERE id = $1)",
-                )
-                .bind(cheater.to_string())
-                .fetch_all(&state.db.pool)
-                .await?;
-                avoid.extend(owned.iter().filter_map(|id| id.parse::<DeviceId>().ok()));
+                avoid.extend(crate::store::devices::same_owner(&state.db.pool, &cheater).await?);
             }
         }
     }

@@ -11,9 +11,9 @@
 //! atomic on SQLite and PostgreSQL alike, so concurrent spends can never overdraw.
 
 use crate::error::{ApiError, ApiResult};
-use crate::store::{now_ms, random_id};
+use crate::store::ledger as store;
+use crate::store::{StoreError, Tx, networks, now_ms, random_id};
 use mesh_proto::{JobId, NetworkId, PersonId};
-use sqlx::{Any, Transaction};
 
 /// Kind of the transfer that claws a job's credits back from a device owner who failed its
 /// check. It may take the owner's balance below its floor: the credits were never theirs.
@@ -42,36 +42,21 @@ impl Account {
 }
 
 /// Create the issuer and escrow accounts of a new network.
-pub async fn create_network_accounts(
-    tx: &mut Transaction<'static, Any>,
-    network: &NetworkId,
-) -> ApiResult<()> {
+pub async fn create_network_accounts(tx: &mut Tx, network: &NetworkId) -> ApiResult<()> {
     for (account, kind) in [(Account::Issuer, "issuer"), (Account::Escrow, "escrow")] {
-        sqlx::query("INSERT INTO accounts (id, network_id, kind, person_id, balance) VALUES ($1, $2, $3, NULL, 0)")
-            .bind(account.id(network))
-            .bind(network.to_string())
-            .bind(kind)
-            .execute(&mut **tx)
-            .await?;
+        store::open_account(tx, &account.id(network), network, kind, None).await?;
     }
     Ok(())
 }
 
 /// Create a member's account (no-op if it exists).
 pub async fn create_person_account(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Tx,
     network: &NetworkId,
     person: &PersonId,
 ) -> ApiResult<()> {
-    sqlx::query(
-        "INSERT INTO accounts (id, network_id, kind, person_id, balance) VALUES ($1, $2, 'person', $3, 0) \
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(Account::Person(*person).id(network))
-    .bind(network.to_string())
-    .bind(person.to_string())
-    .execute(&mut **tx)
-    .await?;
+    let id = Account::Person(*person).id(network);
+    store::open_account(tx, &id, network, "person", Some(person)).await?;
     Ok(())
 }
 
@@ -126,65 +111,29 @@ fn floor(account: Account, allow_credit: bool, credit_limit: i64) -> Option<i64>
 
 /// Make a transfer inside `tx`. Fails with 402 if the debited account would go below its
 /// floor; the caller's transaction must then be dropped (rolled back).
-pub async fn transfer(
-    tx: &mut Transaction<'static, Any>,
-    t: &Transfer<'_>,
-) -> ApiResult<TransferOutcome> {
+pub async fn transfer(tx: &mut Tx, t: &Transfer<'_>) -> ApiResult<TransferOutcome> {
     if t.amount <= 0 {
         return Err(ApiError::bad_request("amount must be positive"));
     }
-    let network = t.network.to_string();
-    let existing: Option<String> = sqlx::query_scalar(
-        "SELECT id FROM ledger_transfers WHERE network_id = $1 AND idempotency_key = $2",
-    )
-    .bind(&network)
-    .bind(t.idempotency_key)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some(id) = existing {
+    if let Some(id) = store::transfer_by_key(tx, &t.network, t.idempotency_key).await? {
         return Ok(TransferOutcome::Existing(id));
     }
-    let (allow_credit, credit_limit): (i64, i64) =
-        sqlx::query_as("SELECT allow_credit, credit_limit FROM networks WHERE id = $1")
-            .bind(&network)
-            .fetch_one(&mut **tx)
-            .await?;
+    let policy = networks::policy(&mut **tx, &t.network)
+        .await?
+        .ok_or_else(|| ApiError::not_found("network"))?;
     let from = t.from.id(&t.network);
     let to = t.to.id(&t.network);
     let floor = match t.kind {
         CLAWBACK => None,
-        _ => floor(t.from, allow_credit != 0, credit_limit),
+        _ => floor(t.from, policy.allow_credit, policy.credit_limit),
     };
-    let debited = match floor {
-        None => sqlx::query("UPDATE accounts SET balance = balance - $1 WHERE id = $2")
-            .bind(t.amount)
-            .bind(&from)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected(),
-        Some(floor) => sqlx::query(
-            "UPDATE accounts SET balance = balance - $1 WHERE id = $2 AND balance - $1 >= $3",
-        )
-        .bind(t.amount)
-        .bind(&from)
-        .bind(floor)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected(),
-    };
-    if debited != 1 {
+    if !store::debit(tx, &from, t.amount, floor).await? {
         return Err(ApiError::insufficient_credits(format!(
             "not enough credits for {} ({} credits)",
             t.kind, t.amount
         )));
     }
-    let credited = sqlx::query("UPDATE accounts SET balance = balance + $1 WHERE id = $2")
-        .bind(t.amount)
-        .bind(&to)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    if credited != 1 {
+    if !store::credit(tx, &to, t.amount).await? {
         return Err(ApiError::internal(format!("account {to} does not exist")));
     }
     let id = random_id(|b| {
@@ -193,37 +142,25 @@ pub async fn transfer(
             b.iter().map(|x| format!("{x:02x}")).collect::<String>()
         )
     });
-    let now = now_ms();
-    // The unique (network, idempotency_key) constraint settles races between processes: the
-    // loser's transaction fails here and is rolled back whole.
-    sqlx::query(
-        "INSERT INTO ledger_transfers (id, network_id, idempotency_key, kind, memo, job_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(&id)
-    .bind(&network)
-    .bind(t.idempotency_key)
-    .bind(t.kind)
-    .bind(t.memo)
-    .bind(t.job.map(|j| j.to_string()))
-    .bind(now)
-    .execute(&mut **tx)
-    .await
-    .map_err(|e| match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => ApiError::conflict(
-            "concurrent_transfer",
-            "a transfer with this idempotency key is being made concurrently; retry",
-        ),
-        _ => ApiError::from(e),
-    })?;
-    for (account, amount) in [(&from, -t.amount), (&to, t.amount)] {
-        sqlx::query("INSERT INTO ledger_entries (transfer_id, account_id, amount, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(&id)
-            .bind(account)
-            .bind(amount)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-    }
+    let record = store::TransferRecord {
+        id: &id,
+        network: &t.network,
+        idempotency_key: t.idempotency_key,
+        kind: t.kind,
+        memo: t.memo,
+        job: t.job,
+        from: &from,
+        to: &to,
+        amount: t.amount,
+    };
+    store::record_transfer(tx, &record, now_ms())
+        .await
+        .map_err(|e| match e {
+            StoreError::Duplicate(_) => ApiError::conflict(
+                "concurrent_transfer",
+                "a transfer with this idempotency key is being made concurrently; retry",
+            ),
+            e => ApiError::from(e),
+        })?;
     Ok(TransferOutcome::Created(id))
 }

@@ -7,12 +7,11 @@
 pub mod api;
 pub mod auth;
 pub mod checks;
+pub mod domain;
 pub mod error;
 pub mod gateway;
-pub mod keys;
 pub mod ledger;
 pub mod metrics;
-pub mod presence;
 pub mod ringers;
 pub mod scheduler;
 pub mod state;
@@ -39,14 +38,14 @@ pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
 /// Build the shared state: database, signing key, metrics, validator.
 pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let db = open_db(&config).await?;
-    let key = keys::load_or_create(&db)
+    let key = store::keys::load_or_create(&db)
         .await
         .context("loading the signing key")?;
-    let vrf = keys::load_or_create_vrf(&db)
+    let vrf = store::keys::load_or_create_vrf(&db)
         .await
         .context("loading the VRF key")?;
     let mut state = AppState {
-        presence: presence::PresenceWriter::spawn(db.clone()),
+        presence: store::presence::PresenceWriter::spawn(db.clone()),
         db,
         config: Arc::new(config),
         key: Arc::new(key),
@@ -138,7 +137,7 @@ pub async fn bootstrap_admin(
     name: &str,
 ) -> anyhow::Result<mesh_proto::api::CreatedToken> {
     let db = open_db(config).await?;
-    keys::load_or_create(&db).await?;
+    store::keys::load_or_create(&db).await?;
     let mut tx = db.pool.begin().await?;
     let person = api::people::create_person(&mut tx, name).await?;
     let token = api::people::create_person_token(&mut tx, &person, "bootstrap", None).await?;

@@ -67,11 +67,7 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
-        let online: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM devices WHERE online = 1 AND status = 'approved'",
-        )
-        .fetch_one(&state.db.pool)
-        .await?;
+        let online = crate::store::devices::count_online(&state.db.pool).await?;
         let _ = writeln!(
             out,
             "# HELP mesh_devices_online Approved devices currently online.\n# TYPE mesh_devices_online gauge\nmesh_devices_online {online}"

@@ -24,11 +24,11 @@
 
 use crate::error::ApiResult;
 use crate::state::AppState;
+use crate::store::ringers as store;
 use crate::store::{now_ms, random_id};
 use mesh_proto::api::JobInfo;
 use mesh_proto::{Blake3Hash, Comparison, DeviceId, NetworkId, PersonId};
 use serde_json::Value;
-use sqlx::Row;
 
 /// Items of a passed job kept as ringers.
 const HARVEST_PER_JOB: usize = 8;
@@ -101,38 +101,22 @@ pub async fn harvest(
             )
         });
         let item = items[i].to_string();
-        let inserted = sqlx::query(
-            "INSERT INTO ringers (id, network_id, workload_hash, requester_id, item, answer, source_job, uses, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8) ON CONFLICT (network_id, workload_hash, requester_id, item) DO NOTHING",
-        )
-        .bind(&id)
-        .bind(job.network.to_string())
-        .bind(job.workload.to_string())
-        .bind(job.requester.to_string())
-        .bind(&item)
-        .bind(answers[i].to_string())
-        .bind(job.id.to_string())
-        .bind(now)
-        .execute(&state.db.pool)
-        .await?
-        .rows_affected();
-        if inserted == 1 {
+        let answer = answers[i].to_string();
+        let ringer = store::NewRinger {
+            id: &id,
+            network: &job.network,
+            workload: &job.workload,
+            requester: &job.requester,
+            item: &item,
+            answer: &answer,
+            source_job: &job.id,
+        };
+        if store::insert(&state.db.pool, &ringer, now).await? {
             for device in seen_by {
-                mark_seen(state, &id, device).await?;
+                store::mark_seen(&state.db.pool, &id, device).await?;
             }
         }
     }
-    Ok(())
-}
-
-async fn mark_seen(state: &AppState, ringer: &str, device: &DeviceId) -> ApiResult<()> {
-    sqlx::query(
-        "INSERT INTO ringer_seen (ringer_id, device_id) VALUES ($1, $2) ON CONFLICT (ringer_id, device_id) DO NOTHING",
-    )
-    .bind(ringer)
-    .bind(device.to_string())
-    .execute(&state.db.pool)
-    .await?;
     Ok(())
 }
 
@@ -157,24 +141,12 @@ pub async fn mix(
     if count == 0 {
         return Ok(None);
     }
-    let rows = sqlx::query(
-        "SELECT id, item, answer FROM ringers r WHERE network_id = $1 AND workload_hash = $2 AND requester_id = $3 \
-         AND NOT EXISTS (SELECT 1 FROM ringer_seen s WHERE s.ringer_id = r.id AND s.device_id = $4) \
-         ORDER BY uses LIMIT 64",
-    )
-    .bind(network.to_string())
-    .bind(workload.to_string())
-    .bind(requester.to_string())
-    .bind(executor.to_string())
-    .fetch_all(&state.db.pool)
-    .await?;
+    let rows = store::unseen(&state.db.pool, network, workload, requester, executor, 64).await?;
     let mut pool: Vec<(String, Value, Value)> = Vec::new();
-    for row in rows {
-        let item: String = row.try_get("item")?;
-        let answer: String = row.try_get("answer")?;
+    for (id, item, answer) in rows {
         if let (Ok(item), Ok(answer)) = (serde_json::from_str(&item), serde_json::from_str(&answer))
         {
-            pool.push((row.try_get("id")?, item, answer));
+            pool.push((id, item, answer));
         }
     }
     if pool.is_empty() {
@@ -198,11 +170,8 @@ pub async fn mix(
         });
     }
     for p in &planted {
-        sqlx::query("UPDATE ringers SET uses = uses + 1 WHERE id = $1")
-            .bind(&p.id)
-            .execute(&state.db.pool)
-            .await?;
-        mark_seen(state, &p.id, executor).await?;
+        store::count_use(&state.db.pool, &p.id).await?;
+        store::mark_seen(&state.db.pool, &p.id, executor).await?;
     }
     let bytes = serde_json::to_vec(&doc).map_err(crate::error::ApiError::internal)?;
     Ok(Some((bytes, planted)))

@@ -6,17 +6,14 @@
 //! queue (or fails after `max_job_attempts`), and its reserved credits are refunded exactly
 //! once (idempotency keys per job).
 
-use crate::auth::parse;
 use crate::error::{ApiError, ApiResult};
 use crate::ledger::{self, Account};
 use crate::state::AppState;
 use crate::store::Tx;
 use crate::store::jobs::{self, Holder, JobRecord};
-use crate::store::now_ms;
-use mesh_proto::api::{JobInfo, JobTicket};
-use mesh_proto::device::Capabilities;
+use crate::store::{devices, now_ms};
+use mesh_proto::api::{DeviceInfo, JobInfo, JobTicket};
 use mesh_proto::{DeviceId, JobId, NetworkId, PersonId, SignDomain, Signed};
-use sqlx::Row;
 use std::sync::atomic::Ordering;
 
 /// Devices with a trust score below this are never chosen.
@@ -45,36 +42,26 @@ pub async fn candidates(
     network: &NetworkId,
     models: &[String],
 ) -> ApiResult<Vec<Candidate>> {
-    let rows = sqlx::query(
-        "SELECT id, owner_id, peer_id, capabilities, load_running, load_queued, load_slots, trust FROM devices \
-         WHERE network_id = $1 AND status = 'approved' AND online = 1 AND quarantined_at IS NULL",
-    )
-    .bind(network.to_string())
-    .fetch_all(&state.db.pool)
-    .await?;
+    let schedulable = devices::schedulable(&state.db.pool, network).await?;
     let held = jobs::held_per_executor(&state.db.pool, network).await?;
     let mut out = Vec::new();
-    for row in rows {
-        let id: DeviceId = parse(row.try_get("id")?)?;
-        let capabilities: Capabilities =
-            serde_json::from_str(&row.try_get::<String, _>("capabilities")?)
-                .map_err(ApiError::internal)?;
-        let trust: f64 = row.try_get("trust")?;
+    for d in schedulable {
+        let capabilities = &d.capabilities;
         if capabilities.backends.is_empty()
-            || trust < MIN_TRUST
+            || d.trust < MIN_TRUST
             || !models.iter().all(|m| capabilities.models.contains(m))
         {
             continue;
         }
-        let slots = row.try_get::<i64, _>("load_slots")?.max(1) as f64;
-        let reported = row.try_get::<i64, _>("load_queued")? as f64;
-        let holding = *held.get(&id).unwrap_or(&0) as f64;
+        let slots = f64::from(d.load.slots.max(1));
+        let reported = f64::from(d.load.queued);
+        let holding = *held.get(&d.id).unwrap_or(&0) as f64;
         out.push(Candidate {
-            device: id,
-            peer_id: row.try_get("peer_id")?,
-            load: (holding.max(row.try_get::<i64, _>("load_running")? as f64) + reported) / slots,
-            trust,
-            owner: parse(row.try_get("owner_id")?)?,
+            device: d.id,
+            peer_id: d.peer_id,
+            load: (holding.max(f64::from(d.load.running)) + reported) / slots,
+            trust: d.trust,
+            owner: d.owner,
         });
     }
     // Equal load and trust: a random order, so idle devices share the work.
@@ -124,6 +111,13 @@ pub fn ticket(
         .map_err(ApiError::internal)
 }
 
+/// Read a device (404 when there is none).
+pub async fn device(state: &AppState, device: &DeviceId) -> ApiResult<DeviceInfo> {
+    devices::get(&state.db.pool, device)
+        .await?
+        .ok_or_else(|| ApiError::not_found("device"))
+}
+
 /// Read a job (404 when there is none).
 pub async fn job_record(state: &AppState, job: &JobId) -> ApiResult<JobRecord> {
     jobs::get(&state.db.pool, job)
@@ -136,20 +130,12 @@ pub async fn job_record(state: &AppState, job: &JobId) -> ApiResult<JobRecord> {
 pub async fn try_assign(state: &AppState, job: &JobId) -> ApiResult<Option<(DeviceId, String)>> {
     let record = job_record(state, job).await?;
     let row = &record.info;
-    let models: Option<String> =
-        sqlx::query_scalar("SELECT metadata FROM workloads WHERE network_id = $1 AND hash = $2")
-            .bind(row.network.to_string())
-            .bind(row.workload.to_string())
-            .fetch_optional(&state.db.pool)
-            .await?;
-    let models: Vec<String> = match models {
-        Some(m) => {
-            serde_json::from_str::<mesh_proto::WorkloadMetadata>(&m)
-                .map_err(ApiError::internal)?
-                .models
-        }
-        None => return Ok(None),
+    let Some(metadata) =
+        crate::store::workloads::metadata_of(&state.db.pool, &row.network, &row.workload).await?
+    else {
+        return Ok(None);
     };
+    let models = metadata.models;
     // Devices that already had a go come last: a busy or unreachable device is retried only
     // when nobody else can take the job.
     // A device never runs its own request (it would have to dial itself).
@@ -246,10 +232,11 @@ pub async fn fail_queued(state: &AppState, job: &JobId, reason: &str) -> ApiResu
 /// One sweep: mark silent devices offline, expire leases, assign queued jobs.
 pub async fn sweep(state: &AppState) -> ApiResult<()> {
     let now = now_ms();
-    sqlx::query("UPDATE devices SET online = 0 WHERE online = 1 AND (last_seen_at IS NULL OR last_seen_at < $1)")
-        .bind(now - state.config.offline_after.as_millis() as i64)
-        .execute(&state.db.pool)
-        .await?;
+    devices::mark_silent_offline(
+        &state.db.pool,
+        now - state.config.offline_after.as_millis() as i64,
+    )
+    .await?;
     for job in jobs::expired_leases(&state.db.pool, now, 100).await? {
         if requeue_or_fail(state, &job, None, "the executor's lease expired", true).await? {
             state.metrics.expired_leases.fetch_add(1, Ordering::Relaxed);

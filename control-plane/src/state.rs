@@ -121,7 +121,7 @@ pub struct AppState {
     /// Checks uploaded components against the Mesh world.
     pub validator: Arc<ComponentValidator>,
     /// Writes heartbeats in batches.
-    pub presence: crate::presence::PresenceWriter,
+    pub presence: crate::store::presence::PresenceWriter,
     /// The gateway's libp2p node, when relays are configured.
     pub gateway: Option<mesh_net::Node>,
 }

@@ -1,16 +1,16 @@
 //! Credits: balances, history and grants.
 
 use crate::api::networks::network_id;
-use crate::auth::{Auth, parse, require_role};
+use crate::auth::{Auth, require_role};
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
 use crate::ledger::{self, Account, TransferOutcome};
 use crate::state::AppState;
+use crate::store::ledger as ledger_store;
 use axum::Json;
 use axum::extract::{Path, State};
 use mesh_proto::PersonId;
 use mesh_proto::api::{Balance, GrantRequest, LedgerEntryInfo, Role, TransferInfo};
 use serde::Deserialize;
-use sqlx::Row;
 
 /// Whose account to read; defaults to the caller. Reading others' needs the admin role.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -52,10 +52,8 @@ pub async fn balance(
 ) -> ApiResult<Json<Balance>> {
     let network = network_id(&network)?;
     let person = target(&state, &principal, &network, &query).await?;
-    let balance: Option<i64> = sqlx::query_scalar("SELECT balance FROM accounts WHERE id = $1")
-        .bind(Account::Person(person).id(&network))
-        .fetch_optional(&state.db.pool)
-        .await?;
+    let balance =
+        ledger_store::balance(&state.db.pool, &Account::Person(person).id(&network)).await?;
     Ok(Json(Balance {
         person,
         balance: balance.ok_or_else(|| ApiError::not_found("account"))?,
@@ -75,30 +73,10 @@ pub async fn history(
 ) -> ApiResult<Json<Vec<LedgerEntryInfo>>> {
     let network = network_id(&network)?;
     let person = target(&state, &principal, &network, &query).await?;
-    let rows = sqlx::query(
-        "SELECT t.id, t.kind, t.memo, t.job_id, e.amount, e.created_at FROM ledger_entries e \
-         JOIN ledger_transfers t ON t.id = e.transfer_id WHERE e.account_id = $1 \
-         ORDER BY e.created_at DESC, t.id LIMIT 500",
-    )
-    .bind(Account::Person(person).id(&network))
-    .fetch_all(&state.db.pool)
-    .await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(LedgerEntryInfo {
-                transfer: row.try_get("id")?,
-                kind: row.try_get("kind")?,
-                memo: row.try_get("memo")?,
-                amount: row.try_get("amount")?,
-                job: row
-                    .try_get::<Option<String>, _>("job_id")?
-                    .map(parse)
-                    .transpose()?,
-                created_at_ms: row.try_get("created_at")?,
-            })
-        })
-        .collect::<ApiResult<Vec<_>>>()
-        .map(Json)
+    let account = Account::Person(person).id(&network);
+    Ok(Json(
+        ledger_store::history(&state.db.pool, &account, 500).await?,
+    ))
 }
 
 /// Grant credits to a member from the network's issuer account (admin). Idempotent per key.
@@ -123,12 +101,7 @@ pub async fn grant(
     if request.amount <= 0 || request.amount > 1_000_000_000 {
         return Err(ApiError::bad_request("amount must be between 1 and 10^9"));
     }
-    let member: Option<String> =
-        sqlx::query_scalar("SELECT role FROM memberships WHERE network_id = $1 AND person_id = $2")
-            .bind(network.to_string())
-            .bind(request.person.to_string())
-            .fetch_optional(&state.db.pool)
-            .await?;
+    let member = crate::store::networks::role_of(&state.db.pool, &network, &request.person).await?;
     if member.is_none() {
         return Err(ApiError::not_found("member"));
     }
@@ -149,12 +122,13 @@ pub async fn grant(
     )
     .await?;
     if let TransferOutcome::Created(id) = &outcome {
-        crate::api::audit(
+        crate::store::audit::append(
             &mut tx,
             Some(&network),
             &principal.label(),
             "credits.grant",
             &format!("{} {} {id}", request.person, request.amount),
+            crate::store::now_ms(),
         )
         .await?;
     }
@@ -172,18 +146,5 @@ pub async fn ledger_sums(
     state: &AppState,
     network: &mesh_proto::NetworkId,
 ) -> ApiResult<(i64, i64)> {
-    let balances: i64 = sqlx::query_scalar(
-        "SELECT CAST(COALESCE(SUM(balance), 0) AS BIGINT) FROM accounts WHERE network_id = $1",
-    )
-    .bind(network.to_string())
-    .fetch_one(&state.db.pool)
-    .await?;
-    let entries: i64 = sqlx::query_scalar(
-        "SELECT CAST(COALESCE(SUM(e.amount), 0) AS BIGINT) FROM ledger_entries e JOIN accounts a ON a.id = e.account_id \
-         WHERE a.network_id = $1",
-    )
-    .bind(network.to_string())
-    .fetch_one(&state.db.pool)
-    .await?;
-    Ok((balances, entries))
+    Ok(ledger_store::sums(&state.db, network).await?)
 }

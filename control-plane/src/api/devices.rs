@@ -3,20 +3,20 @@
 
 use crate::api::networks::network_id;
 use crate::api::people::{check_name, use_invite};
-use crate::auth::{Auth, new_token_secret, parse, require_reader, require_role};
+use crate::auth::{Auth, new_token_secret, require_reader, require_role};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::state::AppState;
-use crate::store::{now_ms, random_id, random_secret, secret_hash};
+use crate::store::{StoreError, devices, invites, networks, people};
+use crate::store::{now_ms, random_id, random_secret};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mesh_proto::api::{
     CertificateResponse, Challenge, ChallengeRequest, DeviceInfo, DeviceStatus, HeartbeatResponse,
-    RegisterDeviceRequest, RegisteredDevice, Role,
+    InviteKind, RegisterDeviceRequest, RegisteredDevice, Role,
 };
-use mesh_proto::device::{Capabilities, DeviceCert, DeviceLoad, Heartbeat, RegistrationProof};
+use mesh_proto::device::{Capabilities, DeviceCert, Heartbeat, RegistrationProof};
 use mesh_proto::{DeviceId, NetworkId, PersonId, PublicKey, SignDomain, Signed, TokenId};
-use sqlx::Row;
 use std::sync::atomic::Ordering;
 
 /// Largest capability lists accepted (backends, models).
@@ -58,20 +58,14 @@ pub async fn challenge(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ChallengeRequest>,
 ) -> ApiResult<Json<Challenge>> {
-    let row = sqlx::query(
-        "SELECT network_id, kind, expires_at, used_at FROM invites WHERE code_hash = $1",
-    )
-    .bind(secret_hash(&request.invite))
-    .fetch_optional(&state.db.pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found("invite"))?;
-    if row.try_get::<String, _>("kind")? != "device" {
+    let invite = invites::by_code(&state.db.pool, &request.invite)
+        .await?
+        .ok_or_else(|| ApiError::not_found("invite"))?;
+    if invite.kind != InviteKind::Device {
         return Err(ApiError::bad_request("this is not a device invite"));
     }
     let now = now_ms();
-    if row.try_get::<Option<i64>, _>("used_at")?.is_some()
-        || row.try_get::<i64, _>("expires_at")? <= now
-    {
+    if invite.used_at_ms.is_some() || invite.expires_at_ms <= now {
         return Err(ApiError::gone(
             "invite_unusable",
             "this invite was used or has expired",
@@ -79,18 +73,10 @@ pub async fn challenge(
     }
     let challenge = random_secret();
     let expires_at_ms = now + state.config.challenge_lifetime.as_millis() as i64;
-    sqlx::query("DELETE FROM challenges WHERE expires_at <= $1")
-        .bind(now)
-        .execute(&state.db.pool)
-        .await?;
-    sqlx::query("INSERT INTO challenges (challenge, expires_at) VALUES ($1, $2)")
-        .bind(&challenge)
-        .bind(expires_at_ms)
-        .execute(&state.db.pool)
-        .await?;
+    invites::insert_challenge(&state.db, &challenge, expires_at_ms, now).await?;
     Ok(Json(Challenge {
         challenge,
-        network: parse(row.try_get("network_id")?)?,
+        network: invite.network,
         expires_at_ms,
     }))
 }
@@ -107,15 +93,9 @@ pub async fn register(
     let name = check_name(&request.name)?;
     check_capabilities(&request.capabilities)?;
     let mut tx = state.db.pool.begin().await?;
-    let (network, _) = use_invite(&mut tx, &request.invite, "device").await?;
+    let (network, _, owner) = use_invite(&mut tx, &request.invite, InviteKind::Device).await?;
     // The challenge is single-use: deleting it is what makes a replayed registration fail.
-    let fresh = sqlx::query("DELETE FROM challenges WHERE challenge = $1 AND expires_at > $2")
-        .bind(&request.challenge)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if fresh != 1 {
+    if !invites::take_challenge(&mut tx, &request.challenge, now_ms()).await? {
         return Err(ApiError::gone(
             "challenge_invalid",
             "unknown, used or expired challenge",
@@ -136,63 +116,47 @@ pub async fn register(
             )
         })?;
 
-    let owner: String = sqlx::query_scalar("SELECT created_by FROM invites WHERE code_hash = $1")
-        .bind(secret_hash(&request.invite))
-        .fetch_one(&mut *tx)
-        .await?;
-    let owner: PersonId = parse(owner)?;
-    let require_approval: i64 =
-        sqlx::query_scalar("SELECT require_device_approval FROM networks WHERE id = $1")
-            .bind(network.to_string())
-            .fetch_one(&mut *tx)
-            .await?;
-    let status = if require_approval != 0 {
+    let require_approval = networks::policy(&mut *tx, &network)
+        .await?
+        .ok_or_else(|| ApiError::not_found("network"))?
+        .require_device_approval;
+    let status = if require_approval {
         DeviceStatus::Pending
     } else {
         DeviceStatus::Approved
     };
     let device: DeviceId = random_id(DeviceId::from_bytes);
     let now = now_ms();
-    sqlx::query(
-        "INSERT INTO devices (id, network_id, owner_id, name, public_key, peer_id, status, capabilities, created_at, approved_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(device.to_string())
-    .bind(network.to_string())
-    .bind(owner.to_string())
-    .bind(&name)
-    .bind(request.public_key.to_string())
-    .bind(request.public_key.peer_id())
-    .bind(status.as_str())
-    .bind(serde_json::to_string(&request.capabilities).map_err(ApiError::internal)?)
-    .bind(now)
-    .bind((status == DeviceStatus::Approved).then_some(now))
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            ApiError::conflict("key_in_use", "a device with this public key is already registered")
-        }
-        _ => ApiError::from(e),
-    })?;
+    let new = devices::NewDevice {
+        id: device,
+        network,
+        owner,
+        name: &name,
+        public_key: request.public_key,
+        status,
+        capabilities: &request.capabilities,
+    };
+    devices::insert(&mut tx, &new, now)
+        .await
+        .map_err(|e| match e {
+            StoreError::Duplicate(_) => ApiError::conflict(
+                "key_in_use",
+                "a device with this public key is already registered",
+            ),
+            e => ApiError::from(e),
+        })?;
     let token_id: TokenId = random_id(TokenId::from_bytes);
     let token = new_token_secret();
-    sqlx::query(
-        "INSERT INTO api_tokens (id, secret_hash, person_id, device_id, label, created_at) VALUES ($1, $2, NULL, $3, $4, $5)",
-    )
-    .bind(token_id.to_string())
-    .bind(secret_hash(&token))
-    .bind(device.to_string())
-    .bind(format!("device {name}"))
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    crate::api::audit(
+    let label = format!("device {name}");
+    let subject = people::TokenOwner::Device(&device);
+    people::insert_token(&mut tx, &token_id, &token, subject, &label, None, now).await?;
+    crate::store::audit::append(
         &mut tx,
         Some(&network),
         &device.to_string(),
         "device.register",
         &name,
+        crate::store::now_ms(),
     )
     .await?;
     tx.commit().await?;
@@ -233,41 +197,6 @@ fn check_capabilities(c: &Capabilities) -> ApiResult<()> {
     Ok(())
 }
 
-/// Build the public view of a device row.
-pub fn device_from_row(row: &sqlx::any::AnyRow) -> ApiResult<DeviceInfo> {
-    let status: String = row.try_get("status")?;
-    let capabilities: String = row.try_get("capabilities")?;
-    Ok(DeviceInfo {
-        id: parse(row.try_get("id")?)?,
-        network: parse(row.try_get("network_id")?)?,
-        owner: parse(row.try_get("owner_id")?)?,
-        name: row.try_get("name")?,
-        public_key: parse(row.try_get("public_key")?)?,
-        peer_id: row.try_get("peer_id")?,
-        status: DeviceStatus::parse(&status).ok_or_else(|| ApiError::internal("bad status"))?,
-        capabilities: serde_json::from_str(&capabilities).map_err(ApiError::internal)?,
-        online: row.try_get::<i64, _>("online")? != 0,
-        last_seen_at_ms: row.try_get("last_seen_at")?,
-        load: DeviceLoad {
-            running: row.try_get::<i64, _>("load_running")? as u32,
-            queued: row.try_get::<i64, _>("load_queued")? as u32,
-            slots: row.try_get::<i64, _>("load_slots")? as u32,
-        },
-        trust: row.try_get("trust")?,
-        checks: mesh_proto::verification::CheckRecord {
-            passed: row.try_get::<i64, _>("checks_passed")? as u32,
-            failed: row.try_get::<i64, _>("checks_failed")? as u32,
-            consecutive_passed: row.try_get::<i64, _>("consecutive_passed")? as u32,
-        },
-        quarantined_at_ms: row.try_get("quarantined_at")?,
-    })
-}
-
-/// Columns [`device_from_row`] reads.
-pub const DEVICE_COLUMNS: &str = "id, network_id, owner_id, name, public_key, peer_id, status, capabilities, online, \
-     last_seen_at, load_running, load_queued, load_slots, trust, checks_passed, checks_failed, consecutive_passed, \
-     quarantined_at";
-
 /// Devices of a network.
 #[utoipa::path(get, path = "/v1/networks/{network}/devices", tag = "devices", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id")),
@@ -279,16 +208,7 @@ pub async fn list_devices(
 ) -> ApiResult<Json<Vec<DeviceInfo>>> {
     let network = network_id(&network)?;
     require_reader(&state, &principal, &network).await?;
-    let rows = sqlx::query(&format!(
-        "SELECT {DEVICE_COLUMNS} FROM devices WHERE network_id = $1 ORDER BY created_at"
-    ))
-    .bind(network.to_string())
-    .fetch_all(&state.db.pool)
-    .await?;
-    rows.iter()
-        .map(device_from_row)
-        .collect::<ApiResult<Vec<_>>>()
-        .map(Json)
+    Ok(Json(devices::list(&state.db.pool, &network).await?))
 }
 
 async fn set_status(
@@ -296,7 +216,7 @@ async fn set_status(
     principal: &crate::auth::Principal,
     network: &str,
     device: &str,
-    from: &[&str],
+    from: &[DeviceStatus],
     to: DeviceStatus,
 ) -> ApiResult<DeviceInfo> {
     let network = network_id(network)?;
@@ -304,48 +224,29 @@ async fn set_status(
     let device = device_id(device)?;
     let now = now_ms();
     let mut tx = state.db.pool.begin().await?;
-    let current: Option<String> =
-        sqlx::query_scalar("SELECT status FROM devices WHERE id = $1 AND network_id = $2")
-            .bind(device.to_string())
-            .bind(network.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-    let current = current.ok_or_else(|| ApiError::not_found("device"))?;
-    if !from.contains(&current.as_str()) {
+    let current = devices::status_in(&mut *tx, &device, &network)
+        .await?
+        .ok_or_else(|| ApiError::not_found("device"))?;
+    if !from.contains(&current) {
         return Err(ApiError::conflict(
             "wrong_status",
-            format!("device is {current}"),
+            format!("device is {}", current.as_str()),
         ));
     }
-    let (column, online) = match to {
-        DeviceStatus::Approved => ("approved_at", "online"),
-        _ => ("revoked_at", "0"),
-    };
-    sqlx::query(&format!(
-        "UPDATE devices SET status = $1, {column} = $2, online = {online} WHERE id = $3 AND status = $4"
-    ))
-    .bind(to.as_str())
-    .bind(now)
-    .bind(device.to_string())
-    .bind(&current)
-    .execute(&mut *tx)
-    .await?;
-    crate::api::audit(
+    devices::set_status(&mut tx, &device, current, to, now).await?;
+    crate::store::audit::append(
         &mut tx,
         Some(&network),
         &principal.label(),
         &format!("device.{}", to.as_str()),
         &device.to_string(),
+        crate::store::now_ms(),
     )
     .await?;
     tx.commit().await?;
-    let row = sqlx::query(&format!(
-        "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
-    ))
-    .bind(device.to_string())
-    .fetch_one(&state.db.pool)
-    .await?;
-    device_from_row(&row)
+    devices::get(&state.db.pool, &device)
+        .await?
+        .ok_or_else(|| ApiError::not_found("device"))
 }
 
 /// Approve a pending device (admin).
@@ -363,7 +264,7 @@ pub async fn approve_device(
         &principal,
         &network,
         &device,
-        &["pending"],
+        &[DeviceStatus::Pending],
         DeviceStatus::Approved,
     )
     .await
@@ -385,7 +286,7 @@ pub async fn revoke_device(
         &principal,
         &network,
         &device,
-        &["pending", "approved"],
+        &[DeviceStatus::Pending, DeviceStatus::Approved],
         DeviceStatus::Revoked,
     )
     .await
@@ -408,20 +309,23 @@ pub async fn certificate(
             "a device can only fetch its own certificate",
         ));
     }
-    let row = sqlx::query("SELECT owner_id, public_key, status FROM devices WHERE id = $1")
-        .bind(caller.to_string())
-        .fetch_one(&state.db.pool)
-        .await?;
-    if row.try_get::<String, _>("status")? != "approved" {
+    let device = devices::get(&state.db.pool, &caller)
+        .await?
+        .ok_or_else(|| ApiError::not_found("device"))?;
+    if device.status != DeviceStatus::Approved {
         return Err(ApiError::conflict(
             "not_approved",
             "the device is not approved",
         ));
     }
-    let owner: PersonId = parse(row.try_get("owner_id")?)?;
-    let key: PublicKey = parse(row.try_get("public_key")?)?;
     Ok(Json(CertificateResponse {
-        certificate: issue_certificate(&state, &caller, &network, &owner, &key)?,
+        certificate: issue_certificate(
+            &state,
+            &caller,
+            &network,
+            &device.owner,
+            &device.public_key,
+        )?,
         control_plane_key: state.key.public_key(),
     }))
 }
@@ -475,7 +379,7 @@ pub async fn heartbeat(
     // condition in it is the replay protection.
     let online = state
         .presence
-        .record(crate::presence::PresenceUpdate {
+        .record(crate::store::presence::PresenceUpdate {
             device: caller,
             seen_at_ms: now,
             sent_at_ms: sent,

@@ -3,7 +3,7 @@
 //! existing client libraries work against a private mesh unchanged.
 
 use crate::api::networks::network_id;
-use crate::auth::{Auth, parse, require_role};
+use crate::auth::{Auth, require_role};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::state::AppState;
 use axum::Json;
@@ -119,14 +119,9 @@ async fn caller_network(
             .map_err(|_| ApiError::bad_request("the Mesh-Network header is not text"))?;
         return network_id(text);
     }
-    let networks: Vec<String> = sqlx::query_scalar(
-        "SELECT network_id FROM memberships WHERE person_id = $1 ORDER BY created_at",
-    )
-    .bind(person.to_string())
-    .fetch_all(&state.db.pool)
-    .await?;
+    let networks = crate::store::networks::of_person(&state.db.pool, person).await?;
     match networks.as_slice() {
-        [one] => parse(one.clone()),
+        [one] => Ok(*one),
         [] => Err(ApiError::not_found("network")),
         _ => Err(ApiError::bad_request(
             "you belong to several networks: name one in the Mesh-Network header",

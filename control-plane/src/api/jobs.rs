@@ -3,7 +3,7 @@
 
 use crate::api::networks::network_id;
 use crate::api::workloads::find_workload;
-use crate::auth::{Auth, parse, require_reader, require_role};
+use crate::auth::{Auth, require_reader, require_role};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::ledger::{self, Account};
 use crate::scheduler::{self, job_record};
@@ -43,10 +43,7 @@ pub async fn assignment(state: &AppState, job: &JobId) -> ApiResult<JobAssignmen
     let info = record.info.clone();
     let (ticket, executor_peer_id) = match (info.state, info.executor) {
         (JobState::Assigned | JobState::Running, Some(executor)) => {
-            let peer: String = sqlx::query_scalar("SELECT peer_id FROM devices WHERE id = $1")
-                .bind(executor.to_string())
-                .fetch_one(&state.db.pool)
-                .await?;
+            let peer = scheduler::device(state, &executor).await?.peer_id;
             (
                 Some(scheduler::ticket(state, &record, &executor, &peer)?),
                 Some(peer),
@@ -122,10 +119,10 @@ pub async fn submit_job(
     if let Some(id) = jobs::find_by_key(&state.db.pool, &network, &requester, &key).await? {
         return Ok((StatusCode::OK, Json(assignment(&state, &id).await?)));
     }
-    let price: i64 = sqlx::query_scalar("SELECT job_price FROM networks WHERE id = $1")
-        .bind(network.to_string())
-        .fetch_one(&state.db.pool)
-        .await?;
+    let price = crate::store::networks::policy(&state.db.pool, &network)
+        .await?
+        .ok_or_else(|| ApiError::not_found("network"))?
+        .job_price;
     let job: JobId = random_id(JobId::from_bytes);
     let now = now_ms();
     let mut tx = state.db.pool.begin().await?;
@@ -215,10 +212,7 @@ pub async fn reassign_job(
     if let (Some(failed), Some(current), JobState::Assigned | JobState::Running) =
         (failed_peer, info.executor, info.state)
     {
-        let peer: String = sqlx::query_scalar("SELECT peer_id FROM devices WHERE id = $1")
-            .bind(current.to_string())
-            .fetch_one(&state.db.pool)
-            .await?;
+        let peer = scheduler::device(state, &current).await?.peer_id;
         if peer != failed && retryable {
             return assignment(state, &info.id).await;
         }
@@ -372,12 +366,7 @@ pub async fn report_receipt(
     let executor = info
         .executor
         .ok_or_else(|| ApiError::conflict("wrong_state", "the job has no executor"))?;
-    let key: mesh_proto::PublicKey = parse(
-        sqlx::query_scalar::<_, String>("SELECT public_key FROM devices WHERE id = $1")
-            .bind(executor.to_string())
-            .fetch_one(&state.db.pool)
-            .await?,
-    )?;
+    let key = scheduler::device(&state, &executor).await?.public_key;
     let receipt: RunReceipt = request
         .receipt
         .verify(&key, SignDomain::Receipt, &info.network)
@@ -445,12 +434,7 @@ pub async fn settle_receipt(
             "the receipt does not match the job's workload and input",
         ));
     }
-    let owner: mesh_proto::PersonId = parse(
-        sqlx::query_scalar::<_, String>("SELECT owner_id FROM devices WHERE id = $1")
-            .bind(executor.to_string())
-            .fetch_one(&state.db.pool)
-            .await?,
-    )?;
+    let owner = scheduler::device(state, executor).await?.owner;
     let mut tx = state.db.pool.begin().await?;
     if !jobs::settle(&mut tx, &info.id, executor, receipt, now_ms()).await? {
         drop(tx);
@@ -463,12 +447,13 @@ pub async fn settle_receipt(
                 return Ok(current);
             }
             let mut tx = state.db.pool.begin().await?;
-            crate::api::audit(
+            crate::store::audit::append(
                 &mut tx,
                 Some(&info.network),
                 &executor.to_string(),
                 "conflicting_receipt",
                 &format!("job {}: a second, different receipt was reported", info.id),
+                crate::store::now_ms(),
             )
             .await?;
             tx.commit().await?;

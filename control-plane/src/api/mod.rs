@@ -12,14 +12,12 @@ pub mod relay;
 pub mod system;
 pub mod workloads;
 
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ErrorBody};
 use crate::state::{AppState, MAX_COMPONENT_BYTES, MAX_JSON_BODY_BYTES};
-use crate::store::{now_ms, random_id};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use mesh_proto::NetworkId;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
@@ -128,30 +126,4 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
         .metrics
         .record_request(&method, &route, response.status().as_u16());
     response
-}
-
-/// Append to the audit log inside `tx`.
-pub async fn audit(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    network: Option<&NetworkId>,
-    actor: &str,
-    action: &str,
-    detail: &str,
-) -> ApiResult<()> {
-    let id = random_id(|b| {
-        format!(
-            "audit_{}",
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        )
-    });
-    sqlx::query("INSERT INTO audit_log (id, network_id, actor, action, detail, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(id)
-        .bind(network.map(|n| n.to_string()))
-        .bind(actor)
-        .bind(action)
-        .bind(detail)
-        .bind(now_ms())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }

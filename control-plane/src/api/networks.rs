@@ -1,11 +1,11 @@
 //! Networks, members, roles and invites.
 
 use crate::api::people::{add_member, check_name};
-use crate::auth::{Auth, parse, require_reader, require_role, role_in};
+use crate::auth::{Auth, require_reader, require_role, role_in};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::ledger;
 use crate::state::AppState;
-use crate::store::{now_ms, random_id, random_secret, secret_hash};
+use crate::store::{Tx, invites, networks, now_ms, random_id, random_secret};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -14,7 +14,6 @@ use mesh_proto::api::{
     NetworkInfo, NetworkPolicy, Role, UpdateMemberRequest,
 };
 use mesh_proto::{InviteId, NetworkId, PersonId};
-use sqlx::Row;
 
 /// Default lifetime of an invite.
 const DEFAULT_INVITE_SECONDS: u64 = 24 * 3600;
@@ -45,30 +44,9 @@ pub async fn network_info(
     network: &NetworkId,
     person: &PersonId,
 ) -> ApiResult<NetworkInfo> {
-    let row = sqlx::query(
-        "SELECT n.name, n.require_device_approval, n.initial_grant, n.allow_credit, n.credit_limit, n.job_price, \
-         n.created_at, m.role FROM networks n JOIN memberships m ON m.network_id = n.id \
-         WHERE n.id = $1 AND m.person_id = $2",
-    )
-    .bind(network.to_string())
-    .bind(person.to_string())
-    .fetch_optional(&state.db.pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found("network"))?;
-    let role: String = row.try_get("role")?;
-    Ok(NetworkInfo {
-        id: *network,
-        name: row.try_get("name")?,
-        role: Role::parse(&role).ok_or_else(|| ApiError::internal("bad role"))?,
-        policy: NetworkPolicy {
-            require_device_approval: row.try_get::<i64, _>("require_device_approval")? != 0,
-            initial_grant: row.try_get("initial_grant")?,
-            allow_credit: row.try_get::<i64, _>("allow_credit")? != 0,
-            credit_limit: row.try_get("credit_limit")?,
-            job_price: row.try_get("job_price")?,
-        },
-        created_at_ms: row.try_get("created_at")?,
-    })
+    networks::info_for(&state.db.pool, network, person)
+        .await?
+        .ok_or_else(|| ApiError::not_found("network"))
 }
 
 /// Create a network; the caller becomes its owner and gets the initial grant.
@@ -87,29 +65,16 @@ pub async fn create_network(
     let network: NetworkId = random_id(NetworkId::from_bytes);
     let p = &request.policy;
     let mut tx = state.db.pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO networks (id, name, created_by, require_device_approval, initial_grant, allow_credit, credit_limit, \
-         job_price, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(network.to_string())
-    .bind(&name)
-    .bind(person.to_string())
-    .bind(i64::from(p.require_device_approval))
-    .bind(p.initial_grant)
-    .bind(i64::from(p.allow_credit))
-    .bind(p.credit_limit)
-    .bind(p.job_price)
-    .bind(now_ms())
-    .execute(&mut *tx)
-    .await?;
+    networks::insert(&mut tx, &network, &name, &person, p, now_ms()).await?;
     ledger::create_network_accounts(&mut tx, &network).await?;
     add_member(&mut tx, &network, &person, Role::Owner).await?;
-    crate::api::audit(
+    crate::store::audit::append(
         &mut tx,
         Some(&network),
         &person.to_string(),
         "network.create",
         &name,
+        crate::store::now_ms(),
     )
     .await?;
     tx.commit().await?;
@@ -127,17 +92,12 @@ pub async fn list_networks(
     Auth(principal): Auth,
 ) -> ApiResult<Json<Vec<NetworkInfo>>> {
     let person = principal.person()?;
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT network_id FROM memberships WHERE person_id = $1 ORDER BY created_at",
-    )
-    .bind(person.to_string())
-    .fetch_all(&state.db.pool)
-    .await?;
-    let mut networks = Vec::with_capacity(ids.len());
+    let ids = networks::of_person(&state.db.pool, &person).await?;
+    let mut infos = Vec::with_capacity(ids.len());
     for id in ids {
-        networks.push(network_info(&state, &parse(id)?, &person).await?);
+        infos.push(network_info(&state, &id, &person).await?);
     }
-    Ok(Json(networks))
+    Ok(Json(infos))
 }
 
 /// One network.
@@ -173,24 +133,14 @@ pub async fn update_policy(
     require_role(&state, &principal, &network, Role::Owner).await?;
     check_policy(&policy)?;
     let mut tx = state.db.pool.begin().await?;
-    sqlx::query(
-        "UPDATE networks SET require_device_approval = $1, initial_grant = $2, allow_credit = $3, credit_limit = $4, \
-         job_price = $5 WHERE id = $6",
-    )
-    .bind(i64::from(policy.require_device_approval))
-    .bind(policy.initial_grant)
-    .bind(i64::from(policy.allow_credit))
-    .bind(policy.credit_limit)
-    .bind(policy.job_price)
-    .bind(network.to_string())
-    .execute(&mut *tx)
-    .await?;
-    crate::api::audit(
+    networks::set_policy(&mut tx, &network, &policy).await?;
+    crate::store::audit::append(
         &mut tx,
         Some(&network),
         &principal.label(),
         "network.policy",
         &serde_json::to_string(&policy).unwrap_or_default(),
+        crate::store::now_ms(),
     )
     .await?;
     tx.commit().await?;
@@ -211,25 +161,7 @@ pub async fn list_members(
 ) -> ApiResult<Json<Vec<MemberInfo>>> {
     let network = network_id(&network)?;
     require_reader(&state, &principal, &network).await?;
-    let rows = sqlx::query(
-        "SELECT m.person_id, p.name, m.role, m.created_at FROM memberships m JOIN people p ON p.id = m.person_id \
-         WHERE m.network_id = $1 ORDER BY m.created_at",
-    )
-    .bind(network.to_string())
-    .fetch_all(&state.db.pool)
-    .await?;
-    rows.into_iter()
-        .map(|row| {
-            let role: String = row.try_get("role")?;
-            Ok(MemberInfo {
-                person: parse(row.try_get("person_id")?)?,
-                name: row.try_get("name")?,
-                role: Role::parse(&role).ok_or_else(|| ApiError::internal("bad role"))?,
-                joined_at_ms: row.try_get("created_at")?,
-            })
-        })
-        .collect::<ApiResult<Vec<_>>>()
-        .map(Json)
+    Ok(Json(networks::members(&state.db.pool, &network).await?))
 }
 
 /// The network's audit log, newest first (admins): admin actions, failed checks, quarantines.
@@ -244,24 +176,9 @@ pub async fn audit_log(
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
     let network = network_id(&network)?;
     require_role(&state, &principal, &network, Role::Admin).await?;
-    let rows = sqlx::query(
-        "SELECT actor, action, detail, created_at FROM audit_log WHERE network_id = $1 \
-         ORDER BY created_at DESC, id LIMIT 500",
-    )
-    .bind(network.to_string())
-    .fetch_all(&state.db.pool)
-    .await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(AuditEntry {
-                actor: row.try_get("actor")?,
-                action: row.try_get("action")?,
-                detail: row.try_get("detail")?,
-                at_ms: row.try_get("created_at")?,
-            })
-        })
-        .collect::<ApiResult<Vec<_>>>()
-        .map(Json)
+    Ok(Json(
+        crate::store::audit::newest(&state.db.pool, &network, 500).await?,
+    ))
 }
 
 /// Change a member's role (owner). The last owner cannot step down.
@@ -280,28 +197,20 @@ pub async fn update_member(
     require_role(&state, &principal, &network, Role::Owner).await?;
     let person: PersonId = person.parse().map_err(|_| ApiError::not_found("member"))?;
     let mut tx = state.db.pool.begin().await?;
-    let current: Option<String> =
-        sqlx::query_scalar("SELECT role FROM memberships WHERE network_id = $1 AND person_id = $2")
-            .bind(network.to_string())
-            .bind(person.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-    let current = current.ok_or_else(|| ApiError::not_found("member"))?;
-    if current == "owner" && request.role != Role::Owner {
+    let current = networks::role_of(&mut *tx, &network, &person)
+        .await?
+        .ok_or_else(|| ApiError::not_found("member"))?;
+    if current == Role::Owner && request.role != Role::Owner {
         ensure_other_owner(&mut tx, &network, &person).await?;
     }
-    sqlx::query("UPDATE memberships SET role = $1 WHERE network_id = $2 AND person_id = $3")
-        .bind(request.role.as_str())
-        .bind(network.to_string())
-        .bind(person.to_string())
-        .execute(&mut *tx)
-        .await?;
-    crate::api::audit(
+    networks::set_role(&mut tx, &network, &person, request.role).await?;
+    crate::store::audit::append(
         &mut tx,
         Some(&network),
         &principal.label(),
         "member.role",
         &format!("{person} {}", request.role.as_str()),
+        crate::store::now_ms(),
     )
     .await?;
     tx.commit().await?;
@@ -315,19 +224,8 @@ pub async fn update_member(
         .ok_or_else(|| ApiError::not_found("member"))
 }
 
-async fn ensure_other_owner(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    network: &NetworkId,
-    person: &PersonId,
-) -> ApiResult<()> {
-    let owners: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM memberships WHERE network_id = $1 AND role = 'owner' AND person_id <> $2",
-    )
-    .bind(network.to_string())
-    .bind(person.to_string())
-    .fetch_one(&mut **tx)
-    .await?;
-    if owners == 0 {
+async fn ensure_other_owner(tx: &mut Tx, network: &NetworkId, person: &PersonId) -> ApiResult<()> {
+    if networks::other_owners(tx, network, person).await? == 0 {
         return Err(ApiError::conflict(
             "last_owner",
             "a network needs at least one owner",
@@ -351,36 +249,24 @@ pub async fn remove_member(
     let caller_role = require_role(&state, &principal, &network, Role::Admin).await?;
     let person: PersonId = person.parse().map_err(|_| ApiError::not_found("member"))?;
     let mut tx = state.db.pool.begin().await?;
-    let role: Option<String> =
-        sqlx::query_scalar("SELECT role FROM memberships WHERE network_id = $1 AND person_id = $2")
-            .bind(network.to_string())
-            .bind(person.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-    let role = role.ok_or_else(|| ApiError::not_found("member"))?;
-    if role == "owner" {
+    let role = networks::role_of(&mut *tx, &network, &person)
+        .await?
+        .ok_or_else(|| ApiError::not_found("member"))?;
+    if role == Role::Owner {
         if caller_role != Role::Owner {
             return Err(ApiError::forbidden("only owners can remove owners"));
         }
         ensure_other_owner(&mut tx, &network, &person).await?;
     }
-    sqlx::query("DELETE FROM memberships WHERE network_id = $1 AND person_id = $2")
-        .bind(network.to_string())
-        .bind(person.to_string())
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE devices SET status = 'revoked', revoked_at = $1, online = 0 WHERE network_id = $2 AND owner_id = $3 AND status <> 'revoked'")
-        .bind(now_ms())
-        .bind(network.to_string())
-        .bind(person.to_string())
-        .execute(&mut *tx)
-        .await?;
-    crate::api::audit(
+    networks::remove_member(&mut tx, &network, &person).await?;
+    crate::store::devices::revoke_owned(&mut tx, &network, &person, now_ms()).await?;
+    crate::store::audit::append(
         &mut tx,
         Some(&network),
         &principal.label(),
         "member.remove",
         &person.to_string(),
+        crate::store::now_ms(),
     )
     .await?;
     tx.commit().await?;
@@ -420,27 +306,24 @@ pub async fn create_invite(
         InviteKind::Person => "person",
         InviteKind::Device => "device",
     };
+    let invite = invites::NewInvite {
+        id,
+        network,
+        code: &code,
+        kind: request.kind,
+        role,
+        created_by: principal.person()?,
+        expires_at_ms,
+    };
     let mut tx = state.db.pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO invites (id, network_id, code_hash, kind, role, created_by, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(id.to_string())
-    .bind(network.to_string())
-    .bind(secret_hash(&code))
-    .bind(kind)
-    .bind(role.as_str())
-    .bind(principal.person()?.to_string())
-    .bind(now_ms())
-    .bind(expires_at_ms)
-    .execute(&mut *tx)
-    .await?;
-    crate::api::audit(
+    invites::insert(&mut tx, &invite, now_ms()).await?;
+    crate::store::audit::append(
         &mut tx,
         Some(&network),
         &principal.label(),
         "invite.create",
         kind,
+        crate::store::now_ms(),
     )
     .await?;
     tx.commit().await?;

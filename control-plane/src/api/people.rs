@@ -1,20 +1,19 @@
 //! People: who am I, API tokens, and joining networks with invites.
 
 use crate::api::networks::network_info;
-use crate::auth::{Auth, MaybeAuth, Principal, new_token_secret, parse};
+use crate::auth::{Auth, MaybeAuth, Principal, new_token_secret};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::ledger;
 use crate::state::AppState;
-use crate::store::{now_ms, random_id, secret_hash};
+use crate::store::{Tx, invites, networks, now_ms, people, random_id};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mesh_proto::api::{
-    AcceptInviteRequest, AcceptedInvite, CreateTokenRequest, CreatedToken, Me, PersonInfo, Role,
-    TokenInfo,
+    AcceptInviteRequest, AcceptedInvite, CreateTokenRequest, CreatedToken, InviteKind, Me,
+    PersonInfo, Role, TokenInfo,
 };
 use mesh_proto::{NetworkId, PersonId, TokenId};
-use sqlx::{Any, Row, Transaction};
 
 /// Longest display name accepted.
 const MAX_NAME_CHARS: usize = 100;
@@ -34,38 +33,23 @@ pub fn check_name(name: &str) -> ApiResult<String> {
 }
 
 /// Create a person (no memberships).
-pub async fn create_person(tx: &mut Transaction<'static, Any>, name: &str) -> ApiResult<PersonId> {
+pub async fn create_person(tx: &mut Tx, name: &str) -> ApiResult<PersonId> {
     let person: PersonId = random_id(PersonId::from_bytes);
-    sqlx::query("INSERT INTO people (id, name, created_at) VALUES ($1, $2, $3)")
-        .bind(person.to_string())
-        .bind(name)
-        .bind(now_ms())
-        .execute(&mut **tx)
-        .await?;
+    people::insert_person(tx, &person, name, now_ms()).await?;
     Ok(person)
 }
 
 /// Create a token for a person; returns the secret (shown once).
 pub async fn create_person_token(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Tx,
     person: &PersonId,
     label: &str,
     expires_at_ms: Option<i64>,
 ) -> ApiResult<CreatedToken> {
     let id: TokenId = random_id(TokenId::from_bytes);
     let secret = new_token_secret();
-    sqlx::query(
-        "INSERT INTO api_tokens (id, secret_hash, person_id, device_id, label, created_at, expires_at) \
-         VALUES ($1, $2, $3, NULL, $4, $5, $6)",
-    )
-    .bind(id.to_string())
-    .bind(secret_hash(&secret))
-    .bind(person.to_string())
-    .bind(label)
-    .bind(now_ms())
-    .bind(expires_at_ms)
-    .execute(&mut **tx)
-    .await?;
+    let owner = people::TokenOwner::Person(person);
+    people::insert_token(tx, &id, &secret, owner, label, expires_at_ms, now_ms()).await?;
     Ok(CreatedToken {
         id,
         token: secret,
@@ -75,33 +59,22 @@ pub async fn create_person_token(
 
 /// Add `person` to `network` with `role`, open their account and grant the initial credits.
 pub async fn add_member(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Tx,
     network: &NetworkId,
     person: &PersonId,
     role: Role,
 ) -> ApiResult<()> {
-    let inserted = sqlx::query(
-        "INSERT INTO memberships (network_id, person_id, role, created_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (network_id, person_id) DO NOTHING",
-    )
-    .bind(network.to_string())
-    .bind(person.to_string())
-    .bind(role.as_str())
-    .bind(now_ms())
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
+    if !networks::add_member(tx, network, person, role, now_ms()).await? {
         return Err(ApiError::conflict(
             "already_member",
             "already a member of this network",
         ));
     }
     ledger::create_person_account(tx, network, person).await?;
-    let grant: i64 = sqlx::query_scalar("SELECT initial_grant FROM networks WHERE id = $1")
-        .bind(network.to_string())
-        .fetch_one(&mut **tx)
-        .await?;
+    let grant = networks::policy(&mut **tx, network)
+        .await?
+        .ok_or_else(|| ApiError::not_found("network"))?
+        .initial_grant;
     if grant > 0 {
         ledger::transfer(
             tx,
@@ -126,23 +99,16 @@ pub async fn add_member(
     responses((status = 200, body = Me), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn me(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Me>> {
     let person = principal.person()?;
-    let name: String = sqlx::query_scalar("SELECT name FROM people WHERE id = $1")
-        .bind(person.to_string())
-        .fetch_one(&state.db.pool)
-        .await?;
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT network_id FROM memberships WHERE person_id = $1 ORDER BY created_at",
-    )
-    .bind(person.to_string())
-    .fetch_all(&state.db.pool)
-    .await?;
-    let mut networks = Vec::new();
-    for id in ids {
-        networks.push(network_info(&state, &parse(id)?, &person).await?);
+    let name = people::name(&state.db.pool, &person)
+        .await?
+        .ok_or_else(|| ApiError::not_found("person"))?;
+    let mut joined = Vec::new();
+    for id in networks::of_person(&state.db.pool, &person).await? {
+        joined.push(network_info(&state, &id, &person).await?);
     }
     Ok(Json(Me {
         person: PersonInfo { id: person, name },
-        networks,
+        networks: joined,
     }))
 }
 
@@ -178,24 +144,7 @@ pub async fn list_tokens(
     Auth(principal): Auth,
 ) -> ApiResult<Json<Vec<TokenInfo>>> {
     let person = principal.person()?;
-    let rows = sqlx::query(
-        "SELECT id, label, created_at, expires_at, revoked_at FROM api_tokens WHERE person_id = $1 ORDER BY created_at",
-    )
-    .bind(person.to_string())
-    .fetch_all(&state.db.pool)
-    .await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(TokenInfo {
-                id: parse(row.try_get("id")?)?,
-                label: row.try_get("label")?,
-                created_at_ms: row.try_get("created_at")?,
-                expires_at_ms: row.try_get("expires_at")?,
-                revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
-            })
-        })
-        .collect::<ApiResult<Vec<_>>>()
-        .map(Json)
+    Ok(Json(people::tokens_of(&state.db.pool, &person).await?))
 }
 
 /// Revoke one of your tokens; it stops working at once.
@@ -209,14 +158,7 @@ pub async fn revoke_token(
 ) -> ApiResult<StatusCode> {
     let person = principal.person()?;
     let token: TokenId = token.parse().map_err(|_| ApiError::not_found("token"))?;
-    let updated = sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND person_id = $3 AND revoked_at IS NULL")
-        .bind(now_ms())
-        .bind(token.to_string())
-        .bind(person.to_string())
-        .execute(&state.db.pool)
-        .await?
-        .rows_affected();
-    if updated == 0 {
+    if !people::revoke_token(&state.db.pool, &token, &person, now_ms()).await? {
         return Err(ApiError::not_found("token"));
     }
     Ok(StatusCode::NO_CONTENT)
@@ -234,7 +176,7 @@ pub async fn accept_invite(
     ApiJson(request): ApiJson<AcceptInviteRequest>,
 ) -> ApiResult<Json<AcceptedInvite>> {
     let mut tx = state.db.pool.begin().await?;
-    let (network, role) = use_invite(&mut tx, &request.code, "person").await?;
+    let (network, role, _) = use_invite(&mut tx, &request.code, InviteKind::Person).await?;
     let (person, token) = match principal {
         Some(Principal::Person { person, .. }) => (person, None),
         Some(Principal::Device { .. }) => {
@@ -248,17 +190,14 @@ pub async fn accept_invite(
         }
     };
     add_member(&mut tx, &network, &person, role).await?;
-    sqlx::query("UPDATE invites SET used_by = $1 WHERE code_hash = $2")
-        .bind(person.to_string())
-        .bind(secret_hash(&request.code))
-        .execute(&mut *tx)
-        .await?;
-    crate::api::audit(
+    invites::set_used_by(&mut tx, &request.code, &person).await?;
+    crate::store::audit::append(
         &mut tx,
         Some(&network),
         &person.to_string(),
         "invite.accept",
         "",
+        crate::store::now_ms(),
     )
     .await?;
     tx.commit().await?;
@@ -270,51 +209,42 @@ pub async fn accept_invite(
 }
 
 /// Consume a single-use invite of `kind`: 404 if unknown, 410 if used or expired. Marks it used
-/// inside `tx` with a conditional update, so two concurrent uses cannot both succeed.
+/// inside `tx` with a conditional update, so two concurrent uses cannot both succeed. Returns
+/// its network, the role it grants and who created it.
 pub async fn use_invite(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Tx,
     code: &str,
-    kind: &str,
-) -> ApiResult<(NetworkId, Role)> {
-    let row = sqlx::query(
-        "SELECT network_id, kind, role, expires_at, used_at FROM invites WHERE code_hash = $1",
-    )
-    .bind(secret_hash(code))
-    .fetch_optional(&mut **tx)
-    .await?
-    .ok_or_else(|| ApiError::not_found("invite"))?;
-    let invite_kind: String = row.try_get("kind")?;
-    if invite_kind != kind {
+    kind: InviteKind,
+) -> ApiResult<(NetworkId, Role, PersonId)> {
+    let invite = invites::by_code(&mut **tx, code)
+        .await?
+        .ok_or_else(|| ApiError::not_found("invite"))?;
+    if invite.kind != kind {
+        let name = |k: InviteKind| match k {
+            InviteKind::Person => "person",
+            InviteKind::Device => "device",
+        };
         return Err(ApiError::bad_request(format!(
-            "this is a {invite_kind} invite, not a {kind} invite"
+            "this is a {} invite, not a {} invite",
+            name(invite.kind),
+            name(kind)
         )));
     }
     let now = now_ms();
-    if row.try_get::<Option<i64>, _>("used_at")?.is_some() {
+    if invite.used_at_ms.is_some() {
         return Err(ApiError::gone(
             "invite_used",
             "this invite was already used",
         ));
     }
-    if row.try_get::<i64, _>("expires_at")? <= now {
+    if invite.expires_at_ms <= now {
         return Err(ApiError::gone("invite_expired", "this invite has expired"));
     }
-    let used =
-        sqlx::query("UPDATE invites SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL")
-            .bind(now)
-            .bind(secret_hash(code))
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-    if used != 1 {
+    if !invites::mark_used(tx, code, now).await? {
         return Err(ApiError::gone(
             "invite_used",
             "this invite was already used",
         ));
     }
-    let role: String = row.try_get("role")?;
-    Ok((
-        parse(row.try_get("network_id")?)?,
-        Role::parse(&role).unwrap_or(Role::Member),
-    ))
+    Ok((invite.network, invite.role, invite.created_by))
 }

@@ -2,7 +2,6 @@
 //! those peers (they check each certificate's signature themselves).
 
 use crate::api::devices::issue_certificate;
-use crate::auth::parse;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
 use crate::store::now_ms;
@@ -10,7 +9,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use mesh_proto::api::RelayAllowList;
-use sqlx::Row;
 
 /// Whether `headers` carry `Authorization: Bearer <secret>`, compared in constant time.
 fn has_secret(headers: &HeaderMap, secret: &str) -> bool {
@@ -41,19 +39,15 @@ pub async fn allow_list(
             "relays authenticate with the relay secret",
         ));
     }
-    let rows = sqlx::query(
-        "SELECT id, network_id, owner_id, public_key FROM devices WHERE status = 'approved' ORDER BY id",
-    )
-    .fetch_all(&state.db.pool)
-    .await?;
-    let mut certificates = Vec::with_capacity(rows.len());
-    for row in rows {
+    let devices = crate::store::devices::approved(&state.db.pool).await?;
+    let mut certificates = Vec::with_capacity(devices.len());
+    for d in devices {
         certificates.push(issue_certificate(
             &state,
-            &parse(row.try_get("id")?)?,
-            &parse(row.try_get("network_id")?)?,
-            &parse(row.try_get("owner_id")?)?,
-            &parse(row.try_get("public_key")?)?,
+            &d.id,
+            &d.network,
+            &d.owner,
+            &d.public_key,
         )?);
     }
     Ok(Json(RelayAllowList {

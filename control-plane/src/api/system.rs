@@ -12,8 +12,9 @@ use mesh_proto::api::{ControlPlaneKey, Health};
 #[utoipa::path(get, path = "/healthz", tag = "system",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
-    sqlx::query("SELECT 1")
-        .execute(&state.db.pool)
+    state
+        .db
+        .ping()
         .await
         .map_err(|e| ApiError::unavailable("database_unavailable", e.to_string()))?;
     Ok(Json(Health {

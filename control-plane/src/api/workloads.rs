@@ -2,42 +2,21 @@
 //! download by hash, yank.
 
 use crate::api::networks::network_id;
-use crate::auth::{Auth, parse, require_reader, require_role};
+use crate::auth::{Auth, require_reader, require_role};
 use crate::error::{ApiBytes, ApiError, ApiResult, ErrorBody};
 use crate::state::{AppState, MAX_COMPONENT_BYTES};
-use crate::store::now_ms;
+use crate::store::{StoreError, now_ms, workloads};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use mesh_proto::Blake3Hash;
 use mesh_proto::api::{Role, WorkloadInfo};
-use mesh_proto::{Blake3Hash, WorkloadMetadata};
-use sqlx::Row;
 
 /// Parse a component hash from a path; malformed hashes are simply not found.
 fn hash_param(text: &str) -> ApiResult<Blake3Hash> {
     text.parse().map_err(|_| ApiError::not_found("workload"))
 }
-
-fn workload_from_row(row: &sqlx::any::AnyRow) -> ApiResult<WorkloadInfo> {
-    let metadata: String = row.try_get("metadata")?;
-    let metadata: WorkloadMetadata = serde_json::from_str(&metadata).map_err(ApiError::internal)?;
-    Ok(WorkloadInfo {
-        network: parse(row.try_get("network_id")?)?,
-        hash: parse(row.try_get("hash")?)?,
-        name: metadata.name,
-        version: metadata.version,
-        models: metadata.models,
-        comparison: metadata.comparison,
-        publisher: parse(row.try_get("publisher_id")?)?,
-        size: row.try_get::<i64, _>("size")? as u64,
-        published_at_ms: row.try_get("published_at")?,
-        yanked: row.try_get::<Option<i64>, _>("yanked_at")?.is_some(),
-    })
-}
-
-const WORKLOAD_COLUMNS: &str =
-    "network_id, hash, metadata, publisher_id, size, published_at, yanked_at";
 
 /// Look up a workload of a network.
 pub async fn find_workload(
@@ -45,15 +24,9 @@ pub async fn find_workload(
     network: &mesh_proto::NetworkId,
     hash: &Blake3Hash,
 ) -> ApiResult<WorkloadInfo> {
-    let row = sqlx::query(&format!(
-        "SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE network_id = $1 AND hash = $2"
-    ))
-    .bind(network.to_string())
-    .bind(hash.to_string())
-    .fetch_optional(&state.db.pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found("workload"))?;
-    workload_from_row(&row)
+    workloads::get(&state.db.pool, network, hash)
+        .await?
+        .ok_or_else(|| ApiError::not_found("workload"))
 }
 
 /// Publish a component (admin). The body is the component (`application/wasm`); the server
@@ -91,44 +64,29 @@ pub async fn publish(
         .map_err(|e| ApiError::unprocessable("invalid_component", e.to_string()))?;
 
     let mut tx = state.db.pool.begin().await?;
-    sqlx::query("INSERT INTO components (hash, size, bytes) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING")
-        .bind(hash.to_string())
-        .bind(body.len() as i64)
-        .bind(body.to_vec())
-        .execute(&mut *tx)
-        .await?;
-    let inserted = sqlx::query(
-        "INSERT INTO workloads (network_id, hash, name, version, metadata, publisher_id, size, published_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (network_id, hash) DO NOTHING",
-    )
-    .bind(network.to_string())
-    .bind(hash.to_string())
-    .bind(&metadata.name)
-    .bind(&metadata.version)
-    .bind(serde_json::to_string(&metadata).map_err(ApiError::internal)?)
-    .bind(person.to_string())
-    .bind(body.len() as i64)
-    .bind(now_ms())
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => ApiError::conflict(
-            "version_exists",
-            format!("{}@{} is already published with different bytes", metadata.name, metadata.version),
-        ),
-        _ => ApiError::from(e),
-    })?
-    .rows_affected();
-    crate::api::audit(
+    let inserted = workloads::publish(&mut tx, &network, &person, &body, &metadata, now_ms())
+        .await
+        .map_err(|e| match e {
+            StoreError::Duplicate(_) => ApiError::conflict(
+                "version_exists",
+                format!(
+                    "{}@{} is already published with different bytes",
+                    metadata.name, metadata.version
+                ),
+            ),
+            e => ApiError::from(e),
+        })?;
+    crate::store::audit::append(
         &mut tx,
         Some(&network),
         &principal.label(),
         "workload.publish",
         &format!("{}@{} {hash}", metadata.name, metadata.version),
+        crate::store::now_ms(),
     )
     .await?;
     tx.commit().await?;
-    let status = if inserted == 1 {
+    let status = if inserted {
         StatusCode::CREATED
     } else {
         StatusCode::OK
@@ -155,13 +113,7 @@ pub async fn all_workloads(
     state: &AppState,
     network: &mesh_proto::NetworkId,
 ) -> ApiResult<Vec<WorkloadInfo>> {
-    let rows = sqlx::query(&format!(
-        "SELECT {WORKLOAD_COLUMNS} FROM workloads WHERE network_id = $1 ORDER BY name, published_at"
-    ))
-    .bind(network.to_string())
-    .fetch_all(&state.db.pool)
-    .await?;
-    rows.iter().map(workload_from_row).collect()
+    Ok(workloads::list(&state.db.pool, network).await?)
 }
 
 /// One workload.
@@ -194,15 +146,9 @@ pub async fn download(
     require_reader(&state, &principal, &network).await?;
     let hash = hash_param(&hash)?;
     find_workload(&state, &network, &hash).await?;
-    let bytes: Vec<u8> = sqlx::query_scalar("SELECT bytes FROM components WHERE hash = $1")
-        .bind(hash.to_string())
-        .fetch_one(&state.db.pool)
-        .await?;
-    if Blake3Hash::of(&bytes) != hash {
-        return Err(ApiError::internal(format!(
-            "stored component {hash} is corrupt"
-        )));
-    }
+    let bytes = workloads::component(&state.db.pool, &hash)
+        .await?
+        .ok_or_else(|| ApiError::internal(format!("the component {hash} is missing")))?;
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes))
 }
 
@@ -220,20 +166,14 @@ pub async fn yank(
     require_role(&state, &principal, &network, Role::Admin).await?;
     let hash = hash_param(&hash)?;
     let mut tx = state.db.pool.begin().await?;
-    let updated = sqlx::query("UPDATE workloads SET yanked_at = $1 WHERE network_id = $2 AND hash = $3 AND yanked_at IS NULL")
-        .bind(now_ms())
-        .bind(network.to_string())
-        .bind(hash.to_string())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if updated == 1 {
-        crate::api::audit(
+    if workloads::yank(&mut tx, &network, &hash, now_ms()).await? {
+        crate::store::audit::append(
             &mut tx,
             Some(&network),
             &principal.label(),
             "workload.yank",
             &hash.to_string(),
+            crate::store::now_ms(),
         )
         .await?;
     }

@@ -1,7 +1,7 @@
 //! The control plane's Ed25519 signing key and its VRF key. They live in the database, so
 //! every control-plane process sharing a database signs and selects with the same keys.
 
-use crate::store::{Db, now_ms};
+use super::{Db, now_ms};
 use mesh_proto::SigningKey;
 use mesh_proto::vrf::VrfSecretKey;
 

@@ -7,7 +7,18 @@
 //! single writer anyway, and one connection means a transaction never fails to upgrade its
 //! lock.
 
+pub mod audit;
+pub mod checks;
+pub mod devices;
+pub mod invites;
 pub mod jobs;
+pub mod keys;
+pub mod ledger;
+pub mod networks;
+pub mod people;
+pub mod presence;
+pub mod ringers;
+pub mod workloads;
 
 use sqlx::AnyPool;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -152,6 +163,14 @@ pub(crate) fn parse_column<T: FromStr>(column: &'static str, value: &str) -> Res
         column,
         value: value.chars().take(100).collect(),
     })
+}
+
+impl Db {
+    /// Whether the database answers (a trivial query).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
 }
 
 /// Milliseconds since the Unix epoch.

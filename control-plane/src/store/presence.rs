@@ -3,7 +3,7 @@
 //! row is written. The timestamp condition in that statement is the replay protection, as it
 //! would be for a single update, so batching changes cost, not meaning.
 
-use crate::store::Db;
+use super::Db;
 use mesh_proto::DeviceId;
 use mesh_proto::device::DeviceLoad;
 use sqlx::Row;
