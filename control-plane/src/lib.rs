@@ -2,21 +2,15 @@
 //! tailnet. It knows who belongs, which devices are online, which workloads exist, which jobs
 //! run where, and who owes whom credits. Job data never passes through it.
 //!
-//! [`Server::spawn`] binds, migrates, starts the background sweeper and serves [`api::router`].
+//! [`Server::spawn`] binds, migrates, starts the background sweeper and serves [`http::router`].
 
-pub mod api;
-pub mod auth;
-pub mod checks;
 pub mod domain;
-pub mod error;
-pub mod gateway;
-pub mod ledger;
+pub mod http;
 pub mod metrics;
-pub mod ringers;
-pub mod scheduler;
 pub mod state;
 pub mod store;
 pub mod validate;
+pub mod workers;
 
 pub use state::{AppState, Config};
 
@@ -54,7 +48,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         validator: Arc::new(validate::ComponentValidator::new()?),
         gateway: None,
     };
-    state.gateway = gateway::spawn(&state)
+    state.gateway = workers::gateway::spawn(&state)
         .await
         .context("starting the gateway's libp2p node")?;
     Ok(state)
@@ -78,14 +72,14 @@ impl Server {
             .await
             .with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr()?;
-        let app = api::router(state.clone());
+        let app = http::router(state.clone());
         let serve = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!("server stopped: {e}");
             }
         });
-        let sweeper = tokio::spawn(sweep_forever(state.clone()));
-        let checker = tokio::spawn(checks::run(state.clone()));
+        let sweeper = tokio::spawn(workers::sweeper::run(state.clone()));
+        let checker = tokio::spawn(workers::checker::run(state.clone()));
         tracing::info!(%addr, "control plane listening");
         Ok(Server {
             addr,
@@ -120,17 +114,6 @@ impl Drop for Server {
     }
 }
 
-async fn sweep_forever(state: AppState) {
-    let mut interval = tokio::time::interval(state.config.sweep_interval);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
-        if let Err(e) = scheduler::sweep(&state).await {
-            tracing::warn!("sweep failed: {e}");
-        }
-    }
-}
-
 /// Create the first person and print-able token (non-interactive bootstrap).
 pub async fn bootstrap_admin(
     config: &Config,
@@ -139,8 +122,9 @@ pub async fn bootstrap_admin(
     let db = open_db(config).await?;
     store::keys::load_or_create(&db).await?;
     let mut tx = db.pool.begin().await?;
-    let person = api::people::create_person(&mut tx, name).await?;
-    let token = api::people::create_person_token(&mut tx, &person, "bootstrap", None).await?;
+    let person = domain::membership::create_person(&mut tx, name).await?;
+    let token =
+        domain::membership::create_person_token(&mut tx, &person, "bootstrap", None).await?;
     tx.commit().await?;
     Ok(token)
 }

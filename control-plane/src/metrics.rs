@@ -1,8 +1,7 @@
 //! Prometheus metrics: request counters kept in memory, domain gauges read from the database
 //! at scrape time (so every control-plane process reports the shared truth).
 
-use crate::state::AppState;
-use crate::store::now_ms;
+use crate::store::{Db, now_ms};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -32,7 +31,7 @@ impl Metrics {
     }
 
     /// Render the Prometheus text exposition format.
-    pub async fn render(&self, state: &AppState) -> Result<String, crate::store::StoreError> {
+    pub async fn render(&self, db: &Db) -> Result<String, crate::store::StoreError> {
         let mut out = String::new();
         out.push_str(
             "# HELP mesh_http_requests_total HTTP requests by method, route and status.\n",
@@ -67,13 +66,13 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
-        let online = crate::store::devices::count_online(&state.db.pool).await?;
+        let online = crate::store::devices::count_online(&db.pool).await?;
         let _ = writeln!(
             out,
             "# HELP mesh_devices_online Approved devices currently online.\n# TYPE mesh_devices_online gauge\nmesh_devices_online {online}"
         );
         out.push_str("# HELP mesh_jobs Jobs by state.\n# TYPE mesh_jobs gauge\n");
-        for (job_state, count) in crate::store::jobs::count_by_state(&state.db.pool).await? {
+        for (job_state, count) in crate::store::jobs::count_by_state(&db.pool).await? {
             let job_state = job_state.as_str();
             let _ = writeln!(out, "mesh_jobs{{state=\"{job_state}\"}} {count}");
         }

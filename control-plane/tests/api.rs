@@ -594,7 +594,7 @@ async fn jobs_are_assigned_run_and_settled_once() {
             "refunded"
         );
         let (balances, entries) =
-            mesh_control_plane::api::credits::ledger_sums(plane.server.state(), &network.id)
+            mesh_control_plane::http::credits::ledger_sums(plane.server.state(), &network.id)
                 .await
                 .unwrap();
         assert_eq!((balances, entries), (0, 0), "ledger sums to zero");
@@ -687,7 +687,7 @@ async fn expired_leases_are_reassigned_and_refunded_exactly_once() {
             .count();
         assert_eq!(refunds, 1);
         let (balances, entries) =
-            mesh_control_plane::api::credits::ledger_sums(plane.server.state(), &network.id)
+            mesh_control_plane::http::credits::ledger_sums(plane.server.state(), &network.id)
                 .await
                 .unwrap();
         assert_eq!((balances, entries), (0, 0));
@@ -768,7 +768,7 @@ async fn concurrent_spends_never_overdraw() {
         assert_eq!(refused, 75);
         assert_eq!(alice.balance(&network.id, None).await.unwrap().balance, 5);
         let (balances, entries) =
-            mesh_control_plane::api::credits::ledger_sums(plane.server.state(), &network.id)
+            mesh_control_plane::http::credits::ledger_sums(plane.server.state(), &network.id)
                 .await
                 .unwrap();
         assert_eq!((balances, entries), (0, 0));
@@ -946,7 +946,7 @@ async fn expiry_and_credit_policy() {
             -10
         );
         let (balances, entries) =
-            mesh_control_plane::api::credits::ledger_sums(plane.server.state(), &network.id)
+            mesh_control_plane::http::credits::ledger_sums(plane.server.state(), &network.id)
                 .await
                 .unwrap();
         assert_eq!((balances, entries), (0, 0));

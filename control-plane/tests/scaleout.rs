@@ -162,7 +162,7 @@ async fn two_processes_share_one_postgres() {
         );
     }
     let (balances, entries) =
-        mesh_control_plane::api::credits::ledger_sums(plane.server.state(), &network.id)
+        mesh_control_plane::http::credits::ledger_sums(plane.server.state(), &network.id)
             .await
             .unwrap();
     assert_eq!((balances, entries), (0, 0));

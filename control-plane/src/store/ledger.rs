@@ -1,5 +1,5 @@
 //! `accounts`, `ledger_transfers` and `ledger_entries`: the only code that reads or writes them.
-//! The rules (what sums to zero, which account may go how low) are `crate::ledger`'s; these
+//! The rules (what sums to zero, which account may go how low) are the domain's ledger; these
 //! are the statements it is made of, each atomic on both backends.
 
 use super::{StoreError, Tx, parse_column};

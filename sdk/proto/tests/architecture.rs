@@ -1,7 +1,8 @@
 //! Checks the workspace's dependency rules with `cargo metadata`:
 //! - the wire crate pulls in no runtime (no tokio, libp2p, axum, sqlx, wasmtime);
 //! - host, relay, control plane and CLI never depend on each other;
-//! - inside the control plane, only `store/` contains SQL.
+//! - inside the control plane, only `store/` contains SQL, and the layers only point down
+//!   (`http → workers → domain → store`, no two modules using each other).
 
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -170,4 +171,87 @@ fn control_plane_sql_lives_in_the_store() {
         outside.is_empty(),
         "only control-plane/src/store/ may run SQL; these do: {outside:?}"
     );
+}
+
+/// The control plane's layer of a source file (or of the module a path names): `http` on top,
+/// then the background `workers`, the `domain`, and the `store` at the bottom; `shared` is the
+/// state every layer is handed (configuration, metrics, the component validator).
+fn control_plane_layer(module: &str) -> Option<u8> {
+    match module.split('/').next().unwrap() {
+        "store" => Some(0),
+        "state" | "metrics" | "validate" => Some(1),
+        "domain" => Some(2),
+        "workers" => Some(3),
+        "http" => Some(4),
+        _ => None,
+    }
+}
+
+/// `crate::…` paths each control-plane source file uses, as `layer/module` (or a root
+/// module), keyed by the file's own `layer/module`.
+fn control_plane_imports() -> HashMap<String, HashSet<String>> {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../control-plane/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut imports = HashMap::new();
+    for path in files {
+        let relative = path.strip_prefix(&src).unwrap().to_str().unwrap();
+        let module = relative
+            .trim_end_matches(".rs")
+            .trim_end_matches("/mod")
+            .to_string();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut used = HashSet::new();
+        for (i, _) in text.match_indices("crate::") {
+            let rest = &text[i + "crate::".len()..];
+            let mut parts = rest.split("::").map(|p| {
+                p.chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect::<String>()
+            });
+            let first = parts.next().unwrap_or_default();
+            let target = match (first.as_str(), parts.next()) {
+                ("http" | "domain" | "store" | "workers", Some(second)) if !second.is_empty() => {
+                    format!("{first}/{second}")
+                }
+                _ => first,
+            };
+            if !target.is_empty() && target != module {
+                used.insert(target);
+            }
+        }
+        imports.insert(module, used);
+    }
+    imports
+}
+
+/// `http → workers → domain → store`: no module uses one of a higher layer, and no two
+/// modules use each other.
+#[test]
+fn control_plane_layers_only_point_down() {
+    let imports = control_plane_imports();
+    assert!(imports.contains_key("store/jobs") && imports.contains_key("http/jobs"));
+    for (module, used) in &imports {
+        let Some(layer) = control_plane_layer(module) else {
+            continue; // lib.rs and main.rs wire everything together
+        };
+        for target in used {
+            if let Some(target_layer) = control_plane_layer(target) {
+                assert!(
+                    target_layer <= layer,
+                    "control-plane/src/{module} (a lower layer) uses crate::{target}"
+                );
+            }
+        }
+    }
+    for (module, used) in &imports {
+        for target in used {
+            // `domain` and `store` name the layers' own mod.rs (their error types).
+            let back = imports.get(target).is_some_and(|u| u.contains(module));
+            assert!(
+                !back,
+                "control-plane/src/{module} and {target} use each other"
+            );
+        }
+    }
 }

@@ -2,9 +2,9 @@
 //! workload and waits for its result; `POST /v1/embeddings` is OpenAI-compatible, so
 //! existing client libraries work against a private mesh unchanged.
 
-use crate::api::networks::network_id;
-use crate::auth::{Auth, require_role};
-use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::http::auth::{Auth, require_role};
+use crate::http::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::http::networks::network_id;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -33,7 +33,7 @@ pub async fn run(
     require_role(&state, &principal, &network, Role::Member).await?;
     let person = principal.person()?;
     let input = serde_json::to_vec(&request.input).map_err(ApiError::internal)?;
-    crate::gateway::run_job(
+    crate::workers::gateway::run_job(
         &state,
         &network,
         person,
@@ -43,6 +43,7 @@ pub async fn run(
     )
     .await
     .map(Json)
+    .map_err(ApiError::from)
 }
 
 /// Text to embed: one string or several.
@@ -139,7 +140,7 @@ async fn workload_for_model(
         .trim()
         .trim_start_matches("sentence-transformers/")
         .to_ascii_lowercase();
-    let mut candidates: Vec<WorkloadInfo> = crate::api::workloads::all_workloads(state, network)
+    let mut candidates: Vec<WorkloadInfo> = crate::http::workloads::all_workloads(state, network)
         .await?
         .into_iter()
         .filter(|w| !w.yanked)
@@ -193,7 +194,8 @@ pub async fn embeddings(
     let input =
         serde_json::to_vec(&serde_json::json!({ "texts": texts })).map_err(ApiError::internal)?;
     let result =
-        crate::gateway::run_job(&state, &network, person, workload.hash, input, None).await?;
+        crate::workers::gateway::run_job(&state, &network, person, workload.hash, input, None)
+            .await?;
     let vectors = result.output["embeddings"]
         .as_array()
         .filter(|v| v.len() == texts.len())

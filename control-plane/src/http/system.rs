@@ -1,6 +1,6 @@
 //! Health, metrics, the OpenAPI document and the control plane's public key.
 
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -31,7 +31,7 @@ pub async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
 #[utoipa::path(get, path = "/metrics", tag = "system",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
-    let text = state.metrics.render(&state).await?;
+    let text = state.metrics.render(&state.db).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
@@ -40,7 +40,7 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoRespon
     responses((status = 200, description = "OpenAPI document", content_type = "application/json")))]
 pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
     let _ = state;
-    let doc = crate::api::openapi_document();
+    let doc = crate::http::openapi_document();
     Json(doc)
 }
 
@@ -50,7 +50,7 @@ pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
 pub async fn control_plane_key(State(state): State<AppState>) -> Json<ControlPlaneKey> {
     Json(ControlPlaneKey {
         public_key: state.key.public_key(),
-        peer_id: crate::scheduler::gateway_peer(&state),
+        peer_id: crate::domain::scheduling::gateway_peer(&state),
         relays: state.config.relays.clone(),
     })
 }

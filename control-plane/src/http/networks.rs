@@ -1,9 +1,9 @@
 //! Networks, members, roles and invites.
 
-use crate::api::people::{add_member, check_name};
-use crate::auth::{Auth, require_reader, require_role, role_in};
-use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
-use crate::ledger;
+use crate::domain::ledger;
+use crate::domain::membership::{add_member, check_name, network_info};
+use crate::http::auth::{Auth, require_reader, require_role, role_in};
+use crate::http::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::state::AppState;
 use crate::store::{Tx, invites, networks, now_ms, random_id, random_secret};
 use axum::Json;
@@ -36,17 +36,6 @@ fn check_policy(policy: &NetworkPolicy) -> ApiResult<()> {
         return Err(ApiError::bad_request("credit amounts must be at most 10^9"));
     }
     Ok(())
-}
-
-/// A network as `person` sees it.
-pub async fn network_info(
-    state: &AppState,
-    network: &NetworkId,
-    person: &PersonId,
-) -> ApiResult<NetworkInfo> {
-    networks::info_for(&state.db.pool, network, person)
-        .await?
-        .ok_or_else(|| ApiError::not_found("network"))
 }
 
 /// Create a network; the caller becomes its owner and gets the initial grant.

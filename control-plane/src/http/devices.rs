@@ -1,10 +1,10 @@
 //! Devices: registration with proof of key possession, approval, revocation, certificates and
 //! signed heartbeats.
 
-use crate::api::networks::network_id;
-use crate::api::people::{check_name, use_invite};
-use crate::auth::{Auth, new_token_secret, require_reader, require_role};
-use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::domain::membership::{check_name, issue_certificate, new_token_secret, use_invite};
+use crate::http::auth::{Auth, require_reader, require_role};
+use crate::http::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::http::networks::network_id;
 use crate::state::AppState;
 use crate::store::{StoreError, devices, invites, networks, people};
 use crate::store::{now_ms, random_id, random_secret};
@@ -15,8 +15,8 @@ use mesh_proto::api::{
     CertificateResponse, Challenge, ChallengeRequest, DeviceInfo, DeviceStatus, HeartbeatResponse,
     InviteKind, RegisterDeviceRequest, RegisteredDevice, Role,
 };
-use mesh_proto::device::{Capabilities, DeviceCert, Heartbeat, RegistrationProof};
-use mesh_proto::{DeviceId, NetworkId, PersonId, PublicKey, SignDomain, Signed, TokenId};
+use mesh_proto::device::{Capabilities, Heartbeat, RegistrationProof};
+use mesh_proto::{DeviceId, SignDomain, Signed, TokenId};
 use std::sync::atomic::Ordering;
 
 /// Largest capability lists accepted (backends, models).
@@ -25,28 +25,6 @@ const MAX_CAPABILITY_ENTRIES: usize = 64;
 /// Parse a device id from a path; malformed ids are simply not found.
 fn device_id(text: &str) -> ApiResult<DeviceId> {
     text.parse().map_err(|_| ApiError::not_found("device"))
-}
-
-/// Sign a fresh certificate for an approved device.
-pub fn issue_certificate(
-    state: &AppState,
-    device: &DeviceId,
-    network: &NetworkId,
-    owner: &PersonId,
-    public_key: &PublicKey,
-) -> ApiResult<Signed<DeviceCert>> {
-    let now = now_ms();
-    let cert = DeviceCert {
-        version: 1,
-        device: *device,
-        network: *network,
-        owner: *owner,
-        public_key: *public_key,
-        peer_id: public_key.peer_id(),
-        issued_at_ms: now as u64,
-        expires_at_ms: (now + state.config.certificate_lifetime.as_millis() as i64) as u64,
-    };
-    Signed::sign(&cert, &state.key, SignDomain::DeviceCert, network).map_err(ApiError::internal)
 }
 
 /// Start registering a device: check the invite and issue a one-time challenge.
@@ -213,7 +191,7 @@ pub async fn list_devices(
 
 async fn set_status(
     state: &AppState,
-    principal: &crate::auth::Principal,
+    principal: &crate::http::auth::Principal,
     network: &str,
     device: &str,
     from: &[DeviceStatus],
@@ -342,7 +320,7 @@ pub async fn heartbeat(
     Path(device): Path<String>,
     ApiJson(signed): ApiJson<Signed<Heartbeat>>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
-    let crate::auth::Principal::Device {
+    let crate::http::auth::Principal::Device {
         device: caller,
         network,
         key,

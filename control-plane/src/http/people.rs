@@ -1,98 +1,20 @@
 //! People: who am I, API tokens, and joining networks with invites.
 
-use crate::api::networks::network_info;
-use crate::auth::{Auth, MaybeAuth, Principal, new_token_secret};
-use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
-use crate::ledger;
+use crate::domain::membership::{
+    add_member, check_name, create_person, create_person_token, network_info, use_invite,
+};
+use crate::http::auth::{Auth, MaybeAuth, Principal};
+use crate::http::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::state::AppState;
-use crate::store::{Tx, invites, networks, now_ms, people, random_id};
+use crate::store::{invites, networks, now_ms, people};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use mesh_proto::TokenId;
 use mesh_proto::api::{
     AcceptInviteRequest, AcceptedInvite, CreateTokenRequest, CreatedToken, InviteKind, Me,
-    PersonInfo, Role, TokenInfo,
+    PersonInfo, TokenInfo,
 };
-use mesh_proto::{NetworkId, PersonId, TokenId};
-
-/// Longest display name accepted.
-const MAX_NAME_CHARS: usize = 100;
-
-/// Validate a display name.
-pub fn check_name(name: &str) -> ApiResult<String> {
-    let name = name.trim();
-    if name.is_empty()
-        || name.chars().count() > MAX_NAME_CHARS
-        || name.chars().any(char::is_control)
-    {
-        return Err(ApiError::bad_request(format!(
-            "names must be 1-{MAX_NAME_CHARS} printable characters"
-        )));
-    }
-    Ok(name.to_string())
-}
-
-/// Create a person (no memberships).
-pub async fn create_person(tx: &mut Tx, name: &str) -> ApiResult<PersonId> {
-    let person: PersonId = random_id(PersonId::from_bytes);
-    people::insert_person(tx, &person, name, now_ms()).await?;
-    Ok(person)
-}
-
-/// Create a token for a person; returns the secret (shown once).
-pub async fn create_person_token(
-    tx: &mut Tx,
-    person: &PersonId,
-    label: &str,
-    expires_at_ms: Option<i64>,
-) -> ApiResult<CreatedToken> {
-    let id: TokenId = random_id(TokenId::from_bytes);
-    let secret = new_token_secret();
-    let owner = people::TokenOwner::Person(person);
-    people::insert_token(tx, &id, &secret, owner, label, expires_at_ms, now_ms()).await?;
-    Ok(CreatedToken {
-        id,
-        token: secret,
-        expires_at_ms,
-    })
-}
-
-/// Add `person` to `network` with `role`, open their account and grant the initial credits.
-pub async fn add_member(
-    tx: &mut Tx,
-    network: &NetworkId,
-    person: &PersonId,
-    role: Role,
-) -> ApiResult<()> {
-    if !networks::add_member(tx, network, person, role, now_ms()).await? {
-        return Err(ApiError::conflict(
-            "already_member",
-            "already a member of this network",
-        ));
-    }
-    ledger::create_person_account(tx, network, person).await?;
-    let grant = networks::policy(&mut **tx, network)
-        .await?
-        .ok_or_else(|| ApiError::not_found("network"))?
-        .initial_grant;
-    if grant > 0 {
-        ledger::transfer(
-            tx,
-            &ledger::Transfer {
-                network: *network,
-                idempotency_key: &format!("initial-grant:{person}"),
-                kind: "grant",
-                memo: "initial grant",
-                job: None,
-                from: ledger::Account::Issuer,
-                to: ledger::Account::Person(*person),
-                amount: grant,
-            },
-        )
-        .await?;
-    }
-    Ok(())
-}
 
 /// Who the caller is and which networks they belong to.
 #[utoipa::path(get, path = "/v1/me", tag = "people", security(("bearer" = [])),
@@ -206,45 +128,4 @@ pub async fn accept_invite(
         person,
         token,
     }))
-}
-
-/// Consume a single-use invite of `kind`: 404 if unknown, 410 if used or expired. Marks it used
-/// inside `tx` with a conditional update, so two concurrent uses cannot both succeed. Returns
-/// its network, the role it grants and who created it.
-pub async fn use_invite(
-    tx: &mut Tx,
-    code: &str,
-    kind: InviteKind,
-) -> ApiResult<(NetworkId, Role, PersonId)> {
-    let invite = invites::by_code(&mut **tx, code)
-        .await?
-        .ok_or_else(|| ApiError::not_found("invite"))?;
-    if invite.kind != kind {
-        let name = |k: InviteKind| match k {
-            InviteKind::Person => "person",
-            InviteKind::Device => "device",
-        };
-        return Err(ApiError::bad_request(format!(
-            "this is a {} invite, not a {} invite",
-            name(invite.kind),
-            name(kind)
-        )));
-    }
-    let now = now_ms();
-    if invite.used_at_ms.is_some() {
-        return Err(ApiError::gone(
-            "invite_used",
-            "this invite was already used",
-        ));
-    }
-    if invite.expires_at_ms <= now {
-        return Err(ApiError::gone("invite_expired", "this invite has expired"));
-    }
-    if !invites::mark_used(tx, code, now).await? {
-        return Err(ApiError::gone(
-            "invite_used",
-            "this invite was already used",
-        ));
-    }
-    Ok((invite.network, invite.role, invite.created_by))
 }

@@ -1,9 +1,11 @@
 //! The REST API: routes, their OpenAPI description (generated from the handlers' annotations
 //! by utoipa, so the document and the router cannot disagree), and shared middleware.
 
+pub mod auth;
 pub mod checks;
 pub mod credits;
 pub mod devices;
+pub mod error;
 pub mod gateway;
 pub mod jobs;
 pub mod networks;
@@ -12,7 +14,7 @@ pub mod relay;
 pub mod system;
 pub mod workloads;
 
-use crate::error::{ApiError, ErrorBody};
+use crate::http::error::{ApiError, ErrorBody};
 use crate::state::{AppState, MAX_COMPONENT_BYTES, MAX_JSON_BODY_BYTES};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};

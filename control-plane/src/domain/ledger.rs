@@ -10,7 +10,7 @@
 //! Overdraft protection is a conditional update (`... WHERE balance - amount >= floor`),
 //! atomic on SQLite and PostgreSQL alike, so concurrent spends can never overdraw.
 
-use crate::error::{ApiError, ApiResult};
+use crate::domain::{DomainError, DomainResult};
 use crate::store::ledger as store;
 use crate::store::{StoreError, Tx, networks, now_ms, random_id};
 use mesh_proto::{JobId, NetworkId, PersonId};
@@ -42,7 +42,7 @@ impl Account {
 }
 
 /// Create the issuer and escrow accounts of a new network.
-pub async fn create_network_accounts(tx: &mut Tx, network: &NetworkId) -> ApiResult<()> {
+pub async fn create_network_accounts(tx: &mut Tx, network: &NetworkId) -> DomainResult<()> {
     for (account, kind) in [(Account::Issuer, "issuer"), (Account::Escrow, "escrow")] {
         store::open_account(tx, &account.id(network), network, kind, None).await?;
     }
@@ -54,7 +54,7 @@ pub async fn create_person_account(
     tx: &mut Tx,
     network: &NetworkId,
     person: &PersonId,
-) -> ApiResult<()> {
+) -> DomainResult<()> {
     let id = Account::Person(*person).id(network);
     store::open_account(tx, &id, network, "person", Some(person)).await?;
     Ok(())
@@ -111,16 +111,16 @@ fn floor(account: Account, allow_credit: bool, credit_limit: i64) -> Option<i64>
 
 /// Make a transfer inside `tx`. Fails with 402 if the debited account would go below its
 /// floor; the caller's transaction must then be dropped (rolled back).
-pub async fn transfer(tx: &mut Tx, t: &Transfer<'_>) -> ApiResult<TransferOutcome> {
+pub async fn transfer(tx: &mut Tx, t: &Transfer<'_>) -> DomainResult<TransferOutcome> {
     if t.amount <= 0 {
-        return Err(ApiError::bad_request("amount must be positive"));
+        return Err(DomainError::bad_request("amount must be positive"));
     }
     if let Some(id) = store::transfer_by_key(tx, &t.network, t.idempotency_key).await? {
         return Ok(TransferOutcome::Existing(id));
     }
     let policy = networks::policy(&mut **tx, &t.network)
         .await?
-        .ok_or_else(|| ApiError::not_found("network"))?;
+        .ok_or_else(|| DomainError::not_found("network"))?;
     let from = t.from.id(&t.network);
     let to = t.to.id(&t.network);
     let floor = match t.kind {
@@ -128,13 +128,15 @@ pub async fn transfer(tx: &mut Tx, t: &Transfer<'_>) -> ApiResult<TransferOutcom
         _ => floor(t.from, policy.allow_credit, policy.credit_limit),
     };
     if !store::debit(tx, &from, t.amount, floor).await? {
-        return Err(ApiError::insufficient_credits(format!(
+        return Err(DomainError::insufficient_credits(format!(
             "not enough credits for {} ({} credits)",
             t.kind, t.amount
         )));
     }
     if !store::credit(tx, &to, t.amount).await? {
-        return Err(ApiError::internal(format!("account {to} does not exist")));
+        return Err(DomainError::internal(format!(
+            "account {to} does not exist"
+        )));
     }
     let id = random_id(|b| {
         format!(
@@ -156,11 +158,11 @@ pub async fn transfer(tx: &mut Tx, t: &Transfer<'_>) -> ApiResult<TransferOutcom
     store::record_transfer(tx, &record, now_ms())
         .await
         .map_err(|e| match e {
-            StoreError::Duplicate(_) => ApiError::conflict(
+            StoreError::Duplicate(_) => DomainError::conflict(
                 "concurrent_transfer",
                 "a transfer with this idempotency key is being made concurrently; retry",
             ),
-            e => ApiError::from(e),
+            e => DomainError::from(e),
         })?;
     Ok(TransferOutcome::Created(id))
 }

@@ -2,7 +2,7 @@
 //! what they may do. A caller who is not a member of a network sees its resources as absent
 //! (404), so ids of other networks reveal nothing.
 
-use crate::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::now_ms;
 use crate::store::people::{self, TokenSubject};
@@ -10,9 +10,6 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use mesh_proto::api::{DeviceStatus, Role};
 use mesh_proto::{DeviceId, NetworkId, PersonId, PublicKey, TokenId};
-
-/// Prefix of every bearer secret, so leaked tokens are recognisable.
-pub const TOKEN_PREFIX: &str = "mesh_";
 
 /// An authenticated caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,14 +64,9 @@ impl Principal {
     }
 }
 
-/// A fresh bearer secret.
-pub fn new_token_secret() -> String {
-    format!("{TOKEN_PREFIX}{}", crate::store::random_secret())
-}
-
 /// Resolve a bearer secret to its principal, if it is valid now.
 pub async fn resolve(state: &AppState, secret: &str) -> ApiResult<Option<Principal>> {
-    if !secret.starts_with(TOKEN_PREFIX) || secret.len() > 256 {
+    if !secret.starts_with(crate::domain::membership::TOKEN_PREFIX) || secret.len() > 256 {
         return Ok(None);
     }
     Ok(

@@ -1,9 +1,9 @@
 //! The workload registry: publish (validated, content-addressed, idempotent), list, show,
 //! download by hash, yank.
 
-use crate::api::networks::network_id;
-use crate::auth::{Auth, require_reader, require_role};
-use crate::error::{ApiBytes, ApiError, ApiResult, ErrorBody};
+use crate::http::auth::{Auth, require_reader, require_role};
+use crate::http::error::{ApiBytes, ApiError, ApiResult, ErrorBody};
+use crate::http::networks::network_id;
 use crate::state::{AppState, MAX_COMPONENT_BYTES};
 use crate::store::{StoreError, now_ms, workloads};
 use axum::Json;

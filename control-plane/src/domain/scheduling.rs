@@ -6,8 +6,8 @@
 //! queue (or fails after `max_job_attempts`), and its reserved credits are refunded exactly
 //! once (idempotency keys per job).
 
-use crate::error::{ApiError, ApiResult};
-use crate::ledger::{self, Account};
+use crate::domain::ledger::{self, Account};
+use crate::domain::{DomainError, DomainResult};
 use crate::state::AppState;
 use crate::store::Tx;
 use crate::store::jobs::{self, Holder, JobRecord};
@@ -41,7 +41,7 @@ pub async fn candidates(
     state: &AppState,
     network: &NetworkId,
     models: &[String],
-) -> ApiResult<Vec<Candidate>> {
+) -> DomainResult<Vec<Candidate>> {
     let schedulable = devices::schedulable(&state.db.pool, network).await?;
     let held = jobs::held_per_executor(&state.db.pool, network).await?;
     let mut out = Vec::new();
@@ -90,7 +90,7 @@ pub fn ticket(
     record: &JobRecord,
     executor: &DeviceId,
     executor_peer: &str,
-) -> ApiResult<Signed<JobTicket>> {
+) -> DomainResult<Signed<JobTicket>> {
     let job = &record.info;
     let ticket = JobTicket {
         job: job.id,
@@ -108,26 +108,26 @@ pub fn ticket(
         expires_at_ms: now_ms() + state.config.job_lease.as_millis() as i64,
     };
     Signed::sign(&ticket, &state.key, SignDomain::JobTicket, &job.network)
-        .map_err(ApiError::internal)
+        .map_err(DomainError::internal)
 }
 
 /// Read a device (404 when there is none).
-pub async fn device(state: &AppState, device: &DeviceId) -> ApiResult<DeviceInfo> {
+pub async fn device(state: &AppState, device: &DeviceId) -> DomainResult<DeviceInfo> {
     devices::get(&state.db.pool, device)
         .await?
-        .ok_or_else(|| ApiError::not_found("device"))
+        .ok_or_else(|| DomainError::not_found("device"))
 }
 
 /// Read a job (404 when there is none).
-pub async fn job_record(state: &AppState, job: &JobId) -> ApiResult<JobRecord> {
+pub async fn job_record(state: &AppState, job: &JobId) -> DomainResult<JobRecord> {
     jobs::get(&state.db.pool, job)
         .await?
-        .ok_or_else(|| ApiError::not_found("job"))
+        .ok_or_else(|| DomainError::not_found("job"))
 }
 
 /// Try to assign a queued job to the best candidate. Returns the executor and its peer id, or
 /// `None` when no device can take it now (the job stays queued).
-pub async fn try_assign(state: &AppState, job: &JobId) -> ApiResult<Option<(DeviceId, String)>> {
+pub async fn try_assign(state: &AppState, job: &JobId) -> DomainResult<Option<(DeviceId, String)>> {
     let record = job_record(state, job).await?;
     let row = &record.info;
     let Some(metadata) =
@@ -166,7 +166,7 @@ pub async fn try_assign(state: &AppState, job: &JobId) -> ApiResult<Option<(Devi
 }
 
 /// Refund a job's reservation to its requester (once per job).
-pub async fn refund(tx: &mut Tx, job: &JobInfo) -> ApiResult<()> {
+pub async fn refund(tx: &mut Tx, job: &JobInfo) -> DomainResult<()> {
     if job.price == 0 {
         return Ok(());
     }
@@ -195,7 +195,7 @@ pub async fn requeue_or_fail(
     expected_executor: Option<&DeviceId>,
     reason: &str,
     retryable: bool,
-) -> ApiResult<bool> {
+) -> DomainResult<bool> {
     let row = job_record(state, job).await?.info;
     let now = now_ms();
     let give_up = !retryable || row.attempts >= state.config.max_job_attempts;
@@ -218,7 +218,7 @@ pub async fn requeue_or_fail(
 
 /// Fail a job still waiting in the queue and refund its reservation (the gateway gives up
 /// when no device can take it). Returns whether this call failed it.
-pub async fn fail_queued(state: &AppState, job: &JobId, reason: &str) -> ApiResult<bool> {
+pub async fn fail_queued(state: &AppState, job: &JobId, reason: &str) -> DomainResult<bool> {
     let row = job_record(state, job).await?.info;
     let mut tx = state.db.pool.begin().await?;
     let changed = jobs::fail_queued(&mut tx, job, reason, now_ms()).await?;
@@ -230,7 +230,7 @@ pub async fn fail_queued(state: &AppState, job: &JobId, reason: &str) -> ApiResu
 }
 
 /// One sweep: mark silent devices offline, expire leases, assign queued jobs.
-pub async fn sweep(state: &AppState) -> ApiResult<()> {
+pub async fn sweep(state: &AppState) -> DomainResult<()> {
     let now = now_ms();
     devices::mark_silent_offline(
         &state.db.pool,

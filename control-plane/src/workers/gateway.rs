@@ -4,9 +4,9 @@
 //! libp2p identity, so executors recognise the tickets it presents; executors fetch
 //! components from it over `/mesh/blob/1`.
 
-use crate::api::jobs::{self, assignment, find_job, settle_receipt, submit_job};
-use crate::error::{ApiError, ApiResult};
-use crate::scheduler;
+use crate::domain::jobs::{self, assignment, find_job, settle_receipt, submit_job};
+use crate::domain::scheduling;
+use crate::domain::{DomainError, DomainResult};
 use crate::state::AppState;
 use mesh_net::dispatch::{self, Assignment, DispatchError};
 use mesh_net::{Inbound, Node, NodeConfig};
@@ -111,7 +111,7 @@ async fn serve_blob(
 }
 
 /// Wait until the job has a ticket (or is no longer queued), up to [`QUEUE_WAIT`].
-async fn wait_for_ticket(state: &AppState, job: &JobId) -> ApiResult<JobAssignment> {
+async fn wait_for_ticket(state: &AppState, job: &JobId) -> DomainResult<JobAssignment> {
     let deadline = tokio::time::Instant::now() + QUEUE_WAIT;
     loop {
         let current = assignment(state, job).await?;
@@ -122,7 +122,7 @@ async fn wait_for_ticket(state: &AppState, job: &JobId) -> ApiResult<JobAssignme
             return Ok(current);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        scheduler::try_assign(state, job).await?;
+        scheduling::try_assign(state, job).await?;
     }
 }
 
@@ -134,7 +134,7 @@ fn to_dispatch(a: &JobAssignment) -> Option<Assignment> {
 
 /// Run a job of `person` in `network` through the gateway and wait for its checked result.
 ///
-/// A batched job carries ringers ([`crate::ringers`]); when the executor gets one wrong, that
+/// A batched job carries ringers ([`crate::domain::ringers`]); when the executor gets one wrong, that
 /// is a failed check and the job runs again away from that owner's devices (up to
 /// [`RINGER_RUNS`] runs), and the first answer that passes is returned.
 /// When the VRF selects the job for re-execution, its input and output are kept for the check.
@@ -145,7 +145,7 @@ pub async fn run_job(
     workload: Blake3Hash,
     input: Vec<u8>,
     idempotency_key: Option<String>,
-) -> ApiResult<RunJobResponse> {
+) -> DomainResult<RunJobResponse> {
     let mut avoid: Vec<DeviceId> = Vec::new();
     let mut failed: Vec<JobId> = Vec::new();
     for attempt in 0..RINGER_RUNS {
@@ -163,7 +163,7 @@ pub async fn run_job(
         }
     }
     let failed: Vec<String> = failed.iter().map(JobId::to_string).collect();
-    Err(ApiError::unavailable(
+    Err(DomainError::unavailable(
         "verification_failed",
         format!(
             "jobs {} all failed their known-answer checks",
@@ -181,9 +181,9 @@ async fn run_once(
     input: &[u8],
     idempotency_key: Option<String>,
     avoid: &[DeviceId],
-) -> ApiResult<Result<RunJobResponse, (JobId, DeviceId)>> {
+) -> DomainResult<Result<RunJobResponse, (JobId, DeviceId)>> {
     let Some(node) = state.gateway.clone() else {
-        return Err(ApiError::unavailable(
+        return Err(DomainError::unavailable(
             "no_gateway",
             "this control plane has no relays configured, so it cannot dispatch jobs",
         ));
@@ -195,13 +195,13 @@ async fn run_once(
         idempotency_key,
     };
     let (_, submitted) = submit_job(state, network, person, None, &request, avoid).await?;
-    let job = submitted.0.job.id;
-    if submitted.0.job.state == JobState::Done || submitted.0.job.state == JobState::Failed {
-        return Err(ApiError::conflict(
+    let job = submitted.job.id;
+    if submitted.job.state == JobState::Done || submitted.job.state == JobState::Failed {
+        return Err(DomainError::conflict(
             "already_ran",
             format!(
                 "job {job} with this idempotency key already {}",
-                submitted.0.job.state.as_str()
+                submitted.job.state.as_str()
             ),
         ));
     }
@@ -209,9 +209,10 @@ async fn run_once(
     // the job's input hash is updated before its ticket is first handed out.
     let mut input = input.to_vec();
     let mut planted = Vec::new();
-    if let (JobState::Assigned, Some(executor)) = (submitted.0.job.state, submitted.0.job.executor)
+    if let (JobState::Assigned, Some(executor)) = (submitted.job.state, submitted.job.executor)
         && let Some((mixed, ringers)) =
-            crate::ringers::mix(state, network, &workload, &person, &executor, &input).await?
+            crate::domain::ringers::mix(state, network, &workload, &person, &executor, &input)
+                .await?
     {
         let mixed_hash = Blake3Hash::of(&mixed);
         let size = mixed.len() as u64;
@@ -224,7 +225,7 @@ async fn run_once(
         }
     }
     let completed = dispatch_submitted(state, &node, job, &input).await?;
-    let claims = completed.ticket.peek().map_err(ApiError::internal)?;
+    let claims = completed.ticket.peek().map_err(DomainError::internal)?;
     let info = find_job(state, None, &job).await?;
     // The executor reports too; whichever arrives first settles, the other is a no-op.
     let info = match settle_receipt(state, &info, &claims.executor, &completed.receipt).await {
@@ -234,24 +235,25 @@ async fn run_once(
             find_job(state, None, &job).await?
         }
     };
-    if crate::checks::check_info(state, &job)
+    if crate::domain::checks::check_info(state, &job)
         .await?
         .is_some_and(|c| c.selection.selected)
     {
-        crate::checks::store_payload(state, &input).await?;
-        crate::checks::store_payload(state, &completed.output).await?;
+        crate::domain::checks::store_payload(state, &input).await?;
+        crate::domain::checks::store_payload(state, &completed.output).await?;
     }
     let output = if planted.is_empty() {
         mesh_proto::document::parse(&completed.output).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(&completed.output).into())
         })
     } else {
-        let rule = crate::checks::comparison(state, network, &workload).await?;
-        match crate::ringers::evaluate(&rule, &completed.output, &planted) {
+        let rule = crate::domain::checks::comparison(state, network, &workload).await?;
+        match crate::domain::ringers::evaluate(&rule, &completed.output, &planted) {
             Ok(output) => output,
             Err(reason) => {
                 tracing::warn!(%job, executor = %claims.executor, "ringer failed: {reason}");
-                crate::checks::ringer_failed(state, &info, &claims.executor, &reason).await?;
+                crate::domain::checks::ringer_failed(state, &info, &claims.executor, &reason)
+                    .await?;
                 return Ok(Err((job, claims.executor)));
             }
         }
@@ -275,11 +277,11 @@ pub(crate) async fn dispatch_submitted(
     node: &Node,
     job: JobId,
     input: &[u8],
-) -> ApiResult<dispatch::Completed> {
+) -> DomainResult<dispatch::Completed> {
     let first = wait_for_ticket(state, &job).await?;
     let Some(first) = to_dispatch(&first) else {
-        scheduler::fail_queued(state, &job, "no device could take the job").await?;
-        return Err(ApiError::unavailable(
+        scheduling::fail_queued(state, &job, "no device could take the job").await?;
+        return Err(DomainError::unavailable(
             "no_device",
             "no online device can run this workload now",
         ));
@@ -312,13 +314,13 @@ pub(crate) async fn dispatch_submitted(
             Ok(c) => c,
             Err(e) => {
                 if let DispatchError::NoExecutor(_) = e {
-                    let _ = scheduler::fail_queued(state, &job, &e.to_string()).await;
+                    let _ = scheduling::fail_queued(state, &job, &e.to_string()).await;
                 }
                 return Err(match e {
                     DispatchError::Refused { refusal, .. } => {
-                        ApiError::unprocessable("job_refused", refusal.to_string())
+                        DomainError::unprocessable("job_refused", refusal.to_string())
                     }
-                    other => ApiError::unavailable("job_not_run", other.to_string()),
+                    other => DomainError::unavailable("job_not_run", other.to_string()),
                 });
             }
         };

@@ -1,8 +1,8 @@
 //! The relay feed: relays poll a fresh certificate of every approved device and serve only
 //! those peers (they check each certificate's signature themselves).
 
-use crate::api::devices::issue_certificate;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::domain::membership::issue_certificate;
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
 use crate::store::now_ms;
 use axum::Json;
@@ -52,7 +52,7 @@ pub async fn allow_list(
     }
     Ok(Json(RelayAllowList {
         issued_at_ms: now_ms(),
-        gateway_peer: crate::scheduler::gateway_peer(&state),
+        gateway_peer: crate::domain::scheduling::gateway_peer(&state),
         certificates,
     }))
 }

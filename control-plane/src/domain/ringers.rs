@@ -22,7 +22,7 @@
 //! output document has exactly one array field of the same length, item for item (the
 //! embeddings workload: `{"texts": [...]}` to `{"embeddings": [...], "tokens": n}`).
 
-use crate::error::ApiResult;
+use crate::domain::DomainResult;
 use crate::state::AppState;
 use crate::store::ringers as store;
 use crate::store::{now_ms, random_id};
@@ -72,7 +72,7 @@ pub async fn harvest(
     input: &[u8],
     output: &[u8],
     seen_by: &[DeviceId],
-) -> ApiResult<()> {
+) -> DomainResult<()> {
     let (Ok(input), Ok(output)) = (
         mesh_proto::document::parse(input),
         mesh_proto::document::parse(output),
@@ -129,7 +129,7 @@ pub async fn mix(
     requester: &PersonId,
     executor: &DeviceId,
     input: &[u8],
-) -> ApiResult<Option<(Vec<u8>, Vec<Planted>)>> {
+) -> DomainResult<Option<(Vec<u8>, Vec<Planted>)>> {
     let Ok(mut doc) = mesh_proto::document::parse(input) else {
         return Ok(None);
     };
@@ -173,7 +173,7 @@ pub async fn mix(
         store::count_use(&state.db.pool, &p.id).await?;
         store::mark_seen(&state.db.pool, &p.id, executor).await?;
     }
-    let bytes = serde_json::to_vec(&doc).map_err(crate::error::ApiError::internal)?;
+    let bytes = serde_json::to_vec(&doc).map_err(crate::domain::DomainError::internal)?;
     Ok(Some((bytes, planted)))
 }
 

@@ -1,9 +1,9 @@
 //! Credits: balances, history and grants.
 
-use crate::api::networks::network_id;
-use crate::auth::{Auth, require_role};
-use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
-use crate::ledger::{self, Account, TransferOutcome};
+use crate::domain::ledger::{self, Account, TransferOutcome};
+use crate::http::auth::{Auth, require_role};
+use crate::http::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
+use crate::http::networks::network_id;
 use crate::state::AppState;
 use crate::store::ledger as ledger_store;
 use axum::Json;
@@ -21,7 +21,7 @@ pub struct AccountQuery {
 
 async fn target(
     state: &AppState,
-    principal: &crate::auth::Principal,
+    principal: &crate::http::auth::Principal,
     network: &mesh_proto::NetworkId,
     query: &AccountQuery,
 ) -> ApiResult<PersonId> {

@@ -147,6 +147,34 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+impl From<crate::domain::DomainError> for ApiError {
+    fn from(error: crate::domain::DomainError) -> Self {
+        use crate::domain::{DomainError, Refusal};
+        match error {
+            DomainError::Refused {
+                kind,
+                code,
+                message,
+            } => {
+                let status = match kind {
+                    Refusal::BadRequest => StatusCode::BAD_REQUEST,
+                    Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
+                    Refusal::Forbidden => StatusCode::FORBIDDEN,
+                    Refusal::NotFound => StatusCode::NOT_FOUND,
+                    Refusal::Conflict => StatusCode::CONFLICT,
+                    Refusal::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
+                    Refusal::Gone => StatusCode::GONE,
+                    Refusal::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+                    Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                ApiError::new(status, code, message)
+            }
+            DomainError::Store(e) => ApiError::internal(e),
+            DomainError::Internal(e) => ApiError::internal(e),
+        }
+    }
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(error: crate::store::StoreError) -> Self {
         ApiError::internal(error)

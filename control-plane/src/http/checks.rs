@@ -1,10 +1,11 @@
 //! Verification: the VRF key, each job's check (selection proof and outcome), and the
 //! payloads a device requester uploads so a selected job can be re-executed.
 
-use crate::api::jobs::{find_job, requester_job};
-use crate::api::networks::network_id;
-use crate::auth::{Auth, require_reader};
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::domain::jobs::find_job;
+use crate::http::auth::{Auth, require_reader};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::jobs::requester_job;
+use crate::http::networks::network_id;
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Bytes;
@@ -46,7 +47,7 @@ pub async fn show_check(
     let network = network_id(&network)?;
     require_reader(&state, &principal, &network).await?;
     let job = find_job(&state, Some(&network), &job_id(&job)?).await?;
-    crate::checks::check_info(&state, &job.id)
+    crate::domain::checks::check_info(&state, &job.id)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found_with("not_settled", "the job has not settled yet"))
@@ -82,7 +83,7 @@ pub async fn upload_payload(
             "the body does not hash to the given BLAKE3",
         ));
     }
-    crate::checks::store_payload(&state, &body).await?;
+    crate::domain::checks::store_payload(&state, &body).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -101,7 +102,7 @@ pub async fn download_payload(
     let network = network_id(&network)?;
     let job = requester_job(&state, &principal, &network, &job_id(&job)?).await?;
     let hash = payload_hash(&hash)?;
-    let verified = crate::checks::check_info(&state, &job.id)
+    let verified = crate::domain::checks::check_info(&state, &job.id)
         .await?
         .and_then(|c| c.verified_output);
     let ours = job
@@ -111,7 +112,7 @@ pub async fn download_payload(
     if !ours {
         return Err(ApiError::not_found("payload"));
     }
-    let bytes = crate::checks::payload(&state, &hash)
+    let bytes = crate::domain::checks::payload(&state, &hash)
         .await?
         .ok_or_else(|| ApiError::not_found("payload"))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))

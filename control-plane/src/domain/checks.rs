@@ -1,0 +1,363 @@
+//! Verification by VRF-chosen re-execution: selection, re-execution, comparison, trust,
+//! quarantine, clawbacks and the verifiers' pay.
+//!
+//! When a job settles, [`select`] evaluates the control plane's VRF on the receipt and
+//! records the decision and its proof (`checks` table), so anyone can re-check it
+//! ([`mesh_proto::verification::Selection::verify`]). A selected job waits for its payload (the
+//! gateway stores input and output itself; a device requester uploads them by hash), then the
+//! worker (`workers::checker`) re-executes it as a `check` job on a device of another owner, preferring
+//! high trust, and compares the outputs by the workload's declared rule. When they disagree a
+//! third device (a third owner) runs a `tiebreak` job; [`apply`] writes what
+//! [`crate::domain::verification::decide`] makes of each round.
+//!
+//! Every verdict is recorded once per (job, device) ([`record_verdict`]): a pass raises the
+//! device's trust, a failure resets it, claws the job's credits back from the executor's owner
+//! to the requester (a ledger transfer, never an edit) and, after
+//! [`CheckPolicy::quarantine_after`](mesh_proto::verification::CheckPolicy) failures,
+//! quarantines the device (no more jobs; audit log entry for the admins). Verifiers are paid
+//! the job's price from the network's issuer account. Every state change is a conditional
+//! update and every transfer has an idempotency key, so the worker may crash and restart
+//! anywhere.
+
+use crate::domain::ledger::{self, Account};
+use crate::domain::verification::{Decision, Outcome, PaidRound, Party};
+use crate::domain::{DomainError, DomainResult};
+use crate::state::AppState;
+use crate::store::Tx;
+use crate::store::checks;
+use crate::store::devices;
+use crate::store::jobs;
+use crate::store::now_ms;
+use mesh_proto::api::{CheckInfo, CheckState, JobInfo, JobPurpose};
+use mesh_proto::verification::{Selection, is_selected, receipt_hash, selection_input};
+use mesh_proto::{Blake3Hash, Comparison, DeviceId, JobId, NetworkId, RunReceipt};
+
+/// Decide by VRF whether the just-settled job `info`, run by `executor` with `receipt`, is
+/// re-executed, and record the decision with its proof. Runs once per job (later calls
+/// return the recorded decision); jobs that are themselves checks are never selected.
+pub async fn select(
+    state: &AppState,
+    info: &JobInfo,
+    executor: &DeviceId,
+    receipt: &RunReceipt,
+) -> DomainResult<()> {
+    if info.purpose != JobPurpose::Job {
+        return Ok(());
+    }
+    let record = crate::domain::scheduling::device(state, executor)
+        .await?
+        .checks;
+    let rate_ppm = state.config.check_policy.rate_ppm(&record);
+    let hash = receipt_hash(receipt);
+    let proof = state
+        .vrf
+        .prove(&selection_input(&info.network, &info.id, &hash));
+    let output = proof.to_hash().map_err(DomainError::internal)?;
+    let selected = is_selected(&output, rate_ppm);
+    let selection = Selection {
+        rate_ppm,
+        receipt_hash: hash,
+        proof,
+        output,
+        selected,
+    };
+    let now = now_ms();
+    checks::insert_decision(
+        &state.db.pool,
+        &info.id,
+        &info.network,
+        executor,
+        &selection,
+        now,
+    )
+    .await?;
+    if selected {
+        tracing::info!(job = %info.id, %executor, rate_ppm, "selected for re-execution");
+    }
+    Ok(())
+}
+
+/// The check of `job`, if it settled.
+pub async fn check_info(state: &AppState, job: &JobId) -> DomainResult<Option<CheckInfo>> {
+    let Some(check) = checks::get(&state.db.pool, job).await? else {
+        return Ok(None);
+    };
+    let executor_of = async |job: Option<JobId>| -> DomainResult<Option<DeviceId>> {
+        Ok(match job {
+            Some(job) => jobs::get(&state.db.pool, &job)
+                .await?
+                .and_then(|j| j.info.executor),
+            None => None,
+        })
+    };
+    Ok(Some(CheckInfo {
+        job: check.job,
+        executor: check.executor,
+        selection: check.selection,
+        state: check.state,
+        reason: check.reason,
+        check_job: check.check_job,
+        tiebreak_job: check.tiebreak_job,
+        verifier: executor_of(check.check_job).await?,
+        tiebreaker: executor_of(check.tiebreak_job).await?,
+        verified_output: check.verified_output,
+        detail: check.detail,
+    }))
+}
+
+/// Store a payload (an input or output of a checked job) by hash; idempotent.
+pub async fn store_payload(state: &AppState, bytes: &[u8]) -> DomainResult<Blake3Hash> {
+    Ok(checks::insert_payload(&state.db.pool, bytes, now_ms()).await?)
+}
+
+/// A stored payload.
+pub async fn payload(state: &AppState, hash: &Blake3Hash) -> DomainResult<Option<Vec<u8>>> {
+    Ok(checks::payload(&state.db.pool, hash).await?)
+}
+
+/// Record that `device` passed or failed the check of `job`, once. A failure resets its
+/// trust, claws the job's price back from its owner to the requester, and quarantines it after
+/// the policy's number of failures. Returns whether this call recorded it.
+pub async fn record_verdict(
+    state: &AppState,
+    job: &JobInfo,
+    device: &DeviceId,
+    passed: bool,
+    reason: &str,
+) -> DomainResult<bool> {
+    let mut tx = state.db.pool.begin().await?;
+    let recorded = record_verdict_in(state, &mut tx, job, device, passed, reason).await?;
+    tx.commit().await?;
+    Ok(recorded)
+}
+
+/// [`record_verdict`] inside `tx`.
+async fn record_verdict_in(
+    state: &AppState,
+    tx: &mut Tx,
+    job: &JobInfo,
+    device: &DeviceId,
+    passed: bool,
+    reason: &str,
+) -> DomainResult<bool> {
+    if !checks::insert_verdict(tx, &job.id, device, passed, reason, now_ms()).await? {
+        return Ok(false);
+    }
+    let (before, owner, quarantined_at) = devices::verification_state(&mut **tx, device)
+        .await?
+        .ok_or_else(|| DomainError::not_found("device"))?;
+    let after = if passed { before.pass() } else { before.fail() };
+    let quarantine = quarantined_at.is_none() && state.config.check_policy.quarantined(&after);
+    devices::record_check(tx, device, &after, quarantine, now_ms()).await?;
+    if !passed {
+        crate::store::audit::append(
+            tx,
+            Some(&job.network),
+            &device.to_string(),
+            "check_failed",
+            &format!("job {}: {reason}", job.id),
+            crate::store::now_ms(),
+        )
+        .await?;
+        // Only the executor of the job itself was paid for it.
+        if job.executor == Some(*device) && job.price > 0 {
+            ledger::transfer(
+                tx,
+                &ledger::Transfer {
+                    network: job.network,
+                    idempotency_key: &format!("job:{}:clawback", job.id),
+                    kind: ledger::CLAWBACK,
+                    memo: &format!("failed check: {reason}"),
+                    job: Some(job.id),
+                    from: Account::Person(owner),
+                    to: Account::Person(job.requester),
+                    amount: job.price,
+                },
+            )
+            .await?;
+        }
+    }
+    if quarantine {
+        crate::store::audit::append(
+            tx,
+            Some(&job.network),
+            &device.to_string(),
+            "device_quarantined",
+            &format!(
+                "{device} failed {} checks (latest: job {}); it gets no more jobs",
+                after.failed, job.id
+            ),
+            crate::store::now_ms(),
+        )
+        .await?;
+        tracing::warn!(%device, failed = after.failed, "device quarantined");
+    }
+    Ok(true)
+}
+
+/// The executor of `job` got a ringer wrong: a failed check (recorded once), and the job's
+/// check is marked failed with the reason.
+pub async fn ringer_failed(
+    state: &AppState,
+    job: &JobInfo,
+    executor: &DeviceId,
+    reason: &str,
+) -> DomainResult<()> {
+    record_verdict(state, job, executor, false, reason).await?;
+    checks::fail_by_ringer(&state.db.pool, &job.id, reason, now_ms()).await?;
+    Ok(())
+}
+
+/// Pay the owner of `device` for re-executing `job` in `round` (once per job and round), inside
+/// `tx`.
+async fn pay_in(
+    tx: &mut Tx,
+    job: &JobInfo,
+    device: &DeviceId,
+    round: PaidRound,
+) -> DomainResult<()> {
+    if job.price <= 0 {
+        return Ok(());
+    }
+    let owner = devices::get(&mut **tx, device)
+        .await?
+        .ok_or_else(|| DomainError::not_found("device"))?
+        .owner;
+    let round = round.key();
+    ledger::transfer(
+        tx,
+        &ledger::Transfer {
+            network: job.network,
+            idempotency_key: &format!("job:{}:{round}", job.id),
+            kind: "verify_pay",
+            memo: &format!("re-executed job {} ({round})", job.id),
+            job: Some(job.id),
+            from: Account::Issuer,
+            to: Account::Person(owner),
+            amount: job.price,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The metadata of `workload` in `network`.
+async fn metadata(
+    state: &AppState,
+    network: &NetworkId,
+    workload: &Blake3Hash,
+) -> DomainResult<mesh_proto::WorkloadMetadata> {
+    crate::store::workloads::metadata_of(&state.db.pool, network, workload)
+        .await?
+        .ok_or_else(|| DomainError::not_found("workload"))
+}
+
+/// The comparison rule of `workload` in `network`.
+pub async fn comparison(
+    state: &AppState,
+    network: &NetworkId,
+    workload: &Blake3Hash,
+) -> DomainResult<Comparison> {
+    Ok(metadata(state, network, workload).await?.comparison)
+}
+
+/// Whether a device of an owner who has not run or checked `job` could re-execute it now.
+pub async fn verifier_available(state: &AppState, job: &JobInfo) -> DomainResult<bool> {
+    let models = metadata(state, &job.network, &job.workload).await?.models;
+    let excluded = crate::store::jobs::owners_who_ran(&state.db.pool, &job.id).await?;
+    Ok(
+        crate::domain::scheduling::candidates(state, &job.network, &models)
+            .await?
+            .iter()
+            .any(|c| !excluded.contains(&c.owner)),
+    )
+}
+
+/// The devices that took part in a check.
+pub struct Parties {
+    /// The device whose result is checked.
+    pub executor: DeviceId,
+    /// The device of the first re-execution.
+    pub verifier: DeviceId,
+    /// The device of the tie-break, once there is one.
+    pub tiebreaker: Option<DeviceId>,
+}
+
+impl Parties {
+    fn device(&self, party: Party) -> DomainResult<DeviceId> {
+        match party {
+            Party::Executor => Ok(self.executor),
+            Party::Verifier => Ok(self.verifier),
+            Party::Tiebreaker => self
+                .tiebreaker
+                .ok_or_else(|| DomainError::internal("a tie-break decision without a tie-breaker")),
+        }
+    }
+}
+
+/// Write `decision` on the check of `job` in one transaction: verdicts (with their clawbacks
+/// and quarantines), payments, the audit entry, and the check's new state.
+/// `check_output` is the verifier's output, the verified one when the executor failed.
+pub async fn apply(
+    state: &AppState,
+    job: &JobInfo,
+    parties: &Parties,
+    check_output: &Blake3Hash,
+    decision: &Decision,
+) -> DomainResult<()> {
+    let mut tx = state.db.pool.begin().await?;
+    for verdict in &decision.verdicts {
+        let device = parties.device(verdict.party)?;
+        record_verdict_in(state, &mut tx, job, &device, verdict.passed, verdict.reason).await?;
+    }
+    for payment in &decision.payments {
+        pay_in(&mut tx, job, &parties.device(payment.to)?, payment.round).await?;
+    }
+    if decision.audit {
+        let tiebreaker = parties
+            .tiebreaker
+            .map_or_else(|| "none".to_string(), |t| t.to_string());
+        crate::store::audit::append(
+            &mut tx,
+            Some(&job.network),
+            "control-plane",
+            "check_inconclusive",
+            &format!(
+                "job {}: executor {}, verifier {} and tie-breaker {tiebreaker} do not form a majority",
+                job.id, parties.executor, parties.verifier
+            ),
+            now_ms(),
+        )
+        .await?;
+    }
+    let now = now_ms();
+    match &decision.outcome {
+        Outcome::Disputed { mismatch } => {
+            tracing::warn!(job = %job.id, executor = %parties.executor, verifier = %parties.verifier,
+                "re-execution disagrees: {mismatch}");
+            let detail = format!(
+                "{} disagrees: {mismatch}; a third device breaks the tie",
+                parties.verifier
+            );
+            checks::dispute(&mut *tx, &job.id, check_output, &detail, now).await?;
+        }
+        outcome => {
+            let verified = (*outcome == Outcome::Failed).then_some(check_output);
+            let running = &[CheckState::Running];
+            let state = outcome.state();
+            checks::finish(
+                &mut *tx,
+                &job.id,
+                running,
+                state,
+                verified,
+                decision.detail,
+                now,
+            )
+            .await?;
+            tracing::info!(job = %job.id, outcome = outcome.state().as_str(), "check finished");
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! Jobs: submission (idempotent per requester and key, the price reserved), reassignment,
+//! and settlement with a checked receipt, exactly once.
+
+use crate::domain::ledger::{self, Account};
+use crate::domain::scheduling::{self, job_record};
+use crate::domain::{DomainError, DomainResult};
+use crate::state::AppState;
+use crate::store::jobs::{self, NewJob};
+use crate::store::{StoreError, now_ms, random_id};
+use mesh_proto::api::{JobAssignment, JobInfo, JobPurpose, JobState, SubmitJobRequest};
+use mesh_proto::{DeviceId, JobId, NetworkId, RunReceipt};
+
+/// Whether a submission made a new job or found the one its idempotency key made before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// A new job.
+    Created,
+    /// The earlier job with the same key.
+    Existing,
+}
+
+/// Read a job of `network` (404 if it belongs elsewhere).
+pub async fn find_job(
+    state: &AppState,
+    network: Option<&NetworkId>,
+    job: &JobId,
+) -> DomainResult<JobInfo> {
+    let info = job_record(state, job).await?.info;
+    if network.is_some_and(|n| *n != info.network) {
+        return Err(DomainError::not_found("job"));
+    }
+    Ok(info)
+}
+
+/// The job with its ticket when it is assigned.
+pub async fn assignment(state: &AppState, job: &JobId) -> DomainResult<JobAssignment> {
+    let record = job_record(state, job).await?;
+    let info = record.info.clone();
+    let (ticket, executor_peer_id) = match (info.state, info.executor) {
+        (JobState::Assigned | JobState::Running, Some(executor)) => {
+            let peer = scheduling::device(state, &executor).await?.peer_id;
+            (
+                Some(scheduling::ticket(state, &record, &executor, &peer)?),
+                Some(peer),
+            )
+        }
+        _ => (None, None),
+    };
+    Ok(JobAssignment {
+        job: info,
+        ticket,
+        executor_peer_id,
+    })
+}
+
+/// Create (or find, by idempotency key) a job of `requester`, reserve its price and try to
+/// assign it (devices in `avoid` only when nobody else can). Shared by the REST submit and the
+/// gateway.
+pub async fn submit_job(
+    state: &AppState,
+    network: &NetworkId,
+    requester: mesh_proto::PersonId,
+    requester_peer: Option<String>,
+    request: &SubmitJobRequest,
+    avoid: &[DeviceId],
+) -> DomainResult<(Submitted, JobAssignment)> {
+    let (state, network) = (state.clone(), *network);
+    let workload = crate::store::workloads::get(&state.db.pool, &network, &request.workload)
+        .await?
+        .ok_or_else(|| DomainError::not_found("workload"))?;
+    if workload.yanked {
+        return Err(DomainError::conflict("yanked", "this workload was yanked"));
+    }
+    let key = request
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(crate::store::random_secret);
+    if key.is_empty() || key.len() > 200 {
+        return Err(DomainError::bad_request(
+            "idempotency_key must be 1-200 characters",
+        ));
+    }
+    if let Some(id) = jobs::find_by_key(&state.db.pool, &network, &requester, &key).await? {
+        return Ok((Submitted::Existing, assignment(&state, &id).await?));
+    }
+    let price = crate::store::networks::policy(&state.db.pool, &network)
+        .await?
+        .ok_or_else(|| DomainError::not_found("network"))?
+        .job_price;
+    let job: JobId = random_id(JobId::from_bytes);
+    let now = now_ms();
+    let mut tx = state.db.pool.begin().await?;
+    let new = NewJob {
+        id: job,
+        network,
+        requester,
+        workload: request.workload,
+        input: request.input,
+        input_size: request.input_size,
+        price,
+        idempotency_key: &key,
+        requester_peer: requester_peer.as_deref(),
+        purpose: JobPurpose::Job,
+        verifies: None,
+        avoid,
+    };
+    jobs::insert(&mut tx, &new, now)
+        .await
+        .map_err(|e| match e {
+            StoreError::Duplicate(_) => DomainError::conflict(
+                "concurrent_submit",
+                "a job with this idempotency key is being submitted; retry",
+            ),
+            e => DomainError::from(e),
+        })?;
+    if price > 0 {
+        ledger::transfer(
+            &mut tx,
+            &ledger::Transfer {
+                network,
+                idempotency_key: &format!("job:{job}:reserve"),
+                kind: "job_reserve",
+                memo: &format!("reserved for {}", workload.name),
+                job: Some(job),
+                from: Account::Person(requester),
+                to: Account::Escrow,
+                amount: price,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    scheduling::try_assign(&state, &job).await?;
+    Ok((Submitted::Created, assignment(&state, &job).await?))
+}
+
+/// Requeue `info` away from its current executor (or fail it when it may not be retried)
+/// and try to assign it again. When `failed_peer` names an executor the job has already left
+/// (its lease expired and the sweeper moved it), the current assignment stands.
+pub async fn reassign_job(
+    state: &AppState,
+    info: &JobInfo,
+    failed_peer: Option<&str>,
+    reason: &str,
+    retryable: bool,
+) -> DomainResult<JobAssignment> {
+    if let (Some(failed), Some(current), JobState::Assigned | JobState::Running) =
+        (failed_peer, info.executor, info.state)
+    {
+        let peer = scheduling::device(state, &current).await?.peer_id;
+        if peer != failed && retryable {
+            return assignment(state, &info.id).await;
+        }
+    }
+    match (info.state, info.executor) {
+        (JobState::Assigned | JobState::Running, Some(executor)) => {
+            scheduling::requeue_or_fail(state, &info.id, Some(&executor), reason, retryable)
+                .await?;
+        }
+        (JobState::Queued, _) => {}
+        (other, _) => {
+            return Err(DomainError::conflict(
+                "wrong_state",
+                format!("job is {}", other.as_str()),
+            ));
+        }
+    }
+    scheduling::try_assign(state, &info.id).await?;
+    assignment(state, &info.id).await
+}
+
+/// Settle `info` with a receipt already verified as `executor`'s: mark it done and pay the
+/// executor's owner from the reservation. Reporting the same receipt again (executor and
+/// requester both report) is a no-op; a different receipt for a settled job is a conflict
+/// and goes to the audit log.
+pub async fn settle_receipt(
+    state: &AppState,
+    info: &JobInfo,
+    executor: &DeviceId,
+    receipt: &RunReceipt,
+) -> DomainResult<JobInfo> {
+    if receipt.job != Some(info.id) {
+        return Err(DomainError::bad_request("the receipt is for another job"));
+    }
+    if receipt.component != info.workload || receipt.input != info.input {
+        return Err(DomainError::bad_request(
+            "the receipt does not match the job's workload and input",
+        ));
+    }
+    let owner = scheduling::device(state, executor).await?.owner;
+    let mut tx = state.db.pool.begin().await?;
+    if !jobs::settle(&mut tx, &info.id, executor, receipt, now_ms()).await? {
+        drop(tx);
+        let current = find_job(state, None, &info.id).await?;
+        if current.state == JobState::Done && current.executor == Some(*executor) {
+            if current.receipt.as_ref() == Some(receipt) {
+                // Select here too, in case the first report stopped between settling and
+                // selecting (selection happens once).
+                crate::domain::checks::select(state, &current, executor, receipt).await?;
+                return Ok(current);
+            }
+            let mut tx = state.db.pool.begin().await?;
+            crate::store::audit::append(
+                &mut tx,
+                Some(&info.network),
+                &executor.to_string(),
+                "conflicting_receipt",
+                &format!("job {}: a second, different receipt was reported", info.id),
+                crate::store::now_ms(),
+            )
+            .await?;
+            tx.commit().await?;
+            return Err(DomainError::conflict(
+                "conflicting_receipt",
+                "the job settled with a different receipt",
+            ));
+        }
+        return Err(DomainError::conflict(
+            "wrong_state",
+            format!("job is {}", current.state.as_str()),
+        ));
+    }
+    if info.price > 0 {
+        ledger::transfer(
+            &mut tx,
+            &ledger::Transfer {
+                network: info.network,
+                idempotency_key: &format!("job:{}:settle", info.id),
+                kind: "job_settle",
+                memo: &format!("ran on {executor}"),
+                job: Some(info.id),
+                from: Account::Escrow,
+                to: Account::Person(owner),
+                amount: info.price,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    let settled = find_job(state, None, &info.id).await?;
+    crate::domain::checks::select(state, &settled, executor, receipt).await?;
+    Ok(settled)
+}
