@@ -6,7 +6,7 @@
 //! passed | failed | inconclusive`, or to `unverifiable` when it cannot conclude in time; each
 //! move is one conditional update on the state it expects.
 
-use super::{StoreError, Tx, parse_column};
+use super::{StoreError, Tx, parse_all, parse_column};
 use mesh_proto::api::{CheckReason, CheckState};
 use mesh_proto::verification::Selection;
 use mesh_proto::{Blake3Hash, DeviceId, JobId, NetworkId};
@@ -231,9 +231,7 @@ pub async fn waiting_for_payload_since(
     .bind(before)
     .fetch_all(db)
     .await?;
-    ids.iter()
-        .map(|j| parse_column("checks.job_id", j))
-        .collect()
+    parse_all("checks.job_id", &ids)
 }
 
 /// Checks created before `before` that are still waiting to run.
@@ -247,9 +245,7 @@ pub async fn waiting_since(
     .bind(before)
     .fetch_all(db)
     .await?;
-    ids.iter()
-        .map(|j| parse_column("checks.job_id", j))
-        .collect()
+    parse_all("checks.job_id", &ids)
 }
 
 /// Up to `limit` selected or disputed checks due at `now`, the longest waiting first.
@@ -266,9 +262,7 @@ pub async fn due(
     .bind(limit)
     .fetch_all(db)
     .await?;
-    ids.iter()
-        .map(|j| parse_column("checks.job_id", j))
-        .collect()
+    parse_all("checks.job_id", &ids)
 }
 
 /// How often the check of `job` was postponed.

@@ -4,7 +4,7 @@
 //! sharing the database never move one job twice; each returns whether it changed the row.
 //! States and purposes are typed ([`JobState`], [`JobPurpose`]); their text form is theirs.
 
-use super::{StoreError, Tx, parse_column};
+use super::{StoreError, Tx, parse_all, parse_column};
 use mesh_proto::api::{JobInfo, JobPurpose, JobState};
 use mesh_proto::{Blake3Hash, DeviceId, JobId, NetworkId, PersonId, RunReceipt};
 use sqlx::Row;
@@ -465,7 +465,7 @@ pub async fn queued(
 }
 
 fn ids(rows: Vec<String>) -> Result<Vec<JobId>, StoreError> {
-    rows.iter().map(|id| parse_column("jobs.id", id)).collect()
+    parse_all("jobs.id", &rows)
 }
 
 /// How many assigned or running jobs each device of `network` holds.

@@ -173,6 +173,14 @@ impl Db {
     }
 }
 
+/// Parse every stored text of a column, or say which one is corrupt.
+pub(crate) fn parse_all<T: FromStr>(
+    column: &'static str,
+    values: &[String],
+) -> Result<Vec<T>, StoreError> {
+    values.iter().map(|v| parse_column(column, v)).collect()
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
