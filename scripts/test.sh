@@ -17,9 +17,9 @@ export MESH_TEST_POSTGRES_URL
 # One build of everything with the feature resolution `cargo test` uses (all targets,
 # dev-dependencies included, fault injection on), so nothing is compiled twice: benchmarks
 # (not run here, but they must keep compiling), every binary the end-to-end tests start, and
-# `mesh-host-faulty`, the agent with fault injection for the adversarial tests (the feature
-# never reaches a release build, and does nothing unless MESH_FAULT is set). After the demo,
-# this reuses every dependency the demo built.
-features=(--features mesh-host/fault-injection)
+# the host's fault injection for the adversarial tests (in-process faulty agents, and the
+# `mesh-host-faulty` binary; the feature never reaches a release build, and does nothing
+# unless a test asks for a fault). After the demo, this reuses every dependency the demo built.
+features=(--features mesh-host/fault-injection,mesh-e2e/fault-injection)
 cargo build --workspace --all-targets "${features[@]}"
 cargo test --workspace "${features[@]}" "$@"

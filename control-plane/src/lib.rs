@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use store::Db;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// Open the database the configuration names: PostgreSQL when `database_url` is set, else the
 /// embedded SQLite file in `data_dir`.
@@ -72,14 +73,25 @@ impl Server {
             .await
             .with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr()?;
-        let app = http::router(state.clone());
-        let serve = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!("server stopped: {e}");
+        // Requests run in tasks axum spawns: carry the caller's span into them, so a test
+        // running several servers in one process can tell their logs apart (without a
+        // span, as in the binary, this does nothing).
+        let span = tracing::Span::current();
+        let app = http::router(state.clone()).layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                next.run(request).instrument(span.clone())
+            },
+        ));
+        let serve = tokio::spawn(
+            async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!("server stopped: {e}");
+                }
             }
-        });
-        let sweeper = tokio::spawn(workers::sweeper::run(state.clone()));
-        let checker = tokio::spawn(workers::checker::run(state.clone()));
+            .in_current_span(),
+        );
+        let sweeper = tokio::spawn(workers::sweeper::run(state.clone()).in_current_span());
+        let checker = tokio::spawn(workers::checker::run(state.clone()).in_current_span());
         tracing::info!(%addr, "control plane listening");
         Ok(Server {
             addr,

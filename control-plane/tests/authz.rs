@@ -423,6 +423,15 @@ async fn every_route_enforces_its_authorization() {
             }
             let response = request.send().await.unwrap();
             let status = response.status().as_u16();
+            // Every status a route answers is in its OpenAPI responses.
+            if doc["paths"][*path][*method]["responses"]
+                .get(status.to_string())
+                .is_none()
+            {
+                failures.push(format!(
+                    "{method} {path} as {caller}: {status} is not among its documented responses"
+                ));
+            }
             if status != *expected {
                 let text = response.text().await.unwrap_or_default();
                 failures.push(format!(

@@ -247,26 +247,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run { config, backend } => {
             let path = config.unwrap_or_else(agent::config::HostConfig::default_path);
             let config = agent::config::HostConfig::load(&path)?;
-            let kind = match (&backend.backend, &config.backend) {
-                (Some(kind), _) => Some(*kind),
-                (None, Some(name)) => Some(name.parse().map_err(|e| anyhow::anyhow!("{e}"))?),
-                (None, None) => None,
-            };
-            let mut backend_config = backend.config();
-            if backend_config.threads == 0 {
-                backend_config.threads = config.threads;
-            }
-            let executor = Executor::new(ExecutorConfig {
-                backend: kind,
-                backend_config,
-                model_variant: config.model_variant.clone(),
-                model_dir: config
-                    .model_dir
-                    .clone()
-                    .unwrap_or_else(ModelStore::default_dir),
-                data_dir: config.data_dir(),
-                ..ExecutorConfig::default()
-            })?;
+            let executor =
+                Executor::new(config.executor_config(backend.backend, backend.config())?)?;
             runtime()?.block_on(agent::serve::run(config, executor, shutdown_signal()))
         }
         Command::Submit {
@@ -287,7 +269,13 @@ fn run(cli: Cli) -> Result<()> {
                 pause: std::time::Duration::from_millis(pause_ms),
                 timeout: timeout_ms.map(std::time::Duration::from_millis),
             };
-            runtime()?.block_on(agent::submit::submit(&config, workload, input, options))
+            runtime()?.block_on(agent::submit::submit(
+                &config,
+                workload,
+                input,
+                options,
+                |result| print_stdout(&serde_json::to_string(&result)?),
+            ))
         }
         Command::Backends { json, backend } => {
             let statuses = backend::probe(&backend.config());

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// Why a relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -368,7 +369,7 @@ impl Relay {
             listen_tx,
             external_tx,
         };
-        let task = tokio::spawn(driver.run(client, interval, stop_rx));
+        let task = tokio::spawn(driver.run(client, interval, stop_rx).in_current_span());
         Ok(Relay {
             peer_id,
             listen_addrs: listen_rx,
@@ -484,23 +485,26 @@ impl Driver {
         mut stop: oneshot::Receiver<()>,
     ) {
         let (list_tx, mut list_rx) = tokio::sync::mpsc::channel(4);
-        let poller = tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.tick().await;
-            loop {
+        let poller = tokio::spawn(
+            async move {
+                let mut ticker = tokio::time::interval(interval);
                 ticker.tick().await;
-                let update = match client.relay_allow_list().await {
-                    Ok(list) => Some(list),
-                    Err(e) => {
-                        tracing::warn!("allow-list refresh failed (keeping the last one): {e}");
-                        None
+                loop {
+                    ticker.tick().await;
+                    let update = match client.relay_allow_list().await {
+                        Ok(list) => Some(list),
+                        Err(e) => {
+                            tracing::warn!("allow-list refresh failed (keeping the last one): {e}");
+                            None
+                        }
+                    };
+                    if list_tx.send(update).await.is_err() {
+                        break;
                     }
-                };
-                if list_tx.send(update).await.is_err() {
-                    break;
                 }
             }
-        });
+            .in_current_span(),
+        );
         loop {
             tokio::select! {
                 _ = &mut stop => break,

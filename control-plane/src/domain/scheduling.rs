@@ -35,8 +35,8 @@ pub struct Candidate {
 }
 
 /// Devices of `network` able to run a workload needing `models`: approved, online, with an
-/// inference backend and every model, trusted enough, not quarantined; least loaded first,
-/// then most trusted.
+/// inference backend and every model, trusted enough, not quarantined; in the [`order`] a job
+/// should try them.
 pub async fn candidates(
     state: &AppState,
     network: &NetworkId,
@@ -64,18 +64,34 @@ pub async fn candidates(
             owner: d.owner,
         });
     }
-    // Equal load and trust: a random order, so idle devices share the work.
-    let mut tiebreak = vec![0u8; out.len()];
-    getrandom::fill(&mut tiebreak).expect("the OS random number generator works");
-    let mut keyed: Vec<(u8, Candidate)> = tiebreak.into_iter().zip(out).collect();
-    keyed.sort_by(|(ra, a), (rb, b)| {
-        a.load
-            .total_cmp(&b.load)
-            .then(b.trust.total_cmp(&a.trust))
-            .then(ra.cmp(rb))
-    });
-    let out: Vec<Candidate> = keyed.into_iter().map(|(_, c)| c).collect();
-    Ok(out)
+    let mut random = vec![0u8; 8 * out.len()];
+    getrandom::fill(&mut random).expect("the OS random number generator works");
+    let draws = random
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")));
+    Ok(order(out, draws))
+}
+
+/// Order `candidates` for a job: least loaded first; among equally loaded devices, a random
+/// order weighted by trust (Efraimidis–Spirakis: each device draws `u^(1/trust)` from its
+/// uniform `u` in `draws`, and the highest goes first).
+///
+/// So idle devices share the work in proportion to their trust: the most trusted device is
+/// preferred but never takes every job, and every schedulable device keeps running (and being
+/// checked) some of them. A strict "most trusted first" would hand all sequential work to one
+/// device and leave a cheater unexamined.
+pub fn order(candidates: Vec<Candidate>, draws: impl IntoIterator<Item = u64>) -> Vec<Candidate> {
+    let mut keyed: Vec<(f64, Candidate)> = candidates
+        .into_iter()
+        .zip(draws)
+        .map(|(c, draw)| {
+            // A uniform in (0, 1]: 53 random bits, never zero.
+            let u = ((draw >> 11) + 1) as f64 / (1u64 << 53) as f64;
+            (u.powf(1.0 / c.trust.max(f64::MIN_POSITIVE)), c)
+        })
+        .collect();
+    keyed.sort_by(|(ka, a), (kb, b)| a.load.total_cmp(&b.load).then(kb.total_cmp(ka)));
+    keyed.into_iter().map(|(_, c)| c).collect()
 }
 
 /// The libp2p peer id of the control plane itself (its signing key is its libp2p identity),
@@ -247,4 +263,76 @@ pub async fn sweep(state: &AppState) -> DomainResult<()> {
         try_assign(state, &job).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(n: u8, load: f64, trust: f64) -> Candidate {
+        Candidate {
+            device: DeviceId::from_bytes([n; 16]),
+            peer_id: format!("peer{n}"),
+            load,
+            trust,
+            owner: PersonId::from_bytes([n; 16]),
+        }
+    }
+
+    /// A fixed pseudo-random stream (SplitMix64), so the test is reproducible.
+    fn draws(seed: &mut u64, n: usize) -> Vec<u64> {
+        (0..n)
+            .map(|_| {
+                *seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = *seed;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^ (z >> 31)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn less_loaded_devices_always_come_first() {
+        let mut seed = 1;
+        for _ in 0..1000 {
+            let ordered = order(
+                vec![
+                    candidate(1, 0.5, 1.0),
+                    candidate(2, 0.0, 0.2),
+                    candidate(3, 1.0, 0.9),
+                ],
+                draws(&mut seed, 3),
+            );
+            let loads: Vec<f64> = ordered.iter().map(|c| c.load).collect();
+            assert_eq!(loads, [0.0, 0.5, 1.0]);
+        }
+    }
+
+    #[test]
+    fn idle_devices_share_work_in_proportion_to_trust() {
+        // Sequential jobs on an idle pool: who goes first each time.
+        let trusts = [0.95, 0.95, 0.5, 0.25];
+        let mut firsts = [0u32; 4];
+        let mut seed = 7;
+        let rounds = 20_000;
+        for _ in 0..rounds {
+            let pool = trusts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| candidate(i as u8, 0.0, *t))
+                .collect();
+            let first = &order(pool, draws(&mut seed, 4))[0];
+            firsts[usize::from(first.device.as_bytes()[0])] += 1;
+        }
+        let total: f64 = trusts.iter().sum();
+        for (i, t) in trusts.iter().enumerate() {
+            let share = f64::from(firsts[i]) / f64::from(rounds);
+            let want = t / total;
+            assert!(
+                (share - want).abs() < 0.02,
+                "device {i} (trust {t}) went first {share:.3} of the time, want {want:.3}: {firsts:?}"
+            );
+        }
+    }
 }

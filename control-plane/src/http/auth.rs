@@ -6,7 +6,7 @@ use crate::http::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::now_ms;
 use crate::store::people::{self, TokenSubject};
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use mesh_proto::api::{DeviceStatus, Role};
 use mesh_proto::{DeviceId, NetworkId, PersonId, PublicKey, TokenId};
@@ -178,5 +178,140 @@ pub async fn require_reader(
     match principal {
         Principal::Device { network: own, .. } if own == network => Ok(()),
         _ => role_in(state, principal, network).await.map(|_| ()),
+    }
+}
+
+/// Extractor: the `{network}` segment of the path. A malformed id is a 404, like an unknown
+/// network, so a probe learns nothing from the difference.
+pub struct NetworkPath(pub NetworkId);
+
+impl<S: Send + Sync> FromRequestParts<S> for NetworkPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::no_route())?;
+        let text = params
+            .iter()
+            .find_map(|(name, value)| (name == "network").then_some(value))
+            .ok_or_else(|| {
+                ApiError::internal("a network extractor on a route without {network}")
+            })?;
+        text.parse()
+            .map(NetworkPath)
+            .map_err(|_| ApiError::not_found("network"))
+    }
+}
+
+/// Extractor: the caller and the network in the path, before any role check (for calls whose
+/// rule depends on the request). 401 without a valid token, then 404 for a malformed id.
+pub struct InNetwork {
+    /// Who calls.
+    pub principal: Principal,
+    /// The network of the path.
+    pub network: NetworkId,
+}
+
+impl FromRequestParts<AppState> for InNetwork {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Auth(principal) = Auth::from_request_parts(parts, state).await?;
+        let NetworkPath(network) = NetworkPath::from_request_parts(parts, state).await?;
+        Ok(InNetwork { principal, network })
+    }
+}
+
+/// Extractor: a caller who may read the network in the path: a member of any role or one of
+/// the network's own devices ([`require_reader`]). Others get 404.
+pub struct Reader {
+    /// Who calls.
+    pub principal: Principal,
+    /// The network of the path.
+    pub network: NetworkId,
+}
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let InNetwork { principal, network } = InNetwork::from_request_parts(parts, state).await?;
+        require_reader(state, &principal, &network).await?;
+        Ok(Reader { principal, network })
+    }
+}
+
+/// The least role a [`WithRole`] extractor accepts.
+pub trait MinimumRole: Send + Sync {
+    /// The role.
+    const ROLE: Role;
+}
+
+/// Role markers for [`WithRole`].
+pub mod roles {
+    use super::{MinimumRole, Role};
+
+    /// Any member.
+    pub enum Member {}
+    /// An admin or the owner.
+    pub enum Admin {}
+    /// The owner.
+    pub enum Owner {}
+
+    impl MinimumRole for Member {
+        const ROLE: Role = Role::Member;
+    }
+    impl MinimumRole for Admin {
+        const ROLE: Role = Role::Admin;
+    }
+    impl MinimumRole for Owner {
+        const ROLE: Role = Role::Owner;
+    }
+}
+
+/// Extractor: a person holding at least `R::ROLE` in the network of the path
+/// ([`require_role`]: 404 for outsiders, 403 for devices and lower roles).
+pub struct WithRole<R: MinimumRole> {
+    /// Who calls.
+    pub principal: Principal,
+    /// The caller as a person.
+    pub person: PersonId,
+    /// The network of the path.
+    pub network: NetworkId,
+    /// The caller's role there (`R::ROLE` or higher).
+    pub role: Role,
+    minimum: std::marker::PhantomData<R>,
+}
+
+/// A member of any role of the path's network.
+pub type Member = WithRole<roles::Member>;
+/// An admin (or the owner) of the path's network.
+pub type Admin = WithRole<roles::Admin>;
+/// The owner of the path's network.
+pub type Owner = WithRole<roles::Owner>;
+
+impl<R: MinimumRole> FromRequestParts<AppState> for WithRole<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let InNetwork { principal, network } = InNetwork::from_request_parts(parts, state).await?;
+        let role = require_role(state, &principal, &network, R::ROLE).await?;
+        Ok(WithRole {
+            person: principal.person()?,
+            principal,
+            network,
+            role,
+            minimum: std::marker::PhantomData,
+        })
     }
 }

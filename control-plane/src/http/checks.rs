@@ -2,10 +2,10 @@
 //! payloads a device requester uploads so a selected job can be re-executed.
 
 use crate::domain::jobs::find_job;
-use crate::http::auth::{Auth, require_reader};
-use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::auth::{InNetwork, Reader};
+use crate::http::error::responses::{BadRequest, Conflict, Managing, Reading};
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::jobs::requester_job;
-use crate::http::networks::network_id;
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Bytes;
@@ -38,14 +38,15 @@ pub async fn vrf_key(State(state): State<AppState>) -> Json<VrfKeyInfo> {
 /// A settled job's check: the VRF selection with its proof, and its outcome.
 #[utoipa::path(get, path = "/v1/networks/{network}/jobs/{job}/check", tag = "checks", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id"), ("job" = String, Path, description = "Job id")),
-    responses((status = 200, body = CheckInfo), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = CheckInfo), Reading))]
 pub async fn show_check(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path((network, job)): Path<(String, String)>,
+    Reader {
+        principal: _,
+        network,
+    }: Reader,
+    Path((_network, job)): Path<(String, String)>,
 ) -> ApiResult<Json<CheckInfo>> {
-    let network = network_id(&network)?;
-    require_reader(&state, &principal, &network).await?;
     let job = find_job(&state, Some(&network), &job_id(&job)?).await?;
     crate::domain::checks::check_info(&state, &job.id)
         .await?
@@ -59,15 +60,13 @@ pub async fn show_check(
     params(("network" = String, Path, description = "Network id"), ("job" = String, Path, description = "Job id"),
            ("hash" = String, Path, description = "BLAKE3 of the payload")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 204), Managing, BadRequest, Conflict))]
 pub async fn upload_payload(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path((network, job, hash)): Path<(String, String, String)>,
+    InNetwork { principal, network }: InNetwork,
+    Path((_network, job, hash)): Path<(String, String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let network = network_id(&network)?;
     let job = requester_job(&state, &principal, &network, &job_id(&job)?).await?;
     let hash = payload_hash(&hash)?;
     let receipt = job
@@ -92,14 +91,12 @@ pub async fn upload_payload(
 #[utoipa::path(get, path = "/v1/networks/{network}/jobs/{job}/payloads/{hash}", tag = "checks", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id"), ("job" = String, Path, description = "Job id"),
            ("hash" = String, Path, description = "BLAKE3 of the payload")),
-    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), Managing))]
 pub async fn download_payload(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path((network, job, hash)): Path<(String, String, String)>,
+    InNetwork { principal, network }: InNetwork,
+    Path((_network, job, hash)): Path<(String, String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    let network = network_id(&network)?;
     let job = requester_job(&state, &principal, &network, &job_id(&job)?).await?;
     let hash = payload_hash(&hash)?;
     let verified = crate::domain::checks::check_info(&state, &job.id)

@@ -1,13 +1,13 @@
 //! Credits: balances, history and grants.
 
 use crate::domain::ledger::{self, Account, TransferOutcome};
-use crate::http::auth::{Auth, require_role};
-use crate::http::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
-use crate::http::networks::network_id;
+use crate::http::auth::{Admin, InNetwork, require_role};
+use crate::http::error::responses::{BadRequest, Managing};
+use crate::http::error::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::state::AppState;
 use crate::store::ledger as ledger_store;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use mesh_proto::PersonId;
 use mesh_proto::api::{Balance, GrantRequest, LedgerEntryInfo, Role, TransferInfo};
 use serde::Deserialize;
@@ -42,15 +42,12 @@ async fn target(
 /// A member's balance.
 #[utoipa::path(get, path = "/v1/networks/{network}/credits/balance", tag = "credits", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id"), AccountQuery),
-    responses((status = 200, body = Balance), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Balance), Managing))]
 pub async fn balance(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path(network): Path<String>,
+    InNetwork { principal, network }: InNetwork,
     ApiQuery(query): ApiQuery<AccountQuery>,
 ) -> ApiResult<Json<Balance>> {
-    let network = network_id(&network)?;
     let person = target(&state, &principal, &network, &query).await?;
     let balance =
         ledger_store::balance(&state.db.pool, &Account::Person(person).id(&network)).await?;
@@ -63,15 +60,12 @@ pub async fn balance(
 /// A member's ledger entries, newest first (at most 500).
 #[utoipa::path(get, path = "/v1/networks/{network}/credits/history", tag = "credits", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id"), AccountQuery),
-    responses((status = 200, body = Vec<LedgerEntryInfo>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Vec<LedgerEntryInfo>), Managing))]
 pub async fn history(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path(network): Path<String>,
+    InNetwork { principal, network }: InNetwork,
     ApiQuery(query): ApiQuery<AccountQuery>,
 ) -> ApiResult<Json<Vec<LedgerEntryInfo>>> {
-    let network = network_id(&network)?;
     let person = target(&state, &principal, &network, &query).await?;
     let account = Account::Person(person).id(&network);
     Ok(Json(
@@ -83,16 +77,14 @@ pub async fn history(
 #[utoipa::path(post, path = "/v1/networks/{network}/credits/grant", tag = "credits", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id")),
     request_body = GrantRequest,
-    responses((status = 200, body = TransferInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = TransferInfo), Managing, BadRequest))]
 pub async fn grant(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path(network): Path<String>,
+    Admin {
+        principal, network, ..
+    }: Admin,
     ApiJson(request): ApiJson<GrantRequest>,
 ) -> ApiResult<Json<TransferInfo>> {
-    let network = network_id(&network)?;
-    require_role(&state, &principal, &network, Role::Admin).await?;
     if request.idempotency_key.is_empty() || request.idempotency_key.len() > 200 {
         return Err(ApiError::bad_request(
             "idempotency_key must be 1-200 characters",

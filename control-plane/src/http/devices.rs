@@ -2,9 +2,11 @@
 //! signed heartbeats.
 
 use crate::domain::membership::{check_name, issue_certificate, new_token_secret, use_invite};
-use crate::http::auth::{Auth, require_reader, require_role};
-use crate::http::error::{ApiError, ApiJson, ApiResult, ErrorBody};
-use crate::http::networks::network_id;
+use crate::http::auth::{Admin, Auth, Reader};
+use crate::http::error::responses::{
+    BadRequest, Conflict, Forbidden, Gone, Managing, NotFound, Reading, Unauthenticated,
+};
+use crate::http::error::{ApiError, ApiJson, ApiResult};
 use crate::state::AppState;
 use crate::store::{StoreError, devices, invites, networks, people};
 use crate::store::{now_ms, random_id, random_secret};
@@ -13,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mesh_proto::api::{
     CertificateResponse, Challenge, ChallengeRequest, DeviceInfo, DeviceStatus, HeartbeatResponse,
-    InviteKind, RegisterDeviceRequest, RegisteredDevice, Role,
+    InviteKind, RegisterDeviceRequest, RegisteredDevice,
 };
 use mesh_proto::device::{Capabilities, Heartbeat, RegistrationProof};
 use mesh_proto::{DeviceId, SignDomain, Signed, TokenId};
@@ -30,8 +32,7 @@ fn device_id(text: &str) -> ApiResult<DeviceId> {
 /// Start registering a device: check the invite and issue a one-time challenge.
 #[utoipa::path(post, path = "/v1/devices/challenge", tag = "devices",
     request_body = ChallengeRequest,
-    responses((status = 200, body = Challenge), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 410, body = ErrorBody)))]
+    responses((status = 200, body = Challenge), BadRequest, NotFound, Gone))]
 pub async fn challenge(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<ChallengeRequest>,
@@ -62,8 +63,7 @@ pub async fn challenge(
 /// Register a device with a device invite and a signature over the challenge.
 #[utoipa::path(post, path = "/v1/devices/register", tag = "devices",
     request_body = RegisterDeviceRequest,
-    responses((status = 201, body = RegisteredDevice), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
+    responses((status = 201, body = RegisteredDevice), Reading, BadRequest, Conflict, Gone))]
 pub async fn register(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RegisterDeviceRequest>,
@@ -178,31 +178,31 @@ fn check_capabilities(c: &Capabilities) -> ApiResult<()> {
 /// Devices of a network.
 #[utoipa::path(get, path = "/v1/networks/{network}/devices", tag = "devices", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id")),
-    responses((status = 200, body = Vec<DeviceInfo>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Vec<DeviceInfo>), Reading))]
 pub async fn list_devices(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path(network): Path<String>,
+    Reader {
+        principal: _,
+        network,
+    }: Reader,
 ) -> ApiResult<Json<Vec<DeviceInfo>>> {
-    let network = network_id(&network)?;
-    require_reader(&state, &principal, &network).await?;
     Ok(Json(devices::list(&state.db.pool, &network).await?))
 }
 
 async fn set_status(
     state: &AppState,
-    principal: &crate::http::auth::Principal,
-    network: &str,
+    admin: &Admin,
     device: &str,
     from: &[DeviceStatus],
     to: DeviceStatus,
 ) -> ApiResult<DeviceInfo> {
-    let network = network_id(network)?;
-    require_role(state, principal, &network, Role::Admin).await?;
+    let Admin {
+        principal, network, ..
+    } = admin;
     let device = device_id(device)?;
     let now = now_ms();
     let mut tx = state.db.pool.begin().await?;
-    let current = devices::status_in(&mut *tx, &device, &network)
+    let current = devices::status_in(&mut *tx, &device, network)
         .await?
         .ok_or_else(|| ApiError::not_found("device"))?;
     if !from.contains(&current) {
@@ -214,7 +214,7 @@ async fn set_status(
     devices::set_status(&mut tx, &device, current, to, now).await?;
     crate::store::audit::append(
         &mut tx,
-        Some(&network),
+        Some(network),
         &principal.label(),
         &format!("device.{}", to.as_str()),
         &device.to_string(),
@@ -230,17 +230,15 @@ async fn set_status(
 /// Approve a pending device (admin).
 #[utoipa::path(post, path = "/v1/networks/{network}/devices/{device}/approve", tag = "devices", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id"), ("device" = String, Path, description = "Device id")),
-    responses((status = 200, body = DeviceInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = DeviceInfo), Managing, Conflict))]
 pub async fn approve_device(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path((network, device)): Path<(String, String)>,
+    admin: Admin,
+    Path((_network, device)): Path<(String, String)>,
 ) -> ApiResult<Json<DeviceInfo>> {
     set_status(
         &state,
-        &principal,
-        &network,
+        &admin,
         &device,
         &[DeviceStatus::Pending],
         DeviceStatus::Approved,
@@ -252,17 +250,15 @@ pub async fn approve_device(
 /// Revoke a device (admin): its token, certificate renewals and heartbeats stop at once.
 #[utoipa::path(post, path = "/v1/networks/{network}/devices/{device}/revoke", tag = "devices", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id"), ("device" = String, Path, description = "Device id")),
-    responses((status = 200, body = DeviceInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = DeviceInfo), Managing, Conflict))]
 pub async fn revoke_device(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path((network, device)): Path<(String, String)>,
+    admin: Admin,
+    Path((_network, device)): Path<(String, String)>,
 ) -> ApiResult<Json<DeviceInfo>> {
     set_status(
         &state,
-        &principal,
-        &network,
+        &admin,
         &device,
         &[DeviceStatus::Pending, DeviceStatus::Approved],
         DeviceStatus::Revoked,
@@ -274,8 +270,7 @@ pub async fn revoke_device(
 /// A fresh certificate for the calling device (approved devices only).
 #[utoipa::path(get, path = "/v1/devices/{device}/certificate", tag = "devices", security(("bearer" = [])),
     params(("device" = String, Path, description = "Device id")),
-    responses((status = 200, body = CertificateResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = CertificateResponse), Unauthenticated, Forbidden, Conflict))]
 pub async fn certificate(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -312,8 +307,7 @@ pub async fn certificate(
 #[utoipa::path(post, path = "/v1/devices/{device}/heartbeat", tag = "devices", security(("bearer" = [])),
     params(("device" = String, Path, description = "Device id")),
     request_body(content = Object, description = "Signed<Heartbeat> (domain heartbeat)"),
-    responses((status = 200, body = HeartbeatResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = HeartbeatResponse), BadRequest, Unauthenticated, Forbidden, Conflict))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     Auth(principal): Auth,

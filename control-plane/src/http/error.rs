@@ -259,3 +259,95 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for ApiBytes {
 #[derive(Debug, Clone, Copy, Default, axum::extract::FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
+
+/// OpenAPI response lists shared by the routes (`responses((status = 200, ...), Managing)`),
+/// so each status is described once.
+pub mod responses {
+    use super::ErrorBody;
+    use utoipa::IntoResponses;
+
+    /// A call on a network that needs a role there: no valid token, a role too low, or not a
+    /// member (the network is then absent, like one that does not exist).
+    #[derive(IntoResponses)]
+    pub enum Managing {
+        /// 401.
+        #[response(status = 401, description = "No valid bearer token")]
+        Unauthenticated(ErrorBody),
+        /// 403.
+        #[response(
+            status = 403,
+            description = "The caller's role (or kind) may not do this"
+        )]
+        Forbidden(ErrorBody),
+        /// 404.
+        #[response(
+            status = 404,
+            description = "No such resource, or not a member of its network"
+        )]
+        NotFound(ErrorBody),
+    }
+
+    /// A read of a network's resources: no valid token, or absent (not a member).
+    #[derive(IntoResponses)]
+    pub enum Reading {
+        /// 401.
+        #[response(status = 401, description = "No valid bearer token")]
+        Unauthenticated(ErrorBody),
+        /// 404.
+        #[response(
+            status = 404,
+            description = "No such resource, or not a member of its network"
+        )]
+        NotFound(ErrorBody),
+    }
+
+    /// 400: the request is malformed.
+    #[derive(IntoResponses)]
+    #[response(status = 400, description = "The request is malformed")]
+    pub struct BadRequest(pub ErrorBody);
+
+    /// 401: no valid token.
+    #[derive(IntoResponses)]
+    #[response(status = 401, description = "No valid bearer token")]
+    pub struct Unauthenticated(pub ErrorBody);
+
+    /// 402: not enough credits.
+    #[derive(IntoResponses)]
+    #[response(status = 402, description = "Not enough credits")]
+    pub struct PaymentRequired(pub ErrorBody);
+
+    /// 403: not allowed.
+    #[derive(IntoResponses)]
+    #[response(status = 403, description = "The caller may not do this")]
+    pub struct Forbidden(pub ErrorBody);
+
+    /// 404: absent.
+    #[derive(IntoResponses)]
+    #[response(status = 404, description = "No such resource")]
+    pub struct NotFound(pub ErrorBody);
+
+    /// 409: conflicts with the current state.
+    #[derive(IntoResponses)]
+    #[response(status = 409, description = "Conflicts with the current state")]
+    pub struct Conflict(pub ErrorBody);
+
+    /// 410: expired or used up.
+    #[derive(IntoResponses)]
+    #[response(status = 410, description = "Expired or used up")]
+    pub struct Gone(pub ErrorBody);
+
+    /// 413: too large.
+    #[derive(IntoResponses)]
+    #[response(status = 413, description = "The body is too large")]
+    pub struct TooLarge(pub ErrorBody);
+
+    /// 422: well-formed but not acceptable.
+    #[derive(IntoResponses)]
+    #[response(status = 422, description = "Well-formed but not acceptable")]
+    pub struct Unprocessable(pub ErrorBody);
+
+    /// 503: no device can take the work now.
+    #[derive(IntoResponses)]
+    #[response(status = 503, description = "Unavailable right now")]
+    pub struct Unavailable(pub ErrorBody);
+}

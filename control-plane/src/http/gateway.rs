@@ -2,12 +2,15 @@
 //! workload and waits for its result; `POST /v1/embeddings` is OpenAI-compatible, so
 //! existing client libraries work against a private mesh unchanged.
 
-use crate::http::auth::{Auth, require_role};
-use crate::http::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::http::auth::{Auth, Member, require_role};
+use crate::http::error::responses::{
+    BadRequest, Conflict, Managing, PaymentRequired, Unavailable, Unprocessable,
+};
+use crate::http::error::{ApiError, ApiJson, ApiResult};
 use crate::http::networks::network_id;
 use crate::state::AppState;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use base64::Engine as _;
 use mesh_proto::api::{Role, RunJobRequest, RunJobResponse, WorkloadInfo};
@@ -20,17 +23,14 @@ use utoipa::ToSchema;
 #[utoipa::path(post, path = "/v1/networks/{network}/jobs/run", tag = "jobs", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id")),
     request_body = RunJobRequest,
-    responses((status = 200, body = RunJobResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 402, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = RunJobResponse), Managing, BadRequest, PaymentRequired, Conflict, Unprocessable, Unavailable))]
 pub async fn run(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path(network): Path<String>,
+    Member {
+        principal, network, ..
+    }: Member,
     ApiJson(request): ApiJson<RunJobRequest>,
 ) -> ApiResult<Json<RunJobResponse>> {
-    let network = network_id(&network)?;
-    require_role(&state, &principal, &network, Role::Member).await?;
     let person = principal.person()?;
     let input = serde_json::to_vec(&request.input).map_err(ApiError::internal)?;
     crate::workers::gateway::run_job(
@@ -162,9 +162,7 @@ async fn workload_for_model(
 /// named by the `Mesh-Network` header.
 #[utoipa::path(post, path = "/v1/embeddings", tag = "openai", security(("bearer" = [])),
     request_body = EmbeddingsRequest,
-    responses((status = 200, body = EmbeddingsResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 402, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = EmbeddingsResponse), Managing, BadRequest, PaymentRequired, Unprocessable, Unavailable))]
 pub async fn embeddings(
     State(state): State<AppState>,
     Auth(principal): Auth,

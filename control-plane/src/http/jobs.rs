@@ -5,9 +5,9 @@ use crate::domain::jobs::{
     Submitted, assignment, find_job, reassign_job, settle_receipt, submit_job,
 };
 use crate::domain::scheduling::{self, job_record};
-use crate::http::auth::{Auth, require_reader, require_role};
-use crate::http::error::{ApiError, ApiJson, ApiResult, ErrorBody};
-use crate::http::networks::network_id;
+use crate::http::auth::{Auth, InNetwork, Reader, require_reader, require_role};
+use crate::http::error::responses::{BadRequest, Conflict, Managing, PaymentRequired, Reading};
+use crate::http::error::{ApiError, ApiJson, ApiResult};
 use crate::state::AppState;
 use crate::store::jobs;
 use crate::store::now_ms;
@@ -30,16 +30,12 @@ fn job_id(text: &str) -> ApiResult<JobId> {
 #[utoipa::path(post, path = "/v1/networks/{network}/jobs", tag = "jobs", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id")),
     request_body = SubmitJobRequest,
-    responses((status = 201, body = JobAssignment), (status = 200, body = JobAssignment, description = "Same idempotency key"),
-              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 402, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = JobAssignment), (status = 200, body = JobAssignment, description = "Same idempotency key"), Managing, BadRequest, PaymentRequired, Conflict))]
 pub async fn submit(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path(network): Path<String>,
+    InNetwork { principal, network }: InNetwork,
     ApiJson(request): ApiJson<SubmitJobRequest>,
 ) -> ApiResult<(StatusCode, Json<JobAssignment>)> {
-    let network = network_id(&network)?;
     let (requester, requester_peer) = match principal {
         crate::http::auth::Principal::Device {
             network: own,
@@ -68,15 +64,13 @@ pub async fn submit(
 #[utoipa::path(post, path = "/v1/networks/{network}/jobs/{job}/reassign", tag = "jobs", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id"), ("job" = String, Path, description = "Job id")),
     request_body = FailJobRequest,
-    responses((status = 200, body = JobAssignment), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = JobAssignment), Managing, Conflict))]
 pub async fn reassign(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path((network, job)): Path<(String, String)>,
+    InNetwork { principal, network }: InNetwork,
+    Path((_network, job)): Path<(String, String)>,
     ApiJson(request): ApiJson<FailJobRequest>,
 ) -> ApiResult<Json<JobAssignment>> {
-    let network = network_id(&network)?;
     let job = job_id(&job)?;
     let info = requester_job(&state, &principal, &network, &job).await?;
     let reason: String = request.reason.chars().take(1000).collect();
@@ -94,14 +88,14 @@ pub async fn reassign(
 /// Recent jobs of a network (at most 200, newest first).
 #[utoipa::path(get, path = "/v1/networks/{network}/jobs", tag = "jobs", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id")),
-    responses((status = 200, body = Vec<JobInfo>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Vec<JobInfo>), Reading))]
 pub async fn list(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path(network): Path<String>,
+    Reader {
+        principal: _,
+        network,
+    }: Reader,
 ) -> ApiResult<Json<Vec<JobInfo>>> {
-    let network = network_id(&network)?;
-    require_reader(&state, &principal, &network).await?;
     let jobs = jobs::list(&state.db.pool, &network, 200).await?;
     Ok(Json(jobs.into_iter().map(|j| j.info).collect()))
 }
@@ -109,14 +103,12 @@ pub async fn list(
 /// One job, with its ticket when the caller is its requester and it is assigned.
 #[utoipa::path(get, path = "/v1/networks/{network}/jobs/{job}", tag = "jobs", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id"), ("job" = String, Path, description = "Job id")),
-    responses((status = 200, body = JobAssignment), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = JobAssignment), Reading))]
 pub async fn show(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path((network, job)): Path<(String, String)>,
+    Reader { principal, network }: Reader,
+    Path((_network, job)): Path<(String, String)>,
 ) -> ApiResult<Json<JobAssignment>> {
-    let network = network_id(&network)?;
-    require_reader(&state, &principal, &network).await?;
     let job = job_id(&job)?;
     let record = job_record(&state, &job).await?;
     if record.info.network != network {
@@ -159,8 +151,7 @@ async fn executor_job(
 /// The executor starts the job; its lease is renewed.
 #[utoipa::path(post, path = "/v1/jobs/{job}/start", tag = "jobs", security(("bearer" = [])),
     params(("job" = String, Path, description = "Job id")),
-    responses((status = 200, body = JobInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = JobInfo), Managing, Conflict))]
 pub async fn start(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -183,8 +174,7 @@ pub async fn start(
 #[utoipa::path(post, path = "/v1/jobs/{job}/complete", tag = "jobs", security(("bearer" = [])),
     params(("job" = String, Path, description = "Job id")),
     request_body = CompleteJobRequest,
-    responses((status = 200, body = JobInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = JobInfo), Managing, BadRequest, Conflict))]
 pub async fn complete(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -213,15 +203,13 @@ pub async fn complete(
 #[utoipa::path(post, path = "/v1/networks/{network}/jobs/{job}/receipt", tag = "jobs", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id"), ("job" = String, Path, description = "Job id")),
     request_body = CompleteJobRequest,
-    responses((status = 200, body = JobInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = JobInfo), Managing, BadRequest, Conflict))]
 pub async fn report_receipt(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path((network, job)): Path<(String, String)>,
+    InNetwork { principal, network }: InNetwork,
+    Path((_network, job)): Path<(String, String)>,
     ApiJson(request): ApiJson<CompleteJobRequest>,
 ) -> ApiResult<Json<JobInfo>> {
-    let network = network_id(&network)?;
     let job = job_id(&job)?;
     let info = requester_job(&state, &principal, &network, &job).await?;
     let executor = info
@@ -283,8 +271,7 @@ pub(crate) async fn requester_job(
 #[utoipa::path(post, path = "/v1/jobs/{job}/fail", tag = "jobs", security(("bearer" = [])),
     params(("job" = String, Path, description = "Job id")),
     request_body = FailJobRequest,
-    responses((status = 200, body = JobInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = JobInfo), Managing, Conflict))]
 pub async fn fail(
     State(state): State<AppState>,
     Auth(principal): Auth,

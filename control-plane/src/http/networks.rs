@@ -2,8 +2,9 @@
 
 use crate::domain::ledger;
 use crate::domain::membership::{add_member, check_name, network_info};
-use crate::http::auth::{Auth, require_reader, require_role, role_in};
-use crate::http::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::http::auth::{Admin, Auth, InNetwork, Owner, Reader, role_in};
+use crate::http::error::responses::{BadRequest, Conflict, Forbidden, Managing, Unauthenticated};
+use crate::http::error::{ApiError, ApiJson, ApiResult};
 use crate::state::AppState;
 use crate::store::{Tx, invites, networks, now_ms, random_id, random_secret};
 use axum::Json;
@@ -41,8 +42,7 @@ fn check_policy(policy: &NetworkPolicy) -> ApiResult<()> {
 /// Create a network; the caller becomes its owner and gets the initial grant.
 #[utoipa::path(post, path = "/v1/networks", tag = "networks", security(("bearer" = [])),
     request_body = CreateNetworkRequest,
-    responses((status = 201, body = NetworkInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody)))]
+    responses((status = 201, body = NetworkInfo), BadRequest, Unauthenticated, Forbidden))]
 pub async fn create_network(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -75,7 +75,7 @@ pub async fn create_network(
 
 /// The networks you belong to.
 #[utoipa::path(get, path = "/v1/networks", tag = "networks", security(("bearer" = [])),
-    responses((status = 200, body = Vec<NetworkInfo>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = Vec<NetworkInfo>), Unauthenticated, Forbidden))]
 pub async fn list_networks(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -92,14 +92,11 @@ pub async fn list_networks(
 /// One network.
 #[utoipa::path(get, path = "/v1/networks/{network}", tag = "networks", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id (net_…)")),
-    responses((status = 200, body = NetworkInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = NetworkInfo), Managing))]
 pub async fn show_network(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path(network): Path<String>,
+    InNetwork { principal, network }: InNetwork,
 ) -> ApiResult<Json<NetworkInfo>> {
-    let network = network_id(&network)?;
     role_in(&state, &principal, &network).await?;
     Ok(Json(
         network_info(&state, &network, &principal.person()?).await?,
@@ -110,16 +107,14 @@ pub async fn show_network(
 #[utoipa::path(put, path = "/v1/networks/{network}/policy", tag = "networks", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id")),
     request_body = NetworkPolicy,
-    responses((status = 200, body = NetworkInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = NetworkInfo), Managing, BadRequest))]
 pub async fn update_policy(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path(network): Path<String>,
+    Owner {
+        principal, network, ..
+    }: Owner,
     ApiJson(policy): ApiJson<NetworkPolicy>,
 ) -> ApiResult<Json<NetworkInfo>> {
-    let network = network_id(&network)?;
-    require_role(&state, &principal, &network, Role::Owner).await?;
     check_policy(&policy)?;
     let mut tx = state.db.pool.begin().await?;
     networks::set_policy(&mut tx, &network, &policy).await?;
@@ -141,30 +136,29 @@ pub async fn update_policy(
 /// Members of a network.
 #[utoipa::path(get, path = "/v1/networks/{network}/members", tag = "networks", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id")),
-    responses((status = 200, body = Vec<MemberInfo>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Vec<MemberInfo>), Managing))]
 pub async fn list_members(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path(network): Path<String>,
+    Reader {
+        principal: _,
+        network,
+    }: Reader,
 ) -> ApiResult<Json<Vec<MemberInfo>>> {
-    let network = network_id(&network)?;
-    require_reader(&state, &principal, &network).await?;
     Ok(Json(networks::members(&state.db.pool, &network).await?))
 }
 
 /// The network's audit log, newest first (admins): admin actions, failed checks, quarantines.
 #[utoipa::path(get, path = "/v1/networks/{network}/audit", tag = "networks", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id")),
-    responses((status = 200, body = Vec<AuditEntry>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Vec<AuditEntry>), Managing))]
 pub async fn audit_log(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path(network): Path<String>,
+    Admin {
+        principal: _,
+        network,
+        ..
+    }: Admin,
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
-    let network = network_id(&network)?;
-    require_role(&state, &principal, &network, Role::Admin).await?;
     Ok(Json(
         crate::store::audit::newest(&state.db.pool, &network, 500).await?,
     ))
@@ -174,16 +168,15 @@ pub async fn audit_log(
 #[utoipa::path(put, path = "/v1/networks/{network}/members/{person}", tag = "networks", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id"), ("person" = String, Path, description = "Person id")),
     request_body = UpdateMemberRequest,
-    responses((status = 200, body = MemberInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = MemberInfo), Managing, Conflict))]
 pub async fn update_member(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path((network, person)): Path<(String, String)>,
+    Owner {
+        principal, network, ..
+    }: Owner,
+    Path((_network, person)): Path<(String, String)>,
     ApiJson(request): ApiJson<UpdateMemberRequest>,
 ) -> ApiResult<Json<MemberInfo>> {
-    let network = network_id(&network)?;
-    require_role(&state, &principal, &network, Role::Owner).await?;
     let person: PersonId = person.parse().map_err(|_| ApiError::not_found("member"))?;
     let mut tx = state.db.pool.begin().await?;
     let current = networks::role_of(&mut *tx, &network, &person)
@@ -203,10 +196,8 @@ pub async fn update_member(
     )
     .await?;
     tx.commit().await?;
-    let members = list_members(State(state), Auth(principal), Path(network.to_string()))
+    networks::members(&state.db.pool, &network)
         .await?
-        .0;
-    members
         .into_iter()
         .find(|m| m.person == person)
         .map(Json)
@@ -227,15 +218,17 @@ async fn ensure_other_owner(tx: &mut Tx, network: &NetworkId, person: &PersonId)
 /// at once.
 #[utoipa::path(delete, path = "/v1/networks/{network}/members/{person}", tag = "networks", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id"), ("person" = String, Path, description = "Person id")),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody)))]
+    responses((status = 204), Managing, Conflict))]
 pub async fn remove_member(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path((network, person)): Path<(String, String)>,
+    Admin {
+        principal,
+        network,
+        role: caller_role,
+        ..
+    }: Admin,
+    Path((_network, person)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let network = network_id(&network)?;
-    let caller_role = require_role(&state, &principal, &network, Role::Admin).await?;
     let person: PersonId = person.parse().map_err(|_| ApiError::not_found("member"))?;
     let mut tx = state.db.pool.begin().await?;
     let role = networks::role_of(&mut *tx, &network, &person)
@@ -266,16 +259,17 @@ pub async fn remove_member(
 #[utoipa::path(post, path = "/v1/networks/{network}/invites", tag = "networks", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id")),
     request_body = CreateInviteRequest,
-    responses((status = 201, body = CreatedInvite), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 201, body = CreatedInvite), Managing, BadRequest))]
 pub async fn create_invite(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path(network): Path<String>,
+    Admin {
+        principal,
+        network,
+        role: caller_role,
+        ..
+    }: Admin,
     ApiJson(request): ApiJson<CreateInviteRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedInvite>)> {
-    let network = network_id(&network)?;
-    let caller_role = require_role(&state, &principal, &network, Role::Admin).await?;
     let role = request.role.unwrap_or(Role::Member);
     if role == Role::Owner || (role == Role::Admin && caller_role != Role::Owner) {
         return Err(ApiError::forbidden(

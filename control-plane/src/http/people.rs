@@ -4,7 +4,10 @@ use crate::domain::membership::{
     add_member, check_name, create_person, create_person_token, network_info, use_invite,
 };
 use crate::http::auth::{Auth, MaybeAuth, Principal};
-use crate::http::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::http::error::responses::{
+    BadRequest, Conflict, Forbidden, Gone, Managing, NotFound, Unauthenticated,
+};
+use crate::http::error::{ApiError, ApiJson, ApiResult};
 use crate::state::AppState;
 use crate::store::{invites, networks, now_ms, people};
 use axum::Json;
@@ -18,7 +21,7 @@ use mesh_proto::api::{
 
 /// Who the caller is and which networks they belong to.
 #[utoipa::path(get, path = "/v1/me", tag = "people", security(("bearer" = [])),
-    responses((status = 200, body = Me), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = Me), Unauthenticated, Forbidden))]
 pub async fn me(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Me>> {
     let person = principal.person()?;
     let name = people::name(&state.db.pool, &person)
@@ -37,7 +40,7 @@ pub async fn me(State(state): State<AppState>, Auth(principal): Auth) -> ApiResu
 /// Create another API token for yourself.
 #[utoipa::path(post, path = "/v1/tokens", tag = "people", security(("bearer" = [])),
     request_body = CreateTokenRequest,
-    responses((status = 201, body = CreatedToken), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 201, body = CreatedToken), Unauthenticated, Forbidden))]
 pub async fn create_token(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -60,7 +63,7 @@ pub async fn create_token(
 
 /// List your API tokens (without secrets).
 #[utoipa::path(get, path = "/v1/tokens", tag = "people", security(("bearer" = [])),
-    responses((status = 200, body = Vec<TokenInfo>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = Vec<TokenInfo>), Unauthenticated, Forbidden))]
 pub async fn list_tokens(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -72,7 +75,7 @@ pub async fn list_tokens(
 /// Revoke one of your tokens; it stops working at once.
 #[utoipa::path(delete, path = "/v1/tokens/{token}", tag = "people", security(("bearer" = [])),
     params(("token" = String, Path, description = "Token id (tok_…)")),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204), Managing))]
 pub async fn revoke_token(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -90,8 +93,7 @@ pub async fn revoke_token(
 /// person is created and receives a token.
 #[utoipa::path(post, path = "/v1/invites/accept", tag = "people",
     request_body = AcceptInviteRequest,
-    responses((status = 200, body = AcceptedInvite), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
+    responses((status = 200, body = AcceptedInvite), BadRequest, Forbidden, NotFound, Conflict, Gone))]
 pub async fn accept_invite(
     State(state): State<AppState>,
     MaybeAuth(principal): MaybeAuth,

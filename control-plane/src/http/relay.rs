@@ -2,7 +2,8 @@
 //! those peers (they check each certificate's signature themselves).
 
 use crate::domain::membership::issue_certificate;
-use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::error::responses::Reading;
+use crate::http::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::now_ms;
 use axum::Json;
@@ -25,7 +26,7 @@ fn has_secret(headers: &HeaderMap, secret: &str) -> bool {
 
 /// Certificates of every approved device (relays only, by the configured relay secret).
 #[utoipa::path(get, path = "/v1/relay/allow-list", tag = "relay", security(("bearer" = [])),
-    responses((status = 200, body = RelayAllowList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = RelayAllowList), Reading))]
 pub async fn allow_list(
     State(state): State<AppState>,
     headers: HeaderMap,

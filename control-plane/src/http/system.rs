@@ -1,6 +1,7 @@
 //! Health, metrics, the OpenAPI document and the control plane's public key.
 
-use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::error::responses::Unavailable;
+use crate::http::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -10,7 +11,7 @@ use mesh_proto::api::{ControlPlaneKey, Health};
 
 /// Liveness and readiness: answers once the database does.
 #[utoipa::path(get, path = "/healthz", tag = "system",
-    responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = Health), Unavailable))]
 pub async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
     state
         .db

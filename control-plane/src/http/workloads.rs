@@ -1,9 +1,9 @@
 //! The workload registry: publish (validated, content-addressed, idempotent), list, show,
 //! download by hash, yank.
 
-use crate::http::auth::{Auth, require_reader, require_role};
-use crate::http::error::{ApiBytes, ApiError, ApiResult, ErrorBody};
-use crate::http::networks::network_id;
+use crate::http::auth::{Admin, Reader};
+use crate::http::error::responses::{Conflict, Managing, Reading, TooLarge, Unprocessable};
+use crate::http::error::{ApiBytes, ApiError, ApiResult};
 use crate::state::{AppState, MAX_COMPONENT_BYTES};
 use crate::store::{StoreError, now_ms, workloads};
 use axum::Json;
@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use mesh_proto::Blake3Hash;
-use mesh_proto::api::{Role, WorkloadInfo};
+use mesh_proto::api::WorkloadInfo;
 
 /// Parse a component hash from a path; malformed hashes are simply not found.
 fn hash_param(text: &str) -> ApiResult<Blake3Hash> {
@@ -35,17 +35,14 @@ pub async fn find_workload(
 #[utoipa::path(post, path = "/v1/networks/{network}/workloads", tag = "workloads", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id")),
     request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component"),
-    responses((status = 201, body = WorkloadInfo, description = "Published"), (status = 200, body = WorkloadInfo, description = "Already published"),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = WorkloadInfo, description = "Published"), (status = 200, body = WorkloadInfo, description = "Already published"), Managing, Conflict, TooLarge, Unprocessable))]
 pub async fn publish(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path(network): Path<String>,
+    Admin {
+        principal, network, ..
+    }: Admin,
     ApiBytes(body): ApiBytes,
 ) -> ApiResult<(StatusCode, Json<WorkloadInfo>)> {
-    let network = network_id(&network)?;
-    require_role(&state, &principal, &network, Role::Admin).await?;
     let person = principal.person()?;
     if body.is_empty() || body.len() > MAX_COMPONENT_BYTES {
         return Err(ApiError::bad_request(format!(
@@ -58,10 +55,13 @@ pub async fn publish(
     }
     let validator = state.validator.clone();
     let bytes = body.clone();
-    let metadata = tokio::task::spawn_blocking(move || validator.inspect(&bytes))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::unprocessable("invalid_component", e.to_string()))?;
+    let metadata = tokio::task::spawn_blocking({
+        let span = tracing::Span::current();
+        move || span.in_scope(|| validator.inspect(&bytes))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| ApiError::unprocessable("invalid_component", e.to_string()))?;
 
     let mut tx = state.db.pool.begin().await?;
     let inserted = workloads::publish(&mut tx, &network, &person, &body, &metadata, now_ms())
@@ -97,14 +97,14 @@ pub async fn publish(
 /// Workloads of a network.
 #[utoipa::path(get, path = "/v1/networks/{network}/workloads", tag = "workloads", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id")),
-    responses((status = 200, body = Vec<WorkloadInfo>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Vec<WorkloadInfo>), Reading))]
 pub async fn list(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path(network): Path<String>,
+    Reader {
+        principal: _,
+        network,
+    }: Reader,
 ) -> ApiResult<Json<Vec<WorkloadInfo>>> {
-    let network = network_id(&network)?;
-    require_reader(&state, &principal, &network).await?;
     all_workloads(&state, &network).await.map(Json)
 }
 
@@ -119,14 +119,15 @@ pub async fn all_workloads(
 /// One workload.
 #[utoipa::path(get, path = "/v1/networks/{network}/workloads/{hash}", tag = "workloads", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id"), ("hash" = String, Path, description = "Component hash (b3:…)")),
-    responses((status = 200, body = WorkloadInfo), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = WorkloadInfo), Reading))]
 pub async fn show(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path((network, hash)): Path<(String, String)>,
+    Reader {
+        principal: _,
+        network,
+    }: Reader,
+    Path((_network, hash)): Path<(String, String)>,
 ) -> ApiResult<Json<WorkloadInfo>> {
-    let network = network_id(&network)?;
-    require_reader(&state, &principal, &network).await?;
     Ok(Json(
         find_workload(&state, &network, &hash_param(&hash)?).await?,
     ))
@@ -135,15 +136,15 @@ pub async fn show(
 /// Download a workload's component bytes.
 #[utoipa::path(get, path = "/v1/networks/{network}/workloads/{hash}/component", tag = "workloads", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id"), ("hash" = String, Path, description = "Component hash")),
-    responses((status = 200, content_type = "application/wasm", body = Vec<u8>), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody)))]
+    responses((status = 200, content_type = "application/wasm", body = Vec<u8>), Reading))]
 pub async fn download(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path((network, hash)): Path<(String, String)>,
+    Reader {
+        principal: _,
+        network,
+    }: Reader,
+    Path((_network, hash)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
-    let network = network_id(&network)?;
-    require_reader(&state, &principal, &network).await?;
     let hash = hash_param(&hash)?;
     find_workload(&state, &network, &hash).await?;
     let bytes = workloads::component(&state.db.pool, &hash)
@@ -155,15 +156,14 @@ pub async fn download(
 /// Yank a workload (admin): no new jobs; running ones finish.
 #[utoipa::path(post, path = "/v1/networks/{network}/workloads/{hash}/yank", tag = "workloads", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id"), ("hash" = String, Path, description = "Component hash")),
-    responses((status = 200, body = WorkloadInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = WorkloadInfo), Managing))]
 pub async fn yank(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path((network, hash)): Path<(String, String)>,
+    Admin {
+        principal, network, ..
+    }: Admin,
+    Path((_network, hash)): Path<(String, String)>,
 ) -> ApiResult<Json<WorkloadInfo>> {
-    let network = network_id(&network)?;
-    require_role(&state, &principal, &network, Role::Admin).await?;
     let hash = hash_param(&hash)?;
     let mut tx = state.db.pool.begin().await?;
     if workloads::yank(&mut tx, &network, &hash, now_ms()).await? {

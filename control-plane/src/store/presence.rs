@@ -9,6 +9,7 @@ use mesh_proto::device::DeviceLoad;
 use sqlx::Row;
 use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 /// Heartbeats written by one statement at most (6 parameters each; SQLite allows 32,766).
 const MAX_BATCH: usize = 512;
@@ -44,7 +45,7 @@ impl PresenceWriter {
     /// Start the writer on `db`; it stops when every handle is dropped.
     pub fn spawn(db: Db) -> PresenceWriter {
         let (queue, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(write_batches(db, receiver));
+        tokio::spawn(write_batches(db, receiver).in_current_span());
         PresenceWriter { queue }
     }
 

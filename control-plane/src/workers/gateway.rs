@@ -14,6 +14,7 @@ use mesh_proto::api::{JobAssignment, JobState, RunJobResponse, SubmitJobRequest}
 use mesh_proto::p2p::{BlobRequest, BlobResponse, JobRefusal, JobResponse};
 use mesh_proto::{Blake3Hash, DeviceId, JobId, NetworkId, PersonId};
 use std::time::Duration;
+use tracing::Instrument;
 
 /// How long a job may wait in the queue for a device before the gateway gives up.
 const QUEUE_WAIT: Duration = Duration::from_secs(15);
@@ -46,7 +47,7 @@ pub async fn spawn(state: &AppState) -> anyhow::Result<Option<Node>> {
     };
     let (node, inbound) = Node::spawn(&state.key, config).await?;
     tracing::info!(peer = %node.peer_id(), "gateway node started");
-    tokio::spawn(serve_inbound(state.clone(), inbound));
+    tokio::spawn(serve_inbound(state.clone(), inbound).in_current_span());
     Ok(Some(node))
 }
 
@@ -67,10 +68,13 @@ async fn serve_inbound(state: AppState, mut inbound: tokio::sync::mpsc::Receiver
                 reply,
             } => {
                 let state = state.clone();
-                tokio::spawn(async move {
-                    let answer = serve_blob(&state, &peer, &request).await;
-                    let _ = reply.send(answer);
-                });
+                tokio::spawn(
+                    async move {
+                        let answer = serve_blob(&state, &peer, &request).await;
+                        let _ = reply.send(answer);
+                    }
+                    .in_current_span(),
+                );
             }
         }
     }

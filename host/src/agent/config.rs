@@ -1,5 +1,8 @@
 //! The device's configuration file: who it is (key, device id, token) and how it runs.
 
+use crate::backend::{BackendConfig, BackendKind};
+use crate::executor::ExecutorConfig;
+use crate::models::ModelStore;
 use anyhow::{Context, Result};
 use mesh_proto::{DeviceId, NetworkId, PublicKey, SigningKey};
 use serde::{Deserialize, Serialize};
@@ -122,5 +125,33 @@ impl HostConfig {
         self.data_dir
             .clone()
             .unwrap_or_else(|| crate::cache_dir().join("host"))
+    }
+
+    /// The executor this config asks for. `backend` (a command-line choice) wins over the
+    /// config's; `backend_config.threads` of 0 falls back to the config's threads.
+    pub fn executor_config(
+        &self,
+        backend: Option<BackendKind>,
+        mut backend_config: BackendConfig,
+    ) -> Result<ExecutorConfig> {
+        let backend = match (backend, &self.backend) {
+            (Some(kind), _) => Some(kind),
+            (None, Some(name)) => Some(name.parse().map_err(|e| anyhow::anyhow!("{e}"))?),
+            (None, None) => None,
+        };
+        if backend_config.threads == 0 {
+            backend_config.threads = self.threads;
+        }
+        Ok(ExecutorConfig {
+            backend,
+            backend_config,
+            model_variant: self.model_variant.clone(),
+            model_dir: self
+                .model_dir
+                .clone()
+                .unwrap_or_else(ModelStore::default_dir),
+            data_dir: self.data_dir(),
+            ..ExecutorConfig::default()
+        })
     }
 }

@@ -107,30 +107,33 @@ impl Injector {
     /// The injector `MESH_FAULT` asks for, if any.
     pub fn from_env() -> anyhow::Result<Option<Injector>> {
         match std::env::var("MESH_FAULT") {
-            Ok(text) if !text.is_empty() => {
-                let (fault, honest_jobs) = match text.split_once('@') {
-                    Some((fault, n)) => (
-                        fault,
-                        n.parse()
-                            .map_err(|_| anyhow::anyhow!("MESH_FAULT: not a job count: {n}"))?,
-                    ),
-                    None => (text.as_str(), 0),
-                };
-                let fault: Fault = fault.parse().map_err(anyhow::Error::msg)?;
-                tracing::warn!(
-                    ?fault,
-                    honest_jobs,
-                    "FAULT INJECTION: this host returns wrong results on purpose"
-                );
-                Ok(Some(Injector {
-                    fault,
-                    honest_jobs,
-                    jobs: AtomicU64::new(0),
-                    previous: Mutex::new(None),
-                }))
-            }
+            Ok(text) if !text.is_empty() => Injector::parse(&text).map(Some),
             _ => Ok(None),
         }
+    }
+
+    /// The injector a `MESH_FAULT` value (`<fault>[@<honest jobs>]`) describes.
+    pub fn parse(text: &str) -> anyhow::Result<Injector> {
+        let (fault, honest_jobs) = match text.split_once('@') {
+            Some((fault, n)) => (
+                fault,
+                n.parse()
+                    .map_err(|_| anyhow::anyhow!("MESH_FAULT: not a job count: {n}"))?,
+            ),
+            None => (text, 0),
+        };
+        let fault: Fault = fault.parse().map_err(anyhow::Error::msg)?;
+        tracing::warn!(
+            ?fault,
+            honest_jobs,
+            "FAULT INJECTION: this host returns wrong results on purpose"
+        );
+        Ok(Injector {
+            fault,
+            honest_jobs,
+            jobs: AtomicU64::new(0),
+            previous: Mutex::new(None),
+        })
     }
 
     /// Apply the fault to a finished run: change its output and re-pin the receipt to it.

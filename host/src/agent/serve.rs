@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 /// How long a finished job's answer is kept for a requester that asks again.
 const ANSWER_CACHE_TIME: Duration = Duration::from_secs(600);
@@ -193,11 +194,35 @@ impl Agent {
     /// the job workers and the inbound request loop. Returns once the device has announced
     /// itself.
     pub async fn spawn(config: HostConfig, executor: Executor) -> Result<AgentHandle> {
-        spawn_agent(config, executor).await
+        #[cfg(feature = "fault-injection")]
+        let fault = super::fault::Injector::from_env()?;
+        spawn_agent(
+            config,
+            executor,
+            #[cfg(feature = "fault-injection")]
+            fault,
+        )
+        .await
+    }
+
+    /// [`Agent::spawn`] with `fault` (a `MESH_FAULT` value) injected into every result, for
+    /// adversarial tests in one process. Only with the `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
+    pub async fn spawn_faulty(
+        config: HostConfig,
+        executor: Executor,
+        fault: &str,
+    ) -> Result<AgentHandle> {
+        let fault = super::fault::Injector::parse(fault)?;
+        spawn_agent(config, executor, Some(fault)).await
     }
 }
 
-async fn spawn_agent(config: HostConfig, executor: Executor) -> Result<AgentHandle> {
+async fn spawn_agent(
+    config: HostConfig,
+    executor: Executor,
+    #[cfg(feature = "fault-injection")] fault: Option<super::fault::Injector>,
+) -> Result<AgentHandle> {
     let key = config.signing_key()?;
     let client = Client::new(&config.control_plane, Some(config.token.clone()))?;
     // The control plane's relay list wins over the one saved at join time.
@@ -245,7 +270,7 @@ async fn spawn_agent(config: HostConfig, executor: Executor) -> Result<AgentHand
         partial_dir: config.data_dir().join("partial"),
         fetching_models: tokio::sync::Mutex::new(()),
         #[cfg(feature = "fault-injection")]
-        fault: super::fault::Injector::from_env()?,
+        fault,
     });
     eprintln!(
         "mesh-host {} device {} peer {} ({} slots, queue {}, backend {})",
@@ -270,15 +295,19 @@ async fn spawn_agent(config: HostConfig, executor: Executor) -> Result<AgentHand
     }
     let (revoked_tx, revoked_rx) = mpsc::channel::<()>(1);
     let mut tasks = vec![
-        tokio::spawn(heartbeats(agent.clone(), config.device, revoked_tx)),
-        tokio::spawn(certificates(agent.clone(), config.device)),
-        tokio::spawn(report_receipts(agent.clone(), receipts_rx)),
+        tokio::spawn(heartbeats(agent.clone(), config.device, revoked_tx).in_current_span()),
+        tokio::spawn(certificates(agent.clone(), config.device).in_current_span()),
+        tokio::spawn(report_receipts(agent.clone(), receipts_rx).in_current_span()),
     ];
     let queue_rx = Arc::new(tokio::sync::Mutex::new(queue_rx));
     for _ in 0..slots {
-        tasks.push(tokio::spawn(worker(agent.clone(), queue_rx.clone())));
+        tasks.push(tokio::spawn(
+            worker(agent.clone(), queue_rx.clone()).in_current_span(),
+        ));
     }
-    tasks.push(tokio::spawn(serve_inbound(agent.clone(), inbound)));
+    tasks.push(tokio::spawn(
+        serve_inbound(agent.clone(), inbound).in_current_span(),
+    ));
     Ok(AgentHandle {
         agent,
         revoked: revoked_rx,
@@ -380,8 +409,13 @@ async fn serve_inbound(agent: Arc<Agent>, mut inbound: mpsc::Receiver<Inbound>) 
                 reply,
             } => {
                 let agent = agent.clone();
-                tokio::task::spawn_blocking(move || {
-                    let _ = reply.send(agent.serve_blob(&peer, &request));
+                tokio::task::spawn_blocking({
+                    let span = tracing::Span::current();
+                    move || {
+                        span.in_scope(|| {
+                            let _ = reply.send(agent.serve_blob(&peer, &request));
+                        })
+                    }
                 });
             }
             Inbound::Cancel {
@@ -598,10 +632,13 @@ impl Agent {
             }
         };
         let executor = self.executor.clone();
-        let stored = tokio::task::spawn_blocking(move || executor.store_component(&bytes))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let stored = tokio::task::spawn_blocking({
+            let span = tracing::Span::current();
+            move || span.in_scope(|| executor.store_component(&bytes))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
         if stored != hash {
             return Err(format!("stored component hashes to {stored}, not {hash}"));
         }
@@ -618,10 +655,13 @@ impl Agent {
         let _one_at_a_time = self.fetching_models.lock().await;
         let executor = self.executor.clone();
         let component = job.ticket.workload;
-        let missing = tokio::task::spawn_blocking(move || executor.missing_models(&component))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let missing = tokio::task::spawn_blocking({
+            let span = tracing::Span::current();
+            move || span.in_scope(|| executor.missing_models(&component))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
         for entry in missing {
             let started = Instant::now();
             tracing::info!(model = %entry.hash, name = %entry.name, variant = %entry.variant, "fetching a model from the requester");
@@ -637,10 +677,13 @@ impl Agent {
             let size = bytes.len();
             let executor = self.executor.clone();
             let model = entry.clone();
-            tokio::task::spawn_blocking(move || executor.models().install(&model, &bytes))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            tokio::task::spawn_blocking({
+                let span = tracing::Span::current();
+                move || span.in_scope(|| executor.models().install(&model, &bytes))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
             tracing::info!(
                 model = %entry.hash,
                 bytes = size,
@@ -753,9 +796,10 @@ impl Agent {
         let component = job.ticket.workload;
         let input = job.input;
         let started = Instant::now();
-        let renew = {
-            let agent = self.clone();
-            tokio::spawn(async move {
+        let renew =
+            {
+                let agent = self.clone();
+                tokio::spawn(async move {
                 tokio::time::sleep(START_REPORT_DELAY).await;
                 // Renew at a third of the lease the control plane granted.
                 let renewal = match agent.client.start_job(&id).await {
@@ -778,11 +822,12 @@ impl Agent {
                         tracing::debug!(%id, "renewing the lease: {e}");
                     }
                 }
-            })
-        };
+            }.in_current_span())
+            };
         let token = cancel.clone();
-        let mut run = tokio::task::spawn_blocking(move || {
-            executor.run_cancellable(&component, &input, &token)
+        let mut run = tokio::task::spawn_blocking({
+            let span = tracing::Span::current();
+            move || span.in_scope(|| executor.run_cancellable(&component, &input, &token))
         });
         let mut reply = job.reply;
         // A requester that goes away (its connection closed, its request timed out) cancels

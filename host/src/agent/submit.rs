@@ -1,6 +1,6 @@
 //! `mesh-host submit`: this device as requester. Ask the control plane for an assignment,
 //! send the job to the executor over libp2p (relayed, then direct), check the receipt,
-//! report it, and print the result.
+//! report it, and hand the result back.
 
 use super::config::HostConfig;
 use crate::models::ModelStore;
@@ -14,6 +14,7 @@ use mesh_proto::p2p::{
 };
 use mesh_proto::{Blake3Hash, JobId, NetworkId};
 use std::time::Duration;
+use tracing::Instrument;
 
 /// How long to wait for a device to take the job.
 const QUEUE_WAIT: Duration = Duration::from_secs(15);
@@ -50,13 +51,15 @@ pub struct SubmitOptions {
 }
 
 /// Run `count` jobs of `workload` one after the other on the mesh (over the same network
-/// node, so later ones use the direct connection once hole punching succeeded), printing one
-/// JSON result line per job.
+/// node, so later ones use the direct connection once hole punching succeeded), handing each
+/// job's result (`{"job", "state", "executor", "output", ...}`) to `on_result` as it comes
+/// (`mesh-host submit` prints one JSON line per job).
 pub async fn submit(
     config: &HostConfig,
     workload: Blake3Hash,
     input: Vec<u8>,
     options: SubmitOptions,
+    mut on_result: impl FnMut(serde_json::Value) -> Result<()>,
 ) -> Result<()> {
     let SubmitOptions {
         idempotency_key,
@@ -98,25 +101,31 @@ pub async fn submit(
             .unwrap_or_else(ModelStore::default_dir),
     )
     .ok();
-    tokio::spawn(async move {
-        while let Some(request) = inbound.recv().await {
-            match request {
-                Inbound::Blob { request, reply, .. } => {
-                    let models = models.clone();
-                    let store = store.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let _ = reply.send(serve_blob(&store, models.as_ref(), &request));
-                    });
-                }
-                Inbound::Job { reply, .. } => {
-                    let _ = reply.send(JobResponse::Refused(JobRefusal::ShuttingDown));
-                }
-                Inbound::Cancel { reply, .. } => {
-                    let _ = reply.send(CancelResponse::Unknown);
+    tokio::spawn(
+        async move {
+            while let Some(request) = inbound.recv().await {
+                match request {
+                    Inbound::Blob { request, reply, .. } => {
+                        let models = models.clone();
+                        let store = store.clone();
+                        let span = tracing::Span::current();
+                        tokio::task::spawn_blocking(move || {
+                            span.in_scope(|| {
+                                let _ = reply.send(serve_blob(&store, models.as_ref(), &request));
+                            })
+                        });
+                    }
+                    Inbound::Job { reply, .. } => {
+                        let _ = reply.send(JobResponse::Refused(JobRefusal::ShuttingDown));
+                    }
+                    Inbound::Cancel { reply, .. } => {
+                        let _ = reply.send(CancelResponse::Unknown);
+                    }
                 }
             }
         }
-    });
+        .in_current_span(),
+    );
     for i in 0..count.max(1) {
         if i > 0 {
             tokio::time::sleep(pause).await;
@@ -135,12 +144,7 @@ pub async fn submit(
             idempotency_key: key,
             timeout,
         };
-        let result = run_one(&client, &node, &cert, job).await?;
-        let line = serde_json::to_string(&result)?;
-        use std::io::Write;
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{line}")?;
-        stdout.flush()?;
+        on_result(run_one(&client, &node, &cert, job).await?)?;
     }
     Ok(())
 }

@@ -1,10 +1,13 @@
-//! A local mesh of real processes for end-to-end tests: `mesh-control-plane` (SQLite),
-//! `mesh-relay` and N `mesh-host run` agents, each with its own data directory, on loopback.
-//! Everything is killed and removed when the [`Mesh`] is dropped.
+//! Local meshes for end-to-end tests, on loopback: [`TestNet`], the control plane, relay and
+//! N agents as libraries in the test's process (most tests), and [`Mesh`], the same as real
+//! processes (`mesh-control-plane` on SQLite, `mesh-relay`, N `mesh-host run`), for tests
+//! where a process matters. Everything stops and is removed when either is dropped.
 
+pub mod capture;
 pub mod netns;
 pub mod raw;
 pub mod rogue;
+pub mod testnet;
 
 use mesh_client::Client;
 use mesh_proto::api::{CreateInviteRequest, InviteKind, NetworkInfo, NetworkPolicy};
@@ -13,6 +16,7 @@ pub use netns::{NatKind, Topology};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+pub use testnet::{TestHost, TestNet};
 
 /// The directory holding the workspace's binaries (next to the test executable's `deps/`).
 pub fn bin_dir() -> PathBuf {
@@ -186,15 +190,9 @@ impl Drop for Process {
 pub struct Mesh {
     /// Scratch directory (removed on drop).
     pub dir: tempfile::TempDir,
-    /// The control plane's URL.
-    pub url: String,
-    /// The admin (network owner).
-    pub admin: Client,
-    admin_token: String,
-    /// The network.
-    pub network: NetworkInfo,
-    /// The relay's multiaddr (QUIC).
-    pub relay_addr: String,
+    /// The network, its people, the control plane's URL and the relay's address (also reached
+    /// through `Deref`).
+    pub net: Network,
     /// The relay secret.
     pub relay_secret: String,
     /// The control plane.
@@ -207,9 +205,49 @@ pub struct Mesh {
     pub transport: Transport,
     /// Namespaces of a NAT test (dropped last, after every process).
     pub topology: Option<Topology>,
+}
+
+impl std::ops::Deref for Mesh {
+    type Target = Network;
+
+    fn deref(&self) -> &Network {
+        &self.net
+    }
+}
+
+/// What a test mesh of either kind, [`Mesh`] or [`TestNet`], offers shared test helpers.
+pub trait TestMesh: std::ops::Deref<Target = Network> {
+    /// Every node's log, for failure messages.
+    fn logs(&self) -> String;
+}
+
+impl TestMesh for Mesh {
+    fn logs(&self) -> String {
+        Mesh::logs(self)
+    }
+}
+
+impl TestMesh for TestNet {
+    fn logs(&self) -> String {
+        TestNet::logs(self)
+    }
+}
+
+/// The network a test mesh serves and the people in it, shared by [`Mesh`] (processes) and
+/// [`TestNet`] (in process).
+pub struct Network {
+    /// The control plane's URL.
+    pub url: String,
+    /// The admin (network owner).
+    pub admin: Client,
+    admin_token: String,
+    /// The network.
+    pub network: NetworkInfo,
     /// Clients of the people owning devices: index 0 is the admin, others are admins of the
     /// network created for [`HostSpec::owner`].
     pub owners: Vec<Client>,
+    /// The relay's multiaddr, ending in its peer id.
+    pub relay_addr: String,
 }
 
 /// How one host differs from the defaults of [`MeshOptions`].
@@ -220,7 +258,9 @@ pub struct HostSpec {
     pub owner: usize,
     /// Inference backend (default: [`MeshOptions::backend`]).
     pub backend: Option<String>,
-    /// Run `mesh-host-faulty` with this `MESH_FAULT` (see the host's fault injection).
+    /// Inject this fault (a `MESH_FAULT` value, see the host's fault injection): in process in
+    /// a [`TestNet`] (with this crate's `fault-injection` feature), as `mesh-host-faulty` in a
+    /// [`Mesh`].
     pub fault: Option<String>,
     /// Model store (default: the prepared one in the cache).
     pub model_dir: Option<PathBuf>,
@@ -273,6 +313,13 @@ pub struct MeshOptions {
     pub host_specs: Vec<HostSpec>,
     /// Extra lines for the control plane's TOML config.
     pub control_plane_config: String,
+}
+
+impl MeshOptions {
+    /// People besides the admin that the hosts' owners need ([`HostSpec::owner`]).
+    pub fn people(&self) -> usize {
+        self.host_specs.iter().map(|s| s.owner).max().unwrap_or(0)
+    }
 }
 
 impl Default for MeshOptions {
@@ -423,63 +470,17 @@ impl Mesh {
             &[("MESH_RELAY_SECRET", &relay_secret)],
         );
         relay.wait_for_log("allow-list loaded", Duration::from_secs(30));
-        let admin = Client::new(&url, Some(token.clone())).unwrap();
-        let network = admin
-            .create_network(&mesh_proto::api::CreateNetworkRequest {
-                name: "e2e".into(),
-                policy: NetworkPolicy {
-                    require_device_approval: false,
-                    ..NetworkPolicy::default()
-                },
-            })
-            .await
-            .unwrap();
+        let net = Network::create(&url, relay_addr, token, options.people()).await;
         let mut mesh = Mesh {
             dir,
-            url,
-            admin,
-            admin_token: token,
-            network,
-            relay_addr,
+            net,
             relay_secret,
             control_plane,
             relay,
             hosts: Vec::new(),
             transport: options.transport,
             topology,
-            owners: Vec::new(),
         };
-        mesh.owners.push(mesh.admin.clone());
-        let people = options
-            .host_specs
-            .iter()
-            .map(|s| s.owner)
-            .max()
-            .unwrap_or(0);
-        for i in 1..=people {
-            let invite = mesh
-                .admin
-                .create_invite(
-                    &mesh.network.id,
-                    &CreateInviteRequest {
-                        kind: InviteKind::Person,
-                        role: Some(mesh_proto::api::Role::Admin),
-                        expires_in_s: None,
-                    },
-                )
-                .await
-                .unwrap();
-            let accepted = Client::new(&mesh.url, None)
-                .unwrap()
-                .accept_invite(&mesh_proto::api::AcceptInviteRequest {
-                    code: invite.code,
-                    name: Some(format!("owner{i}")),
-                })
-                .await
-                .unwrap();
-            mesh.owners
-                .push(Client::new(&mesh.url, accepted.token).unwrap());
-        }
         for i in 0..options.hosts {
             let ns = mesh.topology.as_ref().map(|t| t.homes[i].clone());
             let host = mesh
@@ -493,48 +494,6 @@ impl Mesh {
         }
         mesh.wait_online(options.hosts).await;
         mesh
-    }
-
-    /// The admin's bearer token.
-    pub fn admin_token(&self) -> String {
-        self.admin_token.clone()
-    }
-
-    /// The network id.
-    pub fn network_id(&self) -> NetworkId {
-        self.network.id
-    }
-
-    /// A single-use device invite for `network`, made by the admin.
-    pub async fn device_invite(&self, network: &NetworkId) -> mesh_proto::api::CreatedInvite {
-        self.admin
-            .create_invite(
-                network,
-                &CreateInviteRequest {
-                    kind: InviteKind::Device,
-                    role: None,
-                    expires_in_s: None,
-                },
-            )
-            .await
-            .unwrap()
-    }
-
-    /// How many ledger entries of each kind (`job_reserve`, `job_settle`, `job_refund`)
-    /// `job` has.
-    pub async fn job_entries(&self, job: mesh_proto::JobId) -> (usize, usize, usize) {
-        let history = self.admin.history(&self.network.id, None).await.unwrap();
-        let count = |kind: &str| {
-            history
-                .iter()
-                .filter(|e| e.job == Some(job) && e.kind == kind)
-                .count()
-        };
-        (
-            count("job_reserve"),
-            count("job_settle"),
-            count("job_refund"),
-        )
     }
 
     /// Register and start one more host named `name` (inside namespace `ns`, if given).
@@ -637,6 +596,175 @@ impl Mesh {
         }
     }
 
+    /// The standard output of a `mesh-host submit` (or any command) that must have
+    /// succeeded; panics with its standard error and every log otherwise.
+    pub fn succeeded(&self, out: std::process::Output, what: &str) -> Vec<u8> {
+        assert!(
+            out.status.success(),
+            "{what} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        out.stdout
+    }
+
+    /// Start a gateway job of `sentences` distinct sentences (long enough to run for a while
+    /// on one slot) and return it with the index of the host that received it.
+    pub async fn start_long_job(
+        &self,
+        workload: Blake3Hash,
+        sentences: usize,
+        idempotency_key: &str,
+    ) -> (
+        tokio::task::JoinHandle<mesh_client::Result<mesh_proto::api::RunJobResponse>>,
+        usize,
+    ) {
+        let corpus = reference(101);
+        let texts: Vec<String> = (0..sentences)
+            .map(|i| format!("{} ({i})", corpus[i % corpus.len()].0))
+            .collect();
+        let admin = self.admin.clone();
+        let network = self.network_id();
+        let key = idempotency_key.to_string();
+        let job = tokio::spawn(async move {
+            admin
+                .run_job(
+                    &network,
+                    &mesh_proto::api::RunJobRequest {
+                        workload,
+                        input: serde_json::json!({ "texts": texts }),
+                        idempotency_key: Some(key),
+                    },
+                )
+                .await
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let host = loop {
+            if let Some(i) = self
+                .hosts
+                .iter()
+                .position(|h| h.process.log_text().contains("job request"))
+            {
+                break i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no host got the job\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        (job, host)
+    }
+
+    /// Every process's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in [&self.control_plane, &self.relay]
+            .into_iter()
+            .chain(self.hosts.iter().map(|h| &h.process))
+        {
+            out.push_str(&format!("==== {}\n{}\n", p.name, p.log_text()));
+        }
+        out
+    }
+}
+
+impl Network {
+    /// Create the `e2e` network (devices join without approval) as the admin holding
+    /// `admin_token`, and `people` further people, each an admin of it.
+    pub async fn create(
+        url: &str,
+        relay_addr: String,
+        admin_token: String,
+        people: usize,
+    ) -> Network {
+        let admin = Client::new(url, Some(admin_token.clone())).unwrap();
+        let network = admin
+            .create_network(&mesh_proto::api::CreateNetworkRequest {
+                name: "e2e".into(),
+                policy: NetworkPolicy {
+                    require_device_approval: false,
+                    ..NetworkPolicy::default()
+                },
+            })
+            .await
+            .unwrap();
+        let mut owners = vec![admin.clone()];
+        for i in 1..=people {
+            let invite = admin
+                .create_invite(
+                    &network.id,
+                    &CreateInviteRequest {
+                        kind: InviteKind::Person,
+                        role: Some(mesh_proto::api::Role::Admin),
+                        expires_in_s: None,
+                    },
+                )
+                .await
+                .unwrap();
+            let accepted = Client::new(url, None)
+                .unwrap()
+                .accept_invite(&mesh_proto::api::AcceptInviteRequest {
+                    code: invite.code,
+                    name: Some(format!("owner{i}")),
+                })
+                .await
+                .unwrap();
+            owners.push(Client::new(url, accepted.token).unwrap());
+        }
+        Network {
+            url: url.to_string(),
+            admin,
+            admin_token,
+            network,
+            owners,
+            relay_addr,
+        }
+    }
+
+    /// The admin's bearer token.
+    pub fn admin_token(&self) -> String {
+        self.admin_token.clone()
+    }
+
+    /// The network id.
+    pub fn network_id(&self) -> NetworkId {
+        self.network.id
+    }
+
+    /// A single-use device invite for `network`, made by the admin.
+    pub async fn device_invite(&self, network: &NetworkId) -> mesh_proto::api::CreatedInvite {
+        self.admin
+            .create_invite(
+                network,
+                &CreateInviteRequest {
+                    kind: InviteKind::Device,
+                    role: None,
+                    expires_in_s: None,
+                },
+            )
+            .await
+            .unwrap()
+    }
+
+    /// How many ledger entries of each kind (`job_reserve`, `job_settle`, `job_refund`)
+    /// `job` has.
+    pub async fn job_entries(&self, job: mesh_proto::JobId) -> (usize, usize, usize) {
+        let history = self.admin.history(&self.network.id, None).await.unwrap();
+        let count = |kind: &str| {
+            history
+                .iter()
+                .filter(|e| e.job == Some(job) && e.kind == kind)
+                .count()
+        };
+        (
+            count("job_reserve"),
+            count("job_settle"),
+            count("job_refund"),
+        )
+    }
+
     /// Wait until `n` devices of the network are online.
     pub async fn wait_online(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -722,79 +850,6 @@ impl Mesh {
             .unwrap()
             .certificate;
         (client, cert, registered.device)
-    }
-
-    /// The standard output of a `mesh-host submit` (or any command) that must have
-    /// succeeded; panics with its standard error and every log otherwise.
-    pub fn succeeded(&self, out: std::process::Output, what: &str) -> Vec<u8> {
-        assert!(
-            out.status.success(),
-            "{what} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.logs()
-        );
-        out.stdout
-    }
-
-    /// Start a gateway job of `sentences` distinct sentences (long enough to run for a while
-    /// on one slot) and return it with the index of the host that received it.
-    pub async fn start_long_job(
-        &self,
-        workload: Blake3Hash,
-        sentences: usize,
-        idempotency_key: &str,
-    ) -> (
-        tokio::task::JoinHandle<mesh_client::Result<mesh_proto::api::RunJobResponse>>,
-        usize,
-    ) {
-        let corpus = reference(101);
-        let texts: Vec<String> = (0..sentences)
-            .map(|i| format!("{} ({i})", corpus[i % corpus.len()].0))
-            .collect();
-        let admin = self.admin.clone();
-        let network = self.network_id();
-        let key = idempotency_key.to_string();
-        let job = tokio::spawn(async move {
-            admin
-                .run_job(
-                    &network,
-                    &mesh_proto::api::RunJobRequest {
-                        workload,
-                        input: serde_json::json!({ "texts": texts }),
-                        idempotency_key: Some(key),
-                    },
-                )
-                .await
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let host = loop {
-            if let Some(i) = self
-                .hosts
-                .iter()
-                .position(|h| h.process.log_text().contains("job request"))
-            {
-                break i;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no host got the job\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        (job, host)
-    }
-
-    /// Every process's log, for failure messages.
-    pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for p in [&self.control_plane, &self.relay]
-            .into_iter()
-            .chain(self.hosts.iter().map(|h| &h.process))
-        {
-            out.push_str(&format!("==== {}\n{}\n", p.name, p.log_text()));
-        }
-        out
     }
 }
 

@@ -1,7 +1,7 @@
 //! In-process devices for tests that play a peer by hand: registered like any device, but
 //! driving their own `mesh-net` node (to send hostile requests, or serve bad blobs).
 
-use crate::Mesh;
+use crate::Network;
 use mesh_net::{Inbound, Node, NodeConfig, PeerId};
 use mesh_proto::{NetworkId, Signed, SigningKey};
 use std::time::Duration;
@@ -42,7 +42,7 @@ impl Rogue {
     }
 }
 
-impl Mesh {
+impl Network {
     /// Register a fresh in-process device in `network` (which the admin owns).
     pub async fn rogue(&self, network: &NetworkId) -> Rogue {
         let key = crate::fresh_key();

@@ -8,7 +8,7 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, noise, relay, yamux};
 use mesh_e2e::raw::RawCodec;
-use mesh_e2e::{Mesh, MeshOptions};
+use mesh_e2e::{MeshOptions, Network, TestNet};
 use mesh_proto::SigningKey;
 use mesh_proto::api::{JobState, RunJobRequest};
 use std::time::Duration;
@@ -19,7 +19,7 @@ struct Raw {
     job: request_response::Behaviour<RawCodec>,
 }
 
-async fn registered_key(mesh: &Mesh) -> SigningKey {
+async fn registered_key(mesh: &Network) -> SigningKey {
     let key = mesh_e2e::fresh_key();
     mesh.register_device(&key).await;
     // Let the relay's next allow-list poll pick the new device up.
@@ -80,7 +80,7 @@ async fn send_raw(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_frames_are_refused() {
-    let mesh = Mesh::start(MeshOptions {
+    let mesh = TestNet::spawn(MeshOptions {
         hosts: 1,
         ..MeshOptions::default()
     })
@@ -97,8 +97,9 @@ async fn malformed_and_oversized_frames_are_refused() {
     eprintln!("malformed: {err}");
     assert!(!err.is_empty());
     mesh.hosts[0]
-        .process
-        .wait_for_log("malformed CBOR", Duration::from_secs(5));
+        .log
+        .wait_for("malformed CBOR", Duration::from_secs(5))
+        .await;
 
     // A frame announcing 2 GiB: refused from the length alone.
     let mut huge = (2u32 << 30).to_be_bytes().to_vec();
@@ -106,8 +107,9 @@ async fn malformed_and_oversized_frames_are_refused() {
     let err = send_raw(&key, &relay, host, huge).await.unwrap_err();
     assert!(!err.is_empty());
     mesh.hosts[0]
-        .process
-        .wait_for_log("exceeds the cap", Duration::from_secs(5));
+        .log
+        .wait_for("exceeds the cap", Duration::from_secs(5))
+        .await;
 
     // Nothing else was disturbed.
     let result = mesh

@@ -1,40 +1,24 @@
 //! A job's life at its executor beyond the happy path: cancelled by its requester (a deadline,
 //! or the requester going away) while it runs, refused by a full host and run elsewhere, a
-//! host draining its running job on SIGTERM, and a job whose requester never reports it.
+//! host draining its running job on SIGTERM, and a job whose requester never reports it. In
+//! process ([`TestNet`]) except where a process must die or get a signal.
 
 use mesh_e2e::rogue::connect;
-use mesh_e2e::{HostSpec, Mesh, MeshOptions, bin};
+use mesh_e2e::testnet::SubmitOptions;
+use mesh_e2e::{HostSpec, Mesh, MeshOptions, TestMesh, TestNet, bin};
 use mesh_proto::api::{JobInfo, JobState, RunJobRequest};
 use mesh_proto::{Blake3Hash, JobId};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn count(text: &str, needle: &str) -> usize {
     text.matches(needle).count()
 }
 
-/// `mesh-host submit` of `input` to `workload`, as the device of host 0.
-fn submit(mesh: &Mesh, workload: Blake3Hash, input: &[u8], extra: &[&str]) -> Child {
-    let path = mesh
-        .dir
-        .path()
-        .join(format!("input-{}.txt", Blake3Hash::of(input)));
-    std::fs::write(&path, input).unwrap();
-    Command::new(bin("mesh-host"))
-        .args(["submit", "--config", mesh.hosts[0].config.to_str().unwrap()])
-        .args(["--workload", &workload.to_string()])
-        .args(["--input", path.to_str().unwrap()])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 /// Wait until host `i`'s log holds `needle` more than `before` times.
-async fn wait_for_count(mesh: &Mesh, i: usize, needle: &str, before: usize, within: Duration) {
+async fn wait_for_count(mesh: &TestNet, i: usize, needle: &str, before: usize, within: Duration) {
     let deadline = Instant::now() + within;
-    while count(&mesh.hosts[i].process.log_text(), needle) <= before {
+    while mesh.hosts[i].log.count(needle) <= before {
         assert!(
             Instant::now() < deadline,
             "host {i} never logged {needle:?}\n{}",
@@ -45,7 +29,7 @@ async fn wait_for_count(mesh: &Mesh, i: usize, needle: &str, before: usize, with
 }
 
 /// The newest job of `workload`.
-async fn newest_job(mesh: &Mesh, workload: Blake3Hash) -> JobInfo {
+async fn newest_job(mesh: &impl TestMesh, workload: Blake3Hash) -> JobInfo {
     let jobs = mesh.admin.jobs(&mesh.network_id()).await.unwrap();
     jobs.into_iter()
         .filter(|j| j.workload == workload)
@@ -54,7 +38,7 @@ async fn newest_job(mesh: &Mesh, workload: Blake3Hash) -> JobInfo {
 }
 
 /// Wait until the control plane has `job` in `state`.
-async fn wait_for_state(mesh: &Mesh, job: JobId, state: JobState) {
+async fn wait_for_state(mesh: &impl TestMesh, job: JobId, state: JobState) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let now = mesh.admin.job(&mesh.network_id(), &job).await.unwrap().job;
@@ -75,25 +59,27 @@ async fn wait_for_state(mesh: &Mesh, job: JobId, state: JobState) {
 async fn cancelled_jobs_stop_at_their_executor_and_are_refunded() {
     // One slot per host: the executor can only take the next job once the cancelled one
     // has really stopped.
-    let mesh = Mesh::start(MeshOptions::default()).await;
+    let mesh = TestNet::spawn(MeshOptions::default()).await;
     let hostile = mesh.publish(mesh_test_artifacts::HOSTILE).await;
     let echo = mesh.publish(mesh_test_artifacts::ECHO).await;
+    let requester = &mesh.hosts[0];
 
     // 1. The requester's deadline passes while the job spins (it would run for the whole job
     //    time limit): it cancels the job over /mesh/cancel/1.
-    let before = count(
-        &mesh.hosts[1].process.log_text(),
-        "cancelled by its requester",
-    );
+    let before = mesh.hosts[1].log.count("cancelled by its requester");
     let started = Instant::now();
-    let out = submit(&mesh, hostile, b"loop", &["--timeout-ms", "1500"])
-        .wait_with_output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a spinning job completed?\n{stderr}");
+    let deadline = SubmitOptions {
+        timeout: Some(Duration::from_millis(1500)),
+        ..SubmitOptions::default()
+    };
+    let error = requester
+        .submit(hostile, b"loop".to_vec(), deadline)
+        .await
+        .expect_err("a spinning job completed?");
+    let error = format!("{error:#}");
     assert!(
-        stderr.contains("deadline passed; the job was cancelled") && stderr.contains("(cancelled)"),
-        "{stderr}"
+        error.contains("deadline passed; the job was cancelled") && error.contains("(cancelled)"),
+        "{error}"
     );
     wait_for_count(
         &mesh,
@@ -109,41 +95,62 @@ async fn cancelled_jobs_stop_at_their_executor_and_are_refunded() {
     assert_eq!(mesh.job_entries(job.id).await, (1, 0, 1));
     // The slot is free again: the next job runs at once, long before the spinning job's
     // time limit would have ended.
-    let out = submit(&mesh, echo, br#"{"texts":["x"]}"#, &[])
-        .wait_with_output()
-        .unwrap();
-    mesh.succeeded(out, "the job after the cancelled one");
+    requester
+        .submit(
+            echo,
+            br#"{"texts":["x"]}"#.to_vec(),
+            SubmitOptions::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the job after the cancelled one: {e:#}\n{}", mesh.logs()));
     assert!(started.elapsed() < Duration::from_secs(30));
-    let log = mesh.hosts[1].process.log_text();
+    let log = mesh.hosts[1].log.text();
     assert!(
         log.contains("job failed: the job was cancelled"),
         "the executor did not stop the run\n{log}"
     );
+}
 
-    // 2. The requester goes away (killed) while the job runs: its connection closes, and the
-    //    executor cancels the job once it has not asked again.
+/// A requester killed while its job runs (no cancel sent: the process is gone, and its
+/// connections with it): the executor cancels the job once the requester has not asked
+/// again. A process test, since an in-process requester that is dropped still cancels
+/// politely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_requester_has_its_job_cancelled_at_the_executor() {
+    let mesh = Mesh::start(MeshOptions::default()).await;
+    let hostile = mesh.publish(mesh_test_artifacts::HOSTILE).await;
+    let path = mesh.dir.path().join("loop.txt");
+    std::fs::write(&path, b"loop").unwrap();
     let before = count(&mesh.hosts[1].process.log_text(), "job request");
-    let mut requester = submit(&mesh, hostile, b"loop", &["--idempotency-key", "gone"]);
-    wait_for_count(&mesh, 1, "job request", before, Duration::from_secs(30)).await;
+    let mut requester = Command::new(bin("mesh-host"))
+        .args(["submit", "--config", mesh.hosts[0].config.to_str().unwrap()])
+        .args(["--workload", &hostile.to_string()])
+        .args(["--input", path.to_str().unwrap()])
+        .args(["--idempotency-key", "gone"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&mesh.hosts[1].process.log_text(), "job request") <= before {
+        assert!(Instant::now() < deadline, "no job request\n{}", mesh.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let job = newest_job(&mesh, hostile).await;
     wait_for_state(&mesh, job.id, JobState::Running).await;
     requester.kill().unwrap();
     requester.wait().unwrap();
-    wait_for_count(
-        &mesh,
-        1,
+    mesh.hosts[1].process.wait_for_log(
         "the requester went away: cancelling the job",
-        0,
         Duration::from_secs(15),
-    )
-    .await;
+    );
     wait_for_state(&mesh, job.id, JobState::Failed).await;
     assert_eq!(mesh.job_entries(job.id).await, (1, 0, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_client_that_disconnects_cancels_its_job() {
-    let mesh = Mesh::start(MeshOptions::default()).await;
+    let mesh = TestNet::spawn(MeshOptions::default()).await;
     let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
     // A job that runs for seconds, asked for by a client that gives up after one.
     let texts: Vec<String> = (0..4000).map(|i| format!("sentence number {i}")).collect();
@@ -164,11 +171,11 @@ async fn a_gateway_client_that_disconnects_cancels_its_job() {
     assert!(sent.is_err(), "the long job answered within a second?");
     let deadline = Instant::now() + Duration::from_secs(20);
     let executor = loop {
-        if let Some(i) = mesh.hosts.iter().position(|h| {
-            h.process
-                .log_text()
-                .contains("job failed: the job was cancelled")
-        }) {
+        if let Some(i) = mesh
+            .hosts
+            .iter()
+            .position(|h| h.log.text().contains("job failed: the job was cancelled"))
+        {
             break i;
         }
         assert!(
@@ -180,8 +187,8 @@ async fn a_gateway_client_that_disconnects_cancels_its_job() {
     };
     assert!(
         mesh.hosts[executor]
-            .process
-            .log_text()
+            .log
+            .text()
             .contains("cancelled by its requester")
     );
     let job = newest_job(&mesh, workload).await;
@@ -242,7 +249,7 @@ async fn sigterm_drains_the_running_job_and_sends_new_ones_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_host_answers_busy_and_the_job_runs_on_another_device() {
     // Host 0 holds one job running and one queued; host 1 queues 64.
-    let mesh = Mesh::start(MeshOptions {
+    let mesh = TestNet::spawn(MeshOptions {
         host_specs: vec![HostSpec {
             queue_capacity: Some(1),
             ..HostSpec::default()
@@ -291,12 +298,12 @@ async fn a_full_host_answers_busy_and_the_job_runs_on_another_device() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if count(&mesh.hosts[0].process.log_text(), busy) > 0 {
+        if mesh.hosts[0].log.count(busy) > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let refusals = count(&mesh.hosts[0].process.log_text(), busy);
+    let refusals = mesh.hosts[0].log.count(busy);
     assert!(refusals > 0, "host 0 was never full\n{}", mesh.logs());
 
     // Every job completes; the refused ones on the other host, after a second attempt.
@@ -316,7 +323,7 @@ async fn a_full_host_answers_busy_and_the_job_runs_on_another_device() {
     }
     // Counted again now that every job is done: a job offered to host 0 just before the loop
     // stopped may have been refused after the first count.
-    let refusals = count(&mesh.hosts[0].process.log_text(), busy);
+    let refusals = mesh.hosts[0].log.count(busy);
     assert_eq!(
         moved,
         refusals,
@@ -327,7 +334,7 @@ async fn a_full_host_answers_busy_and_the_job_runs_on_another_device() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_executor_is_paid_when_the_requester_never_reports() {
-    let mesh = Mesh::start(MeshOptions {
+    let mesh = TestNet::spawn(MeshOptions {
         hosts: 1,
         ..MeshOptions::default()
     })

@@ -1,10 +1,10 @@
-//! End to end on loopback: a control plane, a relay and hosts as real processes; jobs through
-//! the gateway, device to device and through the OpenAI endpoint; hostile peers; a host
-//! killed mid-job.
+//! End to end on loopback: a control plane, a relay and hosts (in process, and as real
+//! processes where one is killed); jobs through the gateway, device to device and through
+//! the OpenAI endpoint; hostile peers; a host killed mid-job.
 
 use base64::Engine as _;
 use mesh_e2e::rogue::{connect, serve_wrong_blobs};
-use mesh_e2e::{Mesh, MeshOptions, cosine, reference, vectors};
+use mesh_e2e::{Mesh, MeshOptions, TestNet, cosine, reference, vectors};
 use mesh_net::dispatch::Assignment;
 use mesh_net::{NetError, PeerId};
 use mesh_proto::api::{JobState, RunJobRequest};
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_run_across_the_mesh_and_settle_once() {
-    let mesh = Mesh::start(MeshOptions::default()).await;
+    let mut mesh = TestNet::spawn(MeshOptions::default()).await;
     let network = mesh.network_id();
     let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
     let reference = reference(4);
@@ -50,8 +50,9 @@ async fn jobs_run_across_the_mesh_and_settle_once() {
         .expect("a host of the mesh ran it");
     assert_eq!(executor.peer, result.executor_peer);
     executor
-        .process
-        .wait_for_log("job done", Duration::from_secs(5));
+        .log
+        .wait_for("job done", Duration::from_secs(5))
+        .await;
     // The first contact goes through the relay; DCUtR then upgrades to a direct connection
     // and later jobs take it.
     let mut direct = None;
@@ -76,30 +77,18 @@ async fn jobs_run_across_the_mesh_and_settle_once() {
     }
     let direct = direct.unwrap_or_else(|| panic!("no job went direct\n{}", mesh.logs()));
     assert_eq!(direct.job.state, JobState::Done);
-    mesh.control_plane
-        .wait_for_log("hole punch succeeded", Duration::from_secs(1));
+    mesh.control_plane_log
+        .wait_for("hole punch succeeded", Duration::from_secs(1))
+        .await;
     let jobs_so_far = mesh.admin.jobs(&network).await.unwrap().len();
 
     // Device to device: host 0 as requester; the scheduler never picks the requester.
-    let input = mesh.dir.path().join("d2d.json");
-    std::fs::write(
-        &input,
-        serde_json::json!({ "texts": [texts[0]] }).to_string(),
-    )
-    .unwrap();
-    let out = std::process::Command::new(mesh_e2e::bin("mesh-host"))
-        .args([
-            "submit",
-            "--config",
-            mesh.hosts[0].config.to_str().unwrap(),
-            "--workload",
-            &workload.to_string(),
-            "--input",
-            input.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let d2d: serde_json::Value = serde_json::from_slice(&mesh.succeeded(out, "submit")).unwrap();
+    let input = serde_json::json!({ "texts": [texts[0]] }).to_string();
+    let d2d = mesh.hosts[0]
+        .submit(workload, input.into_bytes(), Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("submit failed: {e:#}\n{}", mesh.logs()))
+        .remove(0);
     assert_eq!(d2d["state"], "done");
     assert_eq!(d2d["executor"], mesh.hosts[1].device.to_string());
     let v = &vectors(&d2d["output"])[0];
@@ -173,24 +162,24 @@ async fn jobs_run_across_the_mesh_and_settle_once() {
     let host: PeerId = mesh.hosts[1].peer.parse().unwrap();
     let err = stranger_node.connect(host).await.unwrap_err();
     assert!(matches!(err, NetError::Unreachable { .. }), "{err:?}");
-    mesh.relay
-        .wait_for_log("refused connection", Duration::from_secs(5));
+    mesh.relay_log
+        .wait_for("refused connection", Duration::from_secs(5))
+        .await;
 
     // A revoked device is dropped by the relay within the poll interval and stops.
     mesh.admin
         .revoke_device(&network, &mesh.hosts[0].device)
         .await
         .unwrap();
-    mesh.relay
-        .wait_for_log("no longer vouched for", Duration::from_secs(10));
-    mesh.hosts[0]
-        .process
-        .wait_for_log("revoked: stopping", Duration::from_secs(15));
+    mesh.relay_log
+        .wait_for("no longer vouched for", Duration::from_secs(10))
+        .await;
+    mesh.hosts[0].revoked(Duration::from_secs(15)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
-    let mesh = Mesh::start(MeshOptions {
+    let mesh = TestNet::spawn(MeshOptions {
         hosts: 1,
         ..MeshOptions::default()
     })
@@ -336,8 +325,9 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
     };
     mesh_net::verify::receipt(&receipt, &ticket, &output).unwrap();
     mesh.hosts[0]
-        .process
-        .wait_for_log("wrong blake3", Duration::from_secs(1));
+        .log
+        .wait_for("wrong blake3", Duration::from_secs(1))
+        .await;
     // A forged receipt (signed by the rogue, not the executor) is rejected by the plane.
     let mut claims = receipt.peek().unwrap();
     claims.output = Blake3Hash::of(b"forged");
@@ -379,8 +369,8 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
     assert_eq!(replayed_output, output);
     assert_eq!(replayed_receipt.hash(), receipt.hash());
     let runs = mesh.hosts[0]
-        .process
-        .log_text()
+        .log
+        .text()
         .lines()
         .filter(|l| l.contains("job done") && l.contains(&assignment.job.id.to_string()))
         .count();

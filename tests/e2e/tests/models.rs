@@ -3,15 +3,11 @@
 //! once; bytes that do not hash right are refused and never stored.
 
 use mesh_e2e::rogue::{connect, serve_wrong_blobs};
-use mesh_e2e::{HostSpec, Mesh, MeshOptions, bin, cosine, reference, vectors};
+use mesh_e2e::{HostSpec, MeshOptions, TestNet, cosine, reference, vectors};
 use mesh_net::PeerId;
 use mesh_proto::Blake3Hash;
 use mesh_proto::p2p::{JobRefusal, JobRequest, JobResponse};
 use std::time::Duration;
-
-fn count(text: &str, needle: &str) -> usize {
-    text.matches(needle).count()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_without_model_files_fetches_them_from_the_requester() {
@@ -23,7 +19,7 @@ async fn a_host_without_model_files_fetches_them_from_the_requester() {
         bare.path().join("manifest.json"),
     )
     .unwrap();
-    let mesh = Mesh::start(MeshOptions {
+    let mesh = TestNet::spawn(MeshOptions {
         host_specs: vec![
             HostSpec::default(),
             HostSpec {
@@ -93,24 +89,23 @@ async fn a_host_without_model_files_fetches_them_from_the_requester() {
     // from it, verifies and stores it, and computes correct embeddings.
     let corpus = reference(3);
     let texts: Vec<&str> = corpus.iter().map(|(t, _)| t.as_str()).collect();
-    let input = mesh.dir.path().join("three.json");
-    std::fs::write(&input, serde_json::json!({ "texts": texts }).to_string()).unwrap();
-    let submit = || {
-        let out = std::process::Command::new(bin("mesh-host"))
-            .args(["submit", "--config", mesh.hosts[0].config.to_str().unwrap()])
-            .args(["--workload", &workload.to_string()])
-            .args(["--input", input.to_str().unwrap()])
-            .output()
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&mesh.succeeded(out, "submit")).unwrap()
+    let input = serde_json::json!({ "texts": texts })
+        .to_string()
+        .into_bytes();
+    let submit = || async {
+        mesh.hosts[0]
+            .submit(workload, input.clone(), Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("submit failed: {e:#}\n{}", mesh.logs()))
+            .remove(0)
     };
-    let first = submit();
+    let first = submit().await;
     assert_eq!(first["executor"], mesh.hosts[1].device.to_string());
     for ((_, expected), got) in corpus.iter().zip(vectors(&first["output"])) {
         assert!(cosine(expected, &got) >= 0.9999);
     }
-    let log = mesh.hosts[1].process.log_text();
-    assert_eq!(count(&log, "fetched model"), 1, "{log}");
+    let log = mesh.hosts[1].log.text();
+    assert_eq!(mesh.hosts[1].log.count("fetched model"), 1, "{log}");
     println!(
         "{}",
         log.lines().find(|l| l.contains("fetched model")).unwrap()
@@ -124,8 +119,8 @@ async fn a_host_without_model_files_fetches_them_from_the_requester() {
     assert_eq!(Blake3Hash::of(&bytes).to_string(), used);
 
     // The next job finds it stored.
-    let second = submit();
+    let second = submit().await;
     assert_eq!(second["executor"], mesh.hosts[1].device.to_string());
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(count(&mesh.hosts[1].process.log_text(), "fetched model"), 1);
+    assert_eq!(mesh.hosts[1].log.count("fetched model"), 1);
 }

@@ -1,11 +1,11 @@
 //! Verification end to end: honest hosts on three inference backends (three owners) and two
-//! colluding cheaters of a fourth owner (`mesh-host-faulty`, `MESH_FAULT=collude`: wrong
-//! embeddings, identical on both, so they would vouch for each other). Embedding jobs run
+//! colluding cheaters of a fourth owner (in-process agents with fault injection, `collude`:
+//! wrong embeddings, identical on both, so they would vouch for each other). Embedding jobs run
 //! through the gateway; the control plane's VRF picks results to re-execute on other owners'
 //! devices, a third device breaks ties, ringers catch wrong items. The cheaters must end up
 //! quarantined and clawed back; honest devices, whatever their backend, never fail a check.
 
-use mesh_e2e::{HostSpec, Mesh, MeshOptions, bin, cosine, reference, vectors};
+use mesh_e2e::{HostSpec, MeshOptions, TestNet, bin, cosine, reference, vectors};
 use mesh_proto::api::{CheckState, JobState, RunJobRequest};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ async fn cheaters_are_caught_and_honest_devices_never_penalised() {
         fault: Some("collude".into()),
         ..HostSpec::default()
     };
-    let mesh = Mesh::start(MeshOptions {
+    let mesh = TestNet::spawn(MeshOptions {
         hosts: 5,
         host_specs: vec![
             honest(1, "onnxruntime"),
@@ -242,8 +242,8 @@ async fn cheaters_are_caught_and_honest_devices_never_penalised() {
 /// see it again; ringers (items of the requester's earlier verified jobs) catch it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ringers_catch_a_cheater_with_an_honest_history() {
-    let mesh = Mesh::start(MeshOptions {
-        hosts: 3,
+    let mesh = TestNet::spawn(MeshOptions {
+        hosts: 4,
         host_specs: vec![
             HostSpec {
                 owner: 1,
@@ -260,7 +260,15 @@ async fn ringers_catch_a_cheater_with_an_honest_history() {
             HostSpec {
                 owner: 3,
                 backend: Some("onnxruntime".into()),
-                fault: Some("items:0.5@6".into()),
+                fault: Some("items:0.5@8".into()),
+                ..HostSpec::default()
+            },
+            // A third honest owner: more of the checks that fill the ringer pool involve
+            // neither the cheater nor its own results.
+            HostSpec {
+                owner: 4,
+                backend: Some("onnxruntime".into()),
+                fault: None,
                 ..HostSpec::default()
             },
         ],
@@ -303,9 +311,25 @@ async fn ringers_catch_a_cheater_with_an_honest_history() {
         {
             break;
         }
-        // Give the check worker time to confirm early results (which fills the ringer pool).
-        if i < 10 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+        // Let the check worker confirm the early results (which fills the ringer pool) before
+        // the next job: idle devices share the work, so the cheater's honest start (its first
+        // 8 jobs) falls within the first 30 or so.
+        if i < 16 {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline
+                && mesh
+                    .admin
+                    .job_check(&network, &result.job.id)
+                    .await
+                    .is_ok_and(|c| {
+                        matches!(
+                            c.state,
+                            CheckState::Selected | CheckState::Running | CheckState::Disputed
+                        )
+                    })
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
     let devices = mesh.admin.devices(&network).await.unwrap();
@@ -328,7 +352,12 @@ async fn ringers_catch_a_cheater_with_an_honest_history() {
         jobs.len(),
         mesh.logs()
     );
-    assert!(by_ringer >= 1, "no ringer caught it\n{summary}");
+    assert!(
+        by_ringer >= 1,
+        "no ringer caught it in {} jobs\n{summary}\n{}",
+        jobs.len(),
+        mesh.logs()
+    );
     for d in devices.iter().filter(|d| d.id != cheater) {
         assert_eq!(d.checks.failed, 0, "{} was penalised\n{summary}", d.name);
     }
@@ -338,7 +367,7 @@ async fn ringers_catch_a_cheater_with_an_honest_history() {
 /// not only the most trusted, gets work each round), until every one of `cheaters` is
 /// quarantined (at least 5 rounds, at most 30). Honest executors' answers are checked against the reference embeddings.
 async fn run_until_quarantined(
-    mesh: &Mesh,
+    mesh: &TestNet,
     workload: mesh_proto::Blake3Hash,
     cheaters: &[mesh_proto::DeviceId],
     corpus: &[(String, Vec<f32>)],
@@ -406,7 +435,7 @@ async fn zero_replayed_and_random_lies_are_caught() {
         fault: fault.map(str::to_string),
         ..HostSpec::default()
     };
-    let mesh = Mesh::start(MeshOptions {
+    let mesh = TestNet::spawn(MeshOptions {
         hosts: 6,
         host_specs: vec![
             host(1, "onnxruntime", None),
