@@ -19,6 +19,7 @@
 //! update and every transfer has an idempotency key, so the worker may crash and restart
 //! anywhere.
 
+use crate::domain::audit::AuditAction;
 use crate::domain::ledger::{self, Account};
 use crate::domain::verification::{Decision, Outcome, PaidRound, Party};
 use crate::domain::{DomainError, DomainResult};
@@ -150,13 +151,12 @@ async fn record_verdict_in(
     let quarantine = quarantined_at.is_none() && state.config.check_policy.quarantined(&after);
     devices::record_check(tx, device, &after, quarantine, now_ms()).await?;
     if !passed {
-        crate::store::audit::append(
+        crate::domain::audit::record(
             tx,
             Some(&job.network),
             &device.to_string(),
-            "check_failed",
+            AuditAction::CheckFailed,
             &format!("job {}: {reason}", job.id),
-            crate::store::now_ms(),
         )
         .await?;
         // Only the executor of the job itself was paid for it.
@@ -178,16 +178,15 @@ async fn record_verdict_in(
         }
     }
     if quarantine {
-        crate::store::audit::append(
+        crate::domain::audit::record(
             tx,
             Some(&job.network),
             &device.to_string(),
-            "device_quarantined",
+            AuditAction::DeviceQuarantine,
             &format!(
                 "{device} failed {} checks (latest: job {}); it gets no more jobs",
                 after.failed, job.id
             ),
-            crate::store::now_ms(),
         )
         .await?;
         tracing::warn!(%device, failed = after.failed, "device quarantined");
@@ -317,17 +316,10 @@ pub async fn apply(
         let tiebreaker = parties
             .tiebreaker
             .map_or_else(|| "none".to_string(), |t| t.to_string());
-        crate::store::audit::append(
-            &mut tx,
-            Some(&job.network),
-            "control-plane",
-            "check_inconclusive",
-            &format!(
+        crate::domain::audit::record(&mut tx, Some(&job.network), "control-plane", AuditAction::CheckInconclusive, &format!(
                 "job {}: executor {}, verifier {} and tie-breaker {tiebreaker} do not form a majority",
                 job.id, parties.executor, parties.verifier
-            ),
-            now_ms(),
-        )
+            ))
         .await?;
     }
     let now = now_ms();

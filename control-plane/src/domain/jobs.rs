@@ -1,6 +1,7 @@
 //! Jobs: submission (idempotent per requester and key, the price reserved), reassignment,
 //! and settlement with a checked receipt, exactly once.
 
+use crate::domain::audit::AuditAction;
 use crate::domain::ledger::{self, Account};
 use crate::domain::scheduling::{self, job_record};
 use crate::domain::{DomainError, DomainResult};
@@ -200,13 +201,12 @@ pub async fn settle_receipt(
                 return Ok(current);
             }
             let mut tx = state.db.pool.begin().await?;
-            crate::store::audit::append(
+            crate::domain::audit::record(
                 &mut tx,
                 Some(&info.network),
                 &executor.to_string(),
-                "conflicting_receipt",
+                AuditAction::ConflictingReceipt,
                 &format!("job {}: a second, different receipt was reported", info.id),
-                crate::store::now_ms(),
             )
             .await?;
             tx.commit().await?;

@@ -10,9 +10,12 @@
 //! Overdraft protection is a conditional update (`... WHERE balance - amount >= floor`),
 //! atomic on SQLite and PostgreSQL alike, so concurrent spends can never overdraw.
 
+use crate::domain::audit::AuditAction;
 use crate::domain::{DomainError, DomainResult};
+use crate::state::AppState;
 use crate::store::ledger as store;
 use crate::store::{StoreError, Tx, networks, now_ms, random_id};
+use mesh_proto::api::{GrantRequest, TransferInfo};
 use mesh_proto::{JobId, NetworkId, PersonId};
 
 /// Kind of the transfer that claws a job's credits back from a device owner who failed its
@@ -165,4 +168,60 @@ pub async fn transfer(tx: &mut Tx, t: &Transfer<'_>) -> DomainResult<TransferOut
             e => DomainError::from(e),
         })?;
     Ok(TransferOutcome::Created(id))
+}
+
+/// Grant `request.amount` new credits to a member of `network`, as `actor` (an admin): once
+/// per idempotency key, with an audit entry.
+pub async fn grant(
+    state: &AppState,
+    network: &NetworkId,
+    actor: &str,
+    request: &GrantRequest,
+) -> DomainResult<TransferInfo> {
+    if request.idempotency_key.is_empty() || request.idempotency_key.len() > 200 {
+        return Err(DomainError::bad_request(
+            "idempotency_key must be 1-200 characters",
+        ));
+    }
+    if request.amount <= 0 || request.amount > 1_000_000_000 {
+        return Err(DomainError::bad_request(
+            "amount must be between 1 and 10^9",
+        ));
+    }
+    let member = crate::store::networks::role_of(&state.db.pool, network, &request.person).await?;
+    if member.is_none() {
+        return Err(DomainError::not_found("member"));
+    }
+    let memo = request.memo.clone().unwrap_or_else(|| "grant".into());
+    let mut tx = state.db.pool.begin().await?;
+    let outcome = transfer(
+        &mut tx,
+        &Transfer {
+            network: *network,
+            idempotency_key: &format!("grant:{}", request.idempotency_key),
+            kind: "grant",
+            memo: &memo,
+            job: None,
+            from: Account::Issuer,
+            to: Account::Person(request.person),
+            amount: request.amount,
+        },
+    )
+    .await?;
+    if let TransferOutcome::Created(id) = &outcome {
+        crate::domain::audit::record(
+            &mut tx,
+            Some(network),
+            actor,
+            AuditAction::CreditsGrant,
+            &format!("{} {} {id}", request.person, request.amount),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(TransferInfo {
+        id: outcome.id().to_string(),
+        kind: "grant".into(),
+        created: matches!(outcome, TransferOutcome::Created(_)),
+    })
 }

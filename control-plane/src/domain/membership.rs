@@ -1,13 +1,17 @@
 //! Membership: people and their tokens, networks and their members, invites, and the
 //! certificates that vouch for devices.
 
+use crate::domain::audit::{self, AuditAction};
 use crate::domain::ledger;
 use crate::domain::{DomainError, DomainResult};
 use crate::state::AppState;
-use crate::store::{Tx, invites, networks, now_ms, people, random_id};
-use mesh_proto::api::{CreatedToken, InviteKind, NetworkInfo, Role};
+use crate::store::{Tx, invites, networks, now_ms, people, random_id, random_secret};
+use mesh_proto::api::{
+    AcceptInviteRequest, AcceptedInvite, CreateInviteRequest, CreateTokenRequest, CreatedInvite,
+    CreatedToken, InviteKind, MemberInfo, NetworkInfo, NetworkPolicy, Role,
+};
 use mesh_proto::device::DeviceCert;
-use mesh_proto::{DeviceId, NetworkId, PersonId, PublicKey, SignDomain, Signed, TokenId};
+use mesh_proto::{DeviceId, InviteId, NetworkId, PersonId, PublicKey, SignDomain, Signed, TokenId};
 
 /// Prefix of every bearer secret, so leaked tokens are recognisable.
 pub const TOKEN_PREFIX: &str = "mesh_";
@@ -170,4 +174,273 @@ pub fn issue_certificate(
         expires_at_ms: (now + state.config.certificate_lifetime.as_millis() as i64) as u64,
     };
     Signed::sign(&cert, &state.key, SignDomain::DeviceCert, network).map_err(DomainError::internal)
+}
+
+pub fn check_policy(policy: &NetworkPolicy) -> DomainResult<()> {
+    if policy.initial_grant < 0 || policy.credit_limit < 0 || policy.job_price < 0 {
+        return Err(DomainError::bad_request(
+            "credit amounts must not be negative",
+        ));
+    }
+    if policy.initial_grant > 1_000_000_000
+        || policy.credit_limit > 1_000_000_000
+        || policy.job_price > 1_000_000_000
+    {
+        return Err(DomainError::bad_request(
+            "credit amounts must be at most 10^9",
+        ));
+    }
+    Ok(())
+}
+
+/// Create a network named `name` with `policy`: `person` becomes its owner and gets the
+/// initial grant.
+pub async fn create_network(
+    state: &AppState,
+    person: &PersonId,
+    name: &str,
+    policy: &NetworkPolicy,
+) -> DomainResult<NetworkInfo> {
+    let name = check_name(name)?;
+    check_policy(policy)?;
+    let network: NetworkId = random_id(NetworkId::from_bytes);
+    let mut tx = state.db.pool.begin().await?;
+    networks::insert(&mut tx, &network, &name, person, policy, now_ms()).await?;
+    ledger::create_network_accounts(&mut tx, &network).await?;
+    add_member(&mut tx, &network, person, Role::Owner).await?;
+    audit::record(
+        &mut tx,
+        Some(&network),
+        &person.to_string(),
+        AuditAction::NetworkCreate,
+        &name,
+    )
+    .await?;
+    tx.commit().await?;
+    network_info(state, &network, person).await
+}
+
+/// Replace `network`'s policy, as `actor`.
+pub async fn set_policy(
+    state: &AppState,
+    network: &NetworkId,
+    actor: &str,
+    policy: &NetworkPolicy,
+) -> DomainResult<()> {
+    check_policy(policy)?;
+    let mut tx = state.db.pool.begin().await?;
+    networks::set_policy(&mut tx, network, policy).await?;
+    let detail = serde_json::to_string(policy).map_err(DomainError::internal)?;
+    audit::record(
+        &mut tx,
+        Some(network),
+        actor,
+        AuditAction::NetworkPolicy,
+        &detail,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Give `person` the role `role` in `network`, as `actor`. The last owner cannot step down.
+pub async fn change_role(
+    state: &AppState,
+    network: &NetworkId,
+    actor: &str,
+    person: &PersonId,
+    role: Role,
+) -> DomainResult<MemberInfo> {
+    let mut tx = state.db.pool.begin().await?;
+    let current = networks::role_of(&mut *tx, network, person)
+        .await?
+        .ok_or_else(|| DomainError::not_found("member"))?;
+    if current == Role::Owner && role != Role::Owner {
+        ensure_other_owner(&mut tx, network, person).await?;
+    }
+    networks::set_role(&mut tx, network, person, role).await?;
+    let detail = format!("{person} {}", role.as_str());
+    audit::record(
+        &mut tx,
+        Some(network),
+        actor,
+        AuditAction::MemberRole,
+        &detail,
+    )
+    .await?;
+    tx.commit().await?;
+    networks::members(&state.db.pool, network)
+        .await?
+        .into_iter()
+        .find(|m| m.person == *person)
+        .ok_or_else(|| DomainError::not_found("member"))
+}
+
+/// Remove `person` from `network`, as `actor` holding `actor_role` (only owners remove
+/// owners, and never the last one); their devices in the network are revoked at once.
+pub async fn remove_member(
+    state: &AppState,
+    network: &NetworkId,
+    actor: &str,
+    actor_role: Role,
+    person: &PersonId,
+) -> DomainResult<()> {
+    let mut tx = state.db.pool.begin().await?;
+    let role = networks::role_of(&mut *tx, network, person)
+        .await?
+        .ok_or_else(|| DomainError::not_found("member"))?;
+    if role == Role::Owner {
+        if actor_role != Role::Owner {
+            return Err(DomainError::forbidden("only owners can remove owners"));
+        }
+        ensure_other_owner(&mut tx, network, person).await?;
+    }
+    networks::remove_member(&mut tx, network, person).await?;
+    crate::store::devices::revoke_owned(&mut tx, network, person, now_ms()).await?;
+    audit::record(
+        &mut tx,
+        Some(network),
+        actor,
+        AuditAction::MemberRemove,
+        &person.to_string(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// 409 unless `network` has an owner besides `person`.
+async fn ensure_other_owner(
+    tx: &mut Tx,
+    network: &NetworkId,
+    person: &PersonId,
+) -> DomainResult<()> {
+    if networks::other_owners(tx, network, person).await? == 0 {
+        return Err(DomainError::conflict(
+            "last_owner",
+            "a network needs at least one owner",
+        ));
+    }
+    Ok(())
+}
+
+/// Default lifetime of an invite.
+const DEFAULT_INVITE_SECONDS: u64 = 24 * 3600;
+/// Longest lifetime of an invite.
+const MAX_INVITE_SECONDS: u64 = 30 * 24 * 3600;
+
+/// Make a single-use invite into `network` for a person or a device, as `actor` (person
+/// `creator`, holding `creator_role`): admin invites only from owners, never owner invites.
+pub async fn create_invite(
+    state: &AppState,
+    network: &NetworkId,
+    actor: &str,
+    creator: PersonId,
+    creator_role: Role,
+    request: &CreateInviteRequest,
+) -> DomainResult<CreatedInvite> {
+    let role = request.role.unwrap_or(Role::Member);
+    if role == Role::Owner || (role == Role::Admin && creator_role != Role::Owner) {
+        return Err(DomainError::forbidden(
+            "invites can grant member, or admin when an owner invites",
+        ));
+    }
+    let seconds = request.expires_in_s.unwrap_or(DEFAULT_INVITE_SECONDS);
+    if seconds == 0 || seconds > MAX_INVITE_SECONDS {
+        return Err(DomainError::bad_request(format!(
+            "expires_in_s must be 1..={MAX_INVITE_SECONDS}"
+        )));
+    }
+    let id: InviteId = random_id(InviteId::from_bytes);
+    let code = format!("mesh-invite-{}", random_secret());
+    let expires_at_ms = now_ms() + seconds as i64 * 1000;
+    let kind = match request.kind {
+        InviteKind::Person => "person",
+        InviteKind::Device => "device",
+    };
+    let invite = invites::NewInvite {
+        id,
+        network: *network,
+        code: &code,
+        kind: request.kind,
+        role,
+        created_by: creator,
+        expires_at_ms,
+    };
+    let mut tx = state.db.pool.begin().await?;
+    invites::insert(&mut tx, &invite, now_ms()).await?;
+    audit::record(
+        &mut tx,
+        Some(network),
+        actor,
+        AuditAction::InviteCreate,
+        kind,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(CreatedInvite {
+        id,
+        code,
+        kind: request.kind,
+        expires_at_ms,
+    })
+}
+
+/// Make another API token for `person` (a label, and optionally a lifetime of up to ten
+/// years).
+pub async fn create_token(
+    state: &AppState,
+    person: &PersonId,
+    request: &CreateTokenRequest,
+) -> DomainResult<CreatedToken> {
+    let label = check_name(&request.label)?;
+    let expires = match request.expires_in_s {
+        Some(s) if s == 0 || s > 10 * 365 * 86400 => {
+            return Err(DomainError::bad_request(
+                "expires_in_s must be 1..=10 years",
+            ));
+        }
+        Some(s) => Some(now_ms() + (s as i64) * 1000),
+        None => None,
+    };
+    let mut tx = state.db.pool.begin().await?;
+    let created = create_person_token(&mut tx, person, &label, expires).await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// Accept a person invite: `person` joins with their identity, or (for `None`) a new person
+/// named `request.name` is made and gets a token.
+pub async fn accept_invite(
+    state: &AppState,
+    request: &AcceptInviteRequest,
+    person: Option<PersonId>,
+) -> DomainResult<AcceptedInvite> {
+    let mut tx = state.db.pool.begin().await?;
+    let (network, role, _) = use_invite(&mut tx, &request.code, InviteKind::Person).await?;
+    let (person, token) = match person {
+        Some(person) => (person, None),
+        None => {
+            let name = check_name(request.name.as_deref().unwrap_or(""))?;
+            let person = create_person(&mut tx, &name).await?;
+            let token = create_person_token(&mut tx, &person, "invite", None).await?;
+            (person, Some(token.token))
+        }
+    };
+    add_member(&mut tx, &network, &person, role).await?;
+    invites::set_used_by(&mut tx, &request.code, &person).await?;
+    audit::record(
+        &mut tx,
+        Some(&network),
+        &person.to_string(),
+        AuditAction::InviteAccept,
+        "",
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(AcceptedInvite {
+        network,
+        person,
+        token,
+    })
 }

@@ -3,7 +3,9 @@
 //! returns a [`DomainError`] when it fails. Pure decisions (a check's verdict in
 //! [`verification`]) read nothing and are applied by the module that owns the state.
 
+pub mod audit;
 pub mod checks;
+pub mod devices;
 pub mod error;
 pub mod jobs;
 pub mod ledger;
@@ -11,5 +13,6 @@ pub mod membership;
 pub mod ringers;
 pub mod scheduling;
 pub mod verification;
+pub mod workloads;
 
 pub use error::{DomainError, DomainResult, Refusal};

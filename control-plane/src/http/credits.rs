@@ -1,6 +1,6 @@
 //! Credits: balances, history and grants.
 
-use crate::domain::ledger::{self, Account, TransferOutcome};
+use crate::domain::ledger::{self, Account};
 use crate::http::auth::{Admin, InNetwork, require_role};
 use crate::http::error::responses::{BadRequest, Managing};
 use crate::http::error::{ApiError, ApiJson, ApiQuery, ApiResult};
@@ -85,51 +85,9 @@ pub async fn grant(
     }: Admin,
     ApiJson(request): ApiJson<GrantRequest>,
 ) -> ApiResult<Json<TransferInfo>> {
-    if request.idempotency_key.is_empty() || request.idempotency_key.len() > 200 {
-        return Err(ApiError::bad_request(
-            "idempotency_key must be 1-200 characters",
-        ));
-    }
-    if request.amount <= 0 || request.amount > 1_000_000_000 {
-        return Err(ApiError::bad_request("amount must be between 1 and 10^9"));
-    }
-    let member = crate::store::networks::role_of(&state.db.pool, &network, &request.person).await?;
-    if member.is_none() {
-        return Err(ApiError::not_found("member"));
-    }
-    let memo = request.memo.clone().unwrap_or_else(|| "grant".into());
-    let mut tx = state.db.pool.begin().await?;
-    let outcome = ledger::transfer(
-        &mut tx,
-        &ledger::Transfer {
-            network,
-            idempotency_key: &format!("grant:{}", request.idempotency_key),
-            kind: "grant",
-            memo: &memo,
-            job: None,
-            from: Account::Issuer,
-            to: Account::Person(request.person),
-            amount: request.amount,
-        },
-    )
-    .await?;
-    if let TransferOutcome::Created(id) = &outcome {
-        crate::store::audit::append(
-            &mut tx,
-            Some(&network),
-            &principal.label(),
-            "credits.grant",
-            &format!("{} {} {id}", request.person, request.amount),
-            crate::store::now_ms(),
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(Json(TransferInfo {
-        id: outcome.id().to_string(),
-        kind: "grant".into(),
-        created: matches!(outcome, TransferOutcome::Created(_)),
-    }))
+    Ok(Json(
+        ledger::grant(&state, &network, &principal.label(), &request).await?,
+    ))
 }
 
 /// Sum of every account's balance in a network and of every ledger entry; both are zero in

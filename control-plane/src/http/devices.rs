@@ -1,15 +1,15 @@
 //! Devices: registration with proof of key possession, approval, revocation, certificates and
 //! signed heartbeats.
 
-use crate::domain::membership::{check_name, issue_certificate, new_token_secret, use_invite};
+use crate::domain::membership::issue_certificate;
 use crate::http::auth::{Admin, Auth, Reader};
 use crate::http::error::responses::{
     BadRequest, Conflict, Forbidden, Gone, Managing, NotFound, Reading, Unauthenticated,
 };
 use crate::http::error::{ApiError, ApiJson, ApiResult};
 use crate::state::AppState;
-use crate::store::{StoreError, devices, invites, networks, people};
-use crate::store::{now_ms, random_id, random_secret};
+use crate::store::{devices, invites};
+use crate::store::{now_ms, random_secret};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -17,12 +17,9 @@ use mesh_proto::api::{
     CertificateResponse, Challenge, ChallengeRequest, DeviceInfo, DeviceStatus, HeartbeatResponse,
     InviteKind, RegisterDeviceRequest, RegisteredDevice,
 };
-use mesh_proto::device::{Capabilities, Heartbeat, RegistrationProof};
-use mesh_proto::{DeviceId, SignDomain, Signed, TokenId};
+use mesh_proto::device::Heartbeat;
+use mesh_proto::{DeviceId, SignDomain, Signed};
 use std::sync::atomic::Ordering;
-
-/// Largest capability lists accepted (backends, models).
-const MAX_CAPABILITY_ENTRIES: usize = 64;
 
 /// Parse a device id from a path; malformed ids are simply not found.
 fn device_id(text: &str) -> ApiResult<DeviceId> {
@@ -68,111 +65,8 @@ pub async fn register(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RegisterDeviceRequest>,
 ) -> ApiResult<(StatusCode, Json<RegisteredDevice>)> {
-    let name = check_name(&request.name)?;
-    check_capabilities(&request.capabilities)?;
-    let mut tx = state.db.pool.begin().await?;
-    let (network, _, owner) = use_invite(&mut tx, &request.invite, InviteKind::Device).await?;
-    // The challenge is single-use: deleting it is what makes a replayed registration fail.
-    if !invites::take_challenge(&mut tx, &request.challenge, now_ms()).await? {
-        return Err(ApiError::gone(
-            "challenge_invalid",
-            "unknown, used or expired challenge",
-        ));
-    }
-    let proof = RegistrationProof {
-        challenge: request.challenge.clone(),
-        public_key: request.public_key,
-    };
-    let payload = mesh_proto::cbor::to_vec(&proof).map_err(ApiError::internal)?;
-    request
-        .public_key
-        .verify(SignDomain::Registration, &network, &payload, &request.proof)
-        .map_err(|_| {
-            ApiError::new_unauthenticated(
-                "bad_proof",
-                "the proof of key possession does not verify",
-            )
-        })?;
-
-    let require_approval = networks::policy(&mut *tx, &network)
-        .await?
-        .ok_or_else(|| ApiError::not_found("network"))?
-        .require_device_approval;
-    let status = if require_approval {
-        DeviceStatus::Pending
-    } else {
-        DeviceStatus::Approved
-    };
-    let device: DeviceId = random_id(DeviceId::from_bytes);
-    let now = now_ms();
-    let new = devices::NewDevice {
-        id: device,
-        network,
-        owner,
-        name: &name,
-        public_key: request.public_key,
-        status,
-        capabilities: &request.capabilities,
-    };
-    devices::insert(&mut tx, &new, now)
-        .await
-        .map_err(|e| match e {
-            StoreError::Duplicate(_) => ApiError::conflict(
-                "key_in_use",
-                "a device with this public key is already registered",
-            ),
-            e => ApiError::from(e),
-        })?;
-    let token_id: TokenId = random_id(TokenId::from_bytes);
-    let token = new_token_secret();
-    let label = format!("device {name}");
-    let subject = people::TokenOwner::Device(&device);
-    people::insert_token(&mut tx, &token_id, &token, subject, &label, None, now).await?;
-    crate::store::audit::append(
-        &mut tx,
-        Some(&network),
-        &device.to_string(),
-        "device.register",
-        &name,
-        crate::store::now_ms(),
-    )
-    .await?;
-    tx.commit().await?;
-    let certificate = match status {
-        DeviceStatus::Approved => Some(issue_certificate(
-            &state,
-            &device,
-            &network,
-            &owner,
-            &request.public_key,
-        )?),
-        _ => None,
-    };
-    Ok((
-        StatusCode::CREATED,
-        Json(RegisteredDevice {
-            device,
-            network,
-            status,
-            token,
-            certificate,
-            control_plane_key: state.key.public_key(),
-        }),
-    ))
-}
-
-fn check_capabilities(c: &Capabilities) -> ApiResult<()> {
-    let too_long = |v: &[String]| {
-        v.len() > MAX_CAPABILITY_ENTRIES || v.iter().any(|s| s.is_empty() || s.len() > 128)
-    };
-    if too_long(&c.backends)
-        || too_long(&c.models)
-        || c.tier.len() > 32
-        || c.gpu.as_ref().is_some_and(|g| g.len() > 128)
-    {
-        return Err(ApiError::bad_request("capabilities are too large"));
-    }
-    Ok(())
+    let registered = crate::domain::devices::register(&state, &request).await?;
+    Ok((StatusCode::CREATED, Json(registered)))
 }
 
 /// Devices of a network.
@@ -196,35 +90,12 @@ async fn set_status(
     from: &[DeviceStatus],
     to: DeviceStatus,
 ) -> ApiResult<DeviceInfo> {
-    let Admin {
-        principal, network, ..
-    } = admin;
     let device = device_id(device)?;
-    let now = now_ms();
-    let mut tx = state.db.pool.begin().await?;
-    let current = devices::status_in(&mut *tx, &device, network)
-        .await?
-        .ok_or_else(|| ApiError::not_found("device"))?;
-    if !from.contains(&current) {
-        return Err(ApiError::conflict(
-            "wrong_status",
-            format!("device is {}", current.as_str()),
-        ));
-    }
-    devices::set_status(&mut tx, &device, current, to, now).await?;
-    crate::store::audit::append(
-        &mut tx,
-        Some(network),
-        &principal.label(),
-        &format!("device.{}", to.as_str()),
-        &device.to_string(),
-        crate::store::now_ms(),
+    let actor = admin.principal.label();
+    Ok(
+        crate::domain::devices::change_status(state, &admin.network, &actor, &device, from, to)
+            .await?,
     )
-    .await?;
-    tx.commit().await?;
-    devices::get(&state.db.pool, &device)
-        .await?
-        .ok_or_else(|| ApiError::not_found("device"))
 }
 
 /// Approve a pending device (admin).

@@ -140,7 +140,7 @@ async fn workload_for_model(
         .trim()
         .trim_start_matches("sentence-transformers/")
         .to_ascii_lowercase();
-    let mut candidates: Vec<WorkloadInfo> = crate::http::workloads::all_workloads(state, network)
+    let mut candidates: Vec<WorkloadInfo> = crate::domain::workloads::list(state, network)
         .await?
         .into_iter()
         .filter(|w| !w.yanked)

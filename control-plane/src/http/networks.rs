@@ -1,42 +1,23 @@
 //! Networks, members, roles and invites.
 
-use crate::domain::ledger;
-use crate::domain::membership::{add_member, check_name, network_info};
+use crate::domain::membership::{self, network_info};
 use crate::http::auth::{Admin, Auth, InNetwork, Owner, Reader, role_in};
 use crate::http::error::responses::{BadRequest, Conflict, Forbidden, Managing, Unauthenticated};
 use crate::http::error::{ApiError, ApiJson, ApiResult};
 use crate::state::AppState;
-use crate::store::{Tx, invites, networks, now_ms, random_id, random_secret};
+use crate::store::networks;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mesh_proto::api::{
-    AuditEntry, CreateInviteRequest, CreateNetworkRequest, CreatedInvite, InviteKind, MemberInfo,
-    NetworkInfo, NetworkPolicy, Role, UpdateMemberRequest,
+    AuditEntry, CreateInviteRequest, CreateNetworkRequest, CreatedInvite, MemberInfo, NetworkInfo,
+    NetworkPolicy, UpdateMemberRequest,
 };
-use mesh_proto::{InviteId, NetworkId, PersonId};
-
-/// Default lifetime of an invite.
-const DEFAULT_INVITE_SECONDS: u64 = 24 * 3600;
-/// Longest lifetime of an invite.
-const MAX_INVITE_SECONDS: u64 = 30 * 24 * 3600;
+use mesh_proto::{NetworkId, PersonId};
 
 /// Parse a network id from a path; malformed ids are simply not found.
 pub fn network_id(text: &str) -> ApiResult<NetworkId> {
     text.parse().map_err(|_| ApiError::not_found("network"))
-}
-
-fn check_policy(policy: &NetworkPolicy) -> ApiResult<()> {
-    if policy.initial_grant < 0 || policy.credit_limit < 0 || policy.job_price < 0 {
-        return Err(ApiError::bad_request("credit amounts must not be negative"));
-    }
-    if policy.initial_grant > 1_000_000_000
-        || policy.credit_limit > 1_000_000_000
-        || policy.job_price > 1_000_000_000
-    {
-        return Err(ApiError::bad_request("credit amounts must be at most 10^9"));
-    }
-    Ok(())
 }
 
 /// Create a network; the caller becomes its owner and gets the initial grant.
@@ -49,28 +30,8 @@ pub async fn create_network(
     ApiJson(request): ApiJson<CreateNetworkRequest>,
 ) -> ApiResult<(StatusCode, Json<NetworkInfo>)> {
     let person = principal.person()?;
-    let name = check_name(&request.name)?;
-    check_policy(&request.policy)?;
-    let network: NetworkId = random_id(NetworkId::from_bytes);
-    let p = &request.policy;
-    let mut tx = state.db.pool.begin().await?;
-    networks::insert(&mut tx, &network, &name, &person, p, now_ms()).await?;
-    ledger::create_network_accounts(&mut tx, &network).await?;
-    add_member(&mut tx, &network, &person, Role::Owner).await?;
-    crate::store::audit::append(
-        &mut tx,
-        Some(&network),
-        &person.to_string(),
-        "network.create",
-        &name,
-        crate::store::now_ms(),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(network_info(&state, &network, &person).await?),
-    ))
+    let info = membership::create_network(&state, &person, &request.name, &request.policy).await?;
+    Ok((StatusCode::CREATED, Json(info)))
 }
 
 /// The networks you belong to.
@@ -115,19 +76,7 @@ pub async fn update_policy(
     }: Owner,
     ApiJson(policy): ApiJson<NetworkPolicy>,
 ) -> ApiResult<Json<NetworkInfo>> {
-    check_policy(&policy)?;
-    let mut tx = state.db.pool.begin().await?;
-    networks::set_policy(&mut tx, &network, &policy).await?;
-    crate::store::audit::append(
-        &mut tx,
-        Some(&network),
-        &principal.label(),
-        "network.policy",
-        &serde_json::to_string(&policy).unwrap_or_default(),
-        crate::store::now_ms(),
-    )
-    .await?;
-    tx.commit().await?;
+    membership::set_policy(&state, &network, &principal.label(), &policy).await?;
     Ok(Json(
         network_info(&state, &network, &principal.person()?).await?,
     ))
@@ -178,40 +127,10 @@ pub async fn update_member(
     ApiJson(request): ApiJson<UpdateMemberRequest>,
 ) -> ApiResult<Json<MemberInfo>> {
     let person: PersonId = person.parse().map_err(|_| ApiError::not_found("member"))?;
-    let mut tx = state.db.pool.begin().await?;
-    let current = networks::role_of(&mut *tx, &network, &person)
-        .await?
-        .ok_or_else(|| ApiError::not_found("member"))?;
-    if current == Role::Owner && request.role != Role::Owner {
-        ensure_other_owner(&mut tx, &network, &person).await?;
-    }
-    networks::set_role(&mut tx, &network, &person, request.role).await?;
-    crate::store::audit::append(
-        &mut tx,
-        Some(&network),
-        &principal.label(),
-        "member.role",
-        &format!("{person} {}", request.role.as_str()),
-        crate::store::now_ms(),
-    )
-    .await?;
-    tx.commit().await?;
-    networks::members(&state.db.pool, &network)
-        .await?
-        .into_iter()
-        .find(|m| m.person == person)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("member"))
-}
-
-async fn ensure_other_owner(tx: &mut Tx, network: &NetworkId, person: &PersonId) -> ApiResult<()> {
-    if networks::other_owners(tx, network, person).await? == 0 {
-        return Err(ApiError::conflict(
-            "last_owner",
-            "a network needs at least one owner",
-        ));
-    }
-    Ok(())
+    let member =
+        membership::change_role(&state, &network, &principal.label(), &person, request.role)
+            .await?;
+    Ok(Json(member))
 }
 
 /// Remove a member (admin; owners only by owners). Their devices in the network are revoked
@@ -230,28 +149,7 @@ pub async fn remove_member(
     Path((_network, person)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let person: PersonId = person.parse().map_err(|_| ApiError::not_found("member"))?;
-    let mut tx = state.db.pool.begin().await?;
-    let role = networks::role_of(&mut *tx, &network, &person)
-        .await?
-        .ok_or_else(|| ApiError::not_found("member"))?;
-    if role == Role::Owner {
-        if caller_role != Role::Owner {
-            return Err(ApiError::forbidden("only owners can remove owners"));
-        }
-        ensure_other_owner(&mut tx, &network, &person).await?;
-    }
-    networks::remove_member(&mut tx, &network, &person).await?;
-    crate::store::devices::revoke_owned(&mut tx, &network, &person, now_ms()).await?;
-    crate::store::audit::append(
-        &mut tx,
-        Some(&network),
-        &principal.label(),
-        "member.remove",
-        &person.to_string(),
-        crate::store::now_ms(),
-    )
-    .await?;
-    tx.commit().await?;
+    membership::remove_member(&state, &network, &principal.label(), caller_role, &person).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -270,53 +168,14 @@ pub async fn create_invite(
     }: Admin,
     ApiJson(request): ApiJson<CreateInviteRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedInvite>)> {
-    let role = request.role.unwrap_or(Role::Member);
-    if role == Role::Owner || (role == Role::Admin && caller_role != Role::Owner) {
-        return Err(ApiError::forbidden(
-            "invites can grant member, or admin when an owner invites",
-        ));
-    }
-    let seconds = request.expires_in_s.unwrap_or(DEFAULT_INVITE_SECONDS);
-    if seconds == 0 || seconds > MAX_INVITE_SECONDS {
-        return Err(ApiError::bad_request(format!(
-            "expires_in_s must be 1..={MAX_INVITE_SECONDS}"
-        )));
-    }
-    let id: InviteId = random_id(InviteId::from_bytes);
-    let code = format!("mesh-invite-{}", random_secret());
-    let expires_at_ms = now_ms() + seconds as i64 * 1000;
-    let kind = match request.kind {
-        InviteKind::Person => "person",
-        InviteKind::Device => "device",
-    };
-    let invite = invites::NewInvite {
-        id,
-        network,
-        code: &code,
-        kind: request.kind,
-        role,
-        created_by: principal.person()?,
-        expires_at_ms,
-    };
-    let mut tx = state.db.pool.begin().await?;
-    invites::insert(&mut tx, &invite, now_ms()).await?;
-    crate::store::audit::append(
-        &mut tx,
-        Some(&network),
+    let created = membership::create_invite(
+        &state,
+        &network,
         &principal.label(),
-        "invite.create",
-        kind,
-        crate::store::now_ms(),
+        principal.person()?,
+        caller_role,
+        &request,
     )
     .await?;
-    tx.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedInvite {
-            id,
-            code,
-            kind: request.kind,
-            expires_at_ms,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(created)))
 }

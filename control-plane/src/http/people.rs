@@ -1,22 +1,20 @@
 //! People: who am I, API tokens, and joining networks with invites.
 
-use crate::domain::membership::{
-    add_member, check_name, create_person, create_person_token, network_info, use_invite,
-};
+use crate::domain::membership::{self, network_info};
 use crate::http::auth::{Auth, MaybeAuth, Principal};
 use crate::http::error::responses::{
     BadRequest, Conflict, Forbidden, Gone, Managing, NotFound, Unauthenticated,
 };
 use crate::http::error::{ApiError, ApiJson, ApiResult};
 use crate::state::AppState;
-use crate::store::{invites, networks, now_ms, people};
+use crate::store::{networks, now_ms, people};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mesh_proto::TokenId;
 use mesh_proto::api::{
-    AcceptInviteRequest, AcceptedInvite, CreateTokenRequest, CreatedToken, InviteKind, Me,
-    PersonInfo, TokenInfo,
+    AcceptInviteRequest, AcceptedInvite, CreateTokenRequest, CreatedToken, Me, PersonInfo,
+    TokenInfo,
 };
 
 /// Who the caller is and which networks they belong to.
@@ -47,17 +45,7 @@ pub async fn create_token(
     ApiJson(request): ApiJson<CreateTokenRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
     let person = principal.person()?;
-    let label = check_name(&request.label)?;
-    let expires = match request.expires_in_s {
-        Some(s) if s == 0 || s > 10 * 365 * 86400 => {
-            return Err(ApiError::bad_request("expires_in_s must be 1..=10 years"));
-        }
-        Some(s) => Some(now_ms() + (s as i64) * 1000),
-        None => None,
-    };
-    let mut tx = state.db.pool.begin().await?;
-    let created = create_person_token(&mut tx, &person, &label, expires).await?;
-    tx.commit().await?;
+    let created = membership::create_token(&state, &person, &request).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -99,35 +87,14 @@ pub async fn accept_invite(
     MaybeAuth(principal): MaybeAuth,
     ApiJson(request): ApiJson<AcceptInviteRequest>,
 ) -> ApiResult<Json<AcceptedInvite>> {
-    let mut tx = state.db.pool.begin().await?;
-    let (network, role, _) = use_invite(&mut tx, &request.code, InviteKind::Person).await?;
-    let (person, token) = match principal {
-        Some(Principal::Person { person, .. }) => (person, None),
+    let person = match principal {
+        Some(Principal::Person { person, .. }) => Some(person),
         Some(Principal::Device { .. }) => {
             return Err(ApiError::forbidden("devices cannot accept person invites"));
         }
-        None => {
-            let name = check_name(request.name.as_deref().unwrap_or(""))?;
-            let person = create_person(&mut tx, &name).await?;
-            let token = create_person_token(&mut tx, &person, "invite", None).await?;
-            (person, Some(token.token))
-        }
+        None => None,
     };
-    add_member(&mut tx, &network, &person, role).await?;
-    invites::set_used_by(&mut tx, &request.code, &person).await?;
-    crate::store::audit::append(
-        &mut tx,
-        Some(&network),
-        &person.to_string(),
-        "invite.accept",
-        "",
-        crate::store::now_ms(),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Json(AcceptedInvite {
-        network,
-        person,
-        token,
-    }))
+    Ok(Json(
+        membership::accept_invite(&state, &request, person).await?,
+    ))
 }

@@ -1,11 +1,11 @@
 //! The workload registry: publish (validated, content-addressed, idempotent), list, show,
 //! download by hash, yank.
 
+use crate::domain::workloads::{self, Published};
 use crate::http::auth::{Admin, Reader};
 use crate::http::error::responses::{Conflict, Managing, Reading, TooLarge, Unprocessable};
 use crate::http::error::{ApiBytes, ApiError, ApiResult};
-use crate::state::{AppState, MAX_COMPONENT_BYTES};
-use crate::store::{StoreError, now_ms, workloads};
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -16,17 +16,6 @@ use mesh_proto::api::WorkloadInfo;
 /// Parse a component hash from a path; malformed hashes are simply not found.
 fn hash_param(text: &str) -> ApiResult<Blake3Hash> {
     text.parse().map_err(|_| ApiError::not_found("workload"))
-}
-
-/// Look up a workload of a network.
-pub async fn find_workload(
-    state: &AppState,
-    network: &mesh_proto::NetworkId,
-    hash: &Blake3Hash,
-) -> ApiResult<WorkloadInfo> {
-    workloads::get(&state.db.pool, network, hash)
-        .await?
-        .ok_or_else(|| ApiError::not_found("workload"))
 }
 
 /// Publish a component (admin). The body is the component (`application/wasm`); the server
@@ -44,54 +33,13 @@ pub async fn publish(
     ApiBytes(body): ApiBytes,
 ) -> ApiResult<(StatusCode, Json<WorkloadInfo>)> {
     let person = principal.person()?;
-    if body.is_empty() || body.len() > MAX_COMPONENT_BYTES {
-        return Err(ApiError::bad_request(format!(
-            "the body must be a component of 1..={MAX_COMPONENT_BYTES} bytes"
-        )));
-    }
-    let hash = Blake3Hash::of(&body);
-    if let Ok(existing) = find_workload(&state, &network, &hash).await {
-        return Ok((StatusCode::OK, Json(existing)));
-    }
-    let validator = state.validator.clone();
-    let bytes = body.clone();
-    let metadata = tokio::task::spawn_blocking({
-        let span = tracing::Span::current();
-        move || span.in_scope(|| validator.inspect(&bytes))
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(|e| ApiError::unprocessable("invalid_component", e.to_string()))?;
-
-    let mut tx = state.db.pool.begin().await?;
-    let inserted = workloads::publish(&mut tx, &network, &person, &body, &metadata, now_ms())
-        .await
-        .map_err(|e| match e {
-            StoreError::Duplicate(_) => ApiError::conflict(
-                "version_exists",
-                format!(
-                    "{}@{} is already published with different bytes",
-                    metadata.name, metadata.version
-                ),
-            ),
-            e => ApiError::from(e),
-        })?;
-    crate::store::audit::append(
-        &mut tx,
-        Some(&network),
-        &principal.label(),
-        "workload.publish",
-        &format!("{}@{} {hash}", metadata.name, metadata.version),
-        crate::store::now_ms(),
-    )
-    .await?;
-    tx.commit().await?;
-    let status = if inserted {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    let (published, info) =
+        workloads::publish(&state, &network, &person, &principal.label(), &body).await?;
+    let status = match published {
+        Published::New => StatusCode::CREATED,
+        Published::Again => StatusCode::OK,
     };
-    Ok((status, Json(find_workload(&state, &network, &hash).await?)))
+    Ok((status, Json(info)))
 }
 
 /// Workloads of a network.
@@ -105,15 +53,7 @@ pub async fn list(
         network,
     }: Reader,
 ) -> ApiResult<Json<Vec<WorkloadInfo>>> {
-    all_workloads(&state, &network).await.map(Json)
-}
-
-/// Every workload of `network`, by name then publication time.
-pub async fn all_workloads(
-    state: &AppState,
-    network: &mesh_proto::NetworkId,
-) -> ApiResult<Vec<WorkloadInfo>> {
-    Ok(workloads::list(&state.db.pool, network).await?)
+    Ok(Json(workloads::list(&state, &network).await?))
 }
 
 /// One workload.
@@ -129,7 +69,7 @@ pub async fn show(
     Path((_network, hash)): Path<(String, String)>,
 ) -> ApiResult<Json<WorkloadInfo>> {
     Ok(Json(
-        find_workload(&state, &network, &hash_param(&hash)?).await?,
+        workloads::find(&state, &network, &hash_param(&hash)?).await?,
     ))
 }
 
@@ -146,8 +86,8 @@ pub async fn download(
     Path((_network, hash)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
     let hash = hash_param(&hash)?;
-    find_workload(&state, &network, &hash).await?;
-    let bytes = workloads::component(&state.db.pool, &hash)
+    workloads::find(&state, &network, &hash).await?;
+    let bytes = crate::store::workloads::component(&state.db.pool, &hash)
         .await?
         .ok_or_else(|| ApiError::internal(format!("the component {hash} is missing")))?;
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes))
@@ -165,18 +105,7 @@ pub async fn yank(
     Path((_network, hash)): Path<(String, String)>,
 ) -> ApiResult<Json<WorkloadInfo>> {
     let hash = hash_param(&hash)?;
-    let mut tx = state.db.pool.begin().await?;
-    if workloads::yank(&mut tx, &network, &hash, now_ms()).await? {
-        crate::store::audit::append(
-            &mut tx,
-            Some(&network),
-            &principal.label(),
-            "workload.yank",
-            &hash.to_string(),
-            crate::store::now_ms(),
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(Json(find_workload(&state, &network, &hash).await?))
+    Ok(Json(
+        workloads::yank(&state, &network, &principal.label(), &hash).await?,
+    ))
 }

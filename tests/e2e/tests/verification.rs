@@ -312,8 +312,11 @@ async fn ringers_catch_a_cheater_with_an_honest_history() {
             break;
         }
         // Let the check worker confirm the early results (which fills the ringer pool) before
-        // the next job: idle devices share the work, so the cheater's honest start (its first
-        // 8 jobs) falls within the first 30 or so.
+        // the next job, and let every device report itself idle again: idle devices share
+        // the work, so the cheater's honest start (its first 8 jobs) falls within the first
+        // 30 or so. (A verifier's last heartbeat still shows its check job running for up to
+        // a second; without the wait, the job after a check goes to its executor, the
+        // cheater as often as not, again and again.)
         if i < 16 {
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline
@@ -327,6 +330,17 @@ async fn ringers_catch_a_cheater_with_an_honest_history() {
                             CheckState::Selected | CheckState::Running | CheckState::Disputed
                         )
                     })
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            while Instant::now() < deadline
+                && mesh
+                    .admin
+                    .devices(&network)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|d| d.load.running + d.load.queued > 0)
             {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
