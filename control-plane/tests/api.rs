@@ -179,12 +179,44 @@ async fn device_registration_certificates_and_heartbeats() {
             status(device.client.certificate(&device.id).await),
             StatusCode::CONFLICT
         );
+        // Until approved, a device may only heartbeat (which tells it its status) and ask for
+        // its certificate: it reads nothing of the network and runs nothing on its owner's
+        // credits.
+        let pending = device.heartbeat(DeviceLoad::default()).await;
+        assert_eq!(pending.status, DeviceStatus::Pending);
+        let refused = device.client.devices(&network.id).await.unwrap_err();
+        assert_eq!(refused.status(), Some(StatusCode::FORBIDDEN));
+        assert!(
+            refused
+                .to_string()
+                .contains("waits for an admin's approval"),
+            "{refused}"
+        );
+        assert_eq!(
+            status(device.client.members(&network.id).await),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status(device.client.jobs(&network.id).await),
+            StatusCode::FORBIDDEN
+        );
+        let submit = SubmitJobRequest {
+            workload: Blake3Hash::of(b"anything"),
+            input: Blake3Hash::of(b"x"),
+            input_size: 1,
+            idempotency_key: None,
+        };
+        assert_eq!(
+            status(device.client.submit_job(&network.id, &submit).await),
+            StatusCode::FORBIDDEN
+        );
 
         plane
             .admin
             .approve_device(&network.id, &device.id)
             .await
             .unwrap();
+        device.client.devices(&network.id).await.unwrap();
         let cert = device.client.certificate(&device.id).await.unwrap();
         // Relays and peers check certificates offline with the control plane's key.
         let cp_key = plane
@@ -736,6 +768,25 @@ async fn concurrent_spends_never_overdraw() {
             .await
             .unwrap();
         assert!(!repeat.created);
+        // The same key for another amount or another person is refused, not ignored.
+        let (_, bob_id) = plane.person(&network.id, Role::Member, "bob").await;
+        for (person, amount) in [(alice_id, 256), (bob_id, 255)] {
+            let reused = plane
+                .admin
+                .grant(
+                    &network.id,
+                    &GrantRequest {
+                        person,
+                        amount,
+                        idempotency_key: "g1".into(),
+                        memo: None,
+                    },
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(reused.status(), Some(StatusCode::CONFLICT), "{reused}");
+            assert_eq!(reused.code(), Some("idempotency_key_reused"));
+        }
         let submits = (0..100).map(|i| {
             let alice = alice.clone();
             let network = network.id;

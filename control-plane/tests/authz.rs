@@ -10,176 +10,219 @@ use mesh_proto::device::{DeviceLoad, RegistrationProof};
 use mesh_proto::{Blake3Hash, SignDomain, SigningKey};
 use std::collections::BTreeSet;
 
-const CALLERS: [&str; 5] = ["none", "other-admin", "device", "member", "admin"];
+const CALLERS: [&str; 6] = [
+    "none",
+    "other-admin",
+    "device",
+    "member",
+    "admin",
+    "pending-device",
+];
 
 /// Expected status per caller, in the order of [`CALLERS`].
-const EXPECTATIONS: &[(&str, &str, [u16; 5])] = &[
-    ("get", "/healthz", [200, 200, 200, 200, 200]),
-    ("get", "/metrics", [200, 200, 200, 200, 200]),
-    ("get", "/openapi.json", [200, 200, 200, 200, 200]),
-    ("get", "/v1/control-plane/key", [200, 200, 200, 200, 200]),
-    ("get", "/v1/me", [401, 200, 403, 200, 200]),
-    ("post", "/v1/tokens", [401, 201, 403, 201, 201]),
-    ("get", "/v1/tokens", [401, 200, 403, 200, 200]),
-    ("delete", "/v1/tokens/{token}", [401, 404, 403, 404, 204]),
-    ("post", "/v1/invites/accept", [200, 200, 403, 409, 409]),
-    ("post", "/v1/networks", [401, 201, 403, 201, 201]),
-    ("get", "/v1/networks", [401, 200, 403, 200, 200]),
-    ("get", "/v1/networks/{network}", [401, 404, 403, 200, 200]),
+const EXPECTATIONS: &[(&str, &str, [u16; 6])] = &[
+    ("get", "/healthz", [200, 200, 200, 200, 200, 200]),
+    ("get", "/metrics", [200, 200, 200, 200, 200, 200]),
+    ("get", "/openapi.json", [200, 200, 200, 200, 200, 200]),
+    (
+        "get",
+        "/v1/control-plane/key",
+        [200, 200, 200, 200, 200, 200],
+    ),
+    ("get", "/v1/me", [401, 200, 403, 200, 200, 403]),
+    ("post", "/v1/tokens", [401, 201, 403, 201, 201, 403]),
+    ("get", "/v1/tokens", [401, 200, 403, 200, 200, 403]),
+    (
+        "delete",
+        "/v1/tokens/{token}",
+        [401, 404, 403, 404, 204, 403],
+    ),
+    ("post", "/v1/invites/accept", [200, 200, 403, 409, 409, 403]),
+    ("post", "/v1/networks", [401, 201, 403, 201, 201, 403]),
+    ("get", "/v1/networks", [401, 200, 403, 200, 200, 403]),
+    (
+        "get",
+        "/v1/networks/{network}",
+        [401, 404, 403, 200, 200, 403],
+    ),
     (
         "put",
         "/v1/networks/{network}/policy",
-        [401, 404, 403, 403, 200],
+        [401, 404, 403, 403, 200, 403],
     ),
     (
         "get",
         "/v1/networks/{network}/members",
-        [401, 404, 200, 200, 200],
+        [401, 404, 200, 200, 200, 403],
     ),
     (
         "get",
         "/v1/networks/{network}/audit",
-        [401, 404, 403, 403, 200],
+        [401, 404, 403, 403, 200, 403],
     ),
     (
         "put",
         "/v1/networks/{network}/members/{person}",
-        [401, 404, 403, 403, 200],
+        [401, 404, 403, 403, 200, 403],
     ),
     (
         "delete",
         "/v1/networks/{network}/members/{person}",
-        [401, 404, 403, 403, 204],
+        [401, 404, 403, 403, 204, 403],
     ),
     (
         "post",
         "/v1/networks/{network}/invites",
-        [401, 404, 403, 403, 201],
+        [401, 404, 403, 403, 201, 403],
     ),
-    ("post", "/v1/devices/challenge", [200, 200, 200, 200, 200]),
-    ("post", "/v1/devices/register", [201, 201, 201, 201, 201]),
+    (
+        "post",
+        "/v1/devices/challenge",
+        [200, 200, 200, 200, 200, 200],
+    ),
+    (
+        "post",
+        "/v1/devices/register",
+        [201, 201, 201, 201, 201, 201],
+    ),
     (
         "get",
         "/v1/networks/{network}/devices",
-        [401, 404, 200, 200, 200],
+        [401, 404, 200, 200, 200, 403],
     ),
     (
         "post",
         "/v1/networks/{network}/devices/{device}/approve",
-        [401, 404, 403, 403, 200],
+        [401, 404, 403, 403, 200, 403],
     ),
     (
         "post",
         "/v1/networks/{network}/devices/{device}/revoke",
-        [401, 404, 403, 403, 200],
+        [401, 404, 403, 403, 200, 403],
     ),
     (
         "get",
         "/v1/devices/{device}/certificate",
-        [401, 403, 200, 403, 403],
+        [401, 403, 200, 403, 403, 403],
     ),
     (
         "post",
         "/v1/devices/{device}/heartbeat",
-        [401, 403, 200, 403, 403],
+        [401, 403, 200, 403, 403, 403],
     ),
     (
         "post",
         "/v1/networks/{network}/workloads",
-        [401, 404, 403, 403, 201],
+        [401, 404, 403, 403, 201, 403],
     ),
     (
         "get",
         "/v1/networks/{network}/workloads",
-        [401, 404, 200, 200, 200],
+        [401, 404, 200, 200, 200, 403],
     ),
     (
         "get",
         "/v1/networks/{network}/workloads/{hash}",
-        [401, 404, 200, 200, 200],
+        [401, 404, 200, 200, 200, 403],
     ),
     (
         "get",
         "/v1/networks/{network}/workloads/{hash}/component",
-        [401, 404, 200, 200, 200],
+        [401, 404, 200, 200, 200, 403],
     ),
     (
         "post",
         "/v1/networks/{network}/workloads/{hash}/yank",
-        [401, 404, 403, 403, 200],
+        [401, 404, 403, 403, 200, 403],
     ),
     (
         "get",
         "/v1/networks/{network}/credits/balance",
-        [401, 404, 403, 200, 200],
+        [401, 404, 403, 200, 200, 403],
     ),
     (
         "get",
         "/v1/networks/{network}/credits/history",
-        [401, 404, 403, 200, 200],
+        [401, 404, 403, 200, 200, 403],
     ),
     (
         "post",
         "/v1/networks/{network}/credits/grant",
-        [401, 404, 403, 403, 200],
+        [401, 404, 403, 403, 200, 403],
     ),
     (
         "post",
         "/v1/networks/{network}/jobs",
-        [401, 404, 201, 201, 201],
+        [401, 404, 201, 201, 201, 403],
     ),
     // Without relays the control plane has no gateway: members get 503, not a job.
     (
         "post",
         "/v1/networks/{network}/jobs/run",
-        [401, 404, 403, 503, 503],
+        [401, 404, 403, 503, 503, 403],
     ),
     // Only the requester (here the admin) may reassign or report a receipt.
     (
         "post",
         "/v1/networks/{network}/jobs/{job}/reassign",
-        [401, 404, 403, 403, 200],
+        [401, 404, 403, 403, 200, 403],
     ),
     (
         "post",
         "/v1/networks/{network}/jobs/{job}/receipt",
-        [401, 404, 403, 403, 200],
+        [401, 404, 403, 403, 200, 403],
     ),
     // The network is the caller's only one: the outsider's has no such model (404), the
     // admin belongs to many (400), the member's has no gateway (503).
-    ("post", "/v1/embeddings", [401, 404, 403, 503, 400]),
+    ("post", "/v1/embeddings", [401, 404, 403, 503, 400, 403]),
     // No relay secret configured: the feed does not exist.
-    ("get", "/v1/relay/allow-list", [404, 404, 404, 404, 404]),
+    (
+        "get",
+        "/v1/relay/allow-list",
+        [404, 404, 404, 404, 404, 404],
+    ),
     (
         "get",
         "/v1/networks/{network}/jobs",
-        [401, 404, 200, 200, 200],
+        [401, 404, 200, 200, 200, 403],
     ),
     (
         "get",
         "/v1/networks/{network}/jobs/{job}",
-        [401, 404, 200, 200, 200],
+        [401, 404, 200, 200, 200, 403],
     ),
-    ("post", "/v1/jobs/{job}/start", [401, 403, 200, 403, 403]),
-    ("post", "/v1/jobs/{job}/complete", [401, 403, 200, 403, 403]),
-    ("post", "/v1/jobs/{job}/fail", [401, 403, 200, 403, 403]),
-    ("get", "/v1/vrf", [200, 200, 200, 200, 200]),
+    (
+        "post",
+        "/v1/jobs/{job}/start",
+        [401, 403, 200, 403, 403, 403],
+    ),
+    (
+        "post",
+        "/v1/jobs/{job}/complete",
+        [401, 403, 200, 403, 403, 403],
+    ),
+    (
+        "post",
+        "/v1/jobs/{job}/fail",
+        [401, 403, 200, 403, 403, 403],
+    ),
+    ("get", "/v1/vrf", [200, 200, 200, 200, 200, 200]),
     // The fixture's job has not settled: readers learn that (404 not_settled); payloads are
     // the requester's (the admin) alone, and only once the receipt names them.
     (
         "get",
         "/v1/networks/{network}/jobs/{job}/check",
-        [401, 404, 404, 404, 404],
+        [401, 404, 404, 404, 404, 403],
     ),
     (
         "put",
         "/v1/networks/{network}/jobs/{job}/payloads/{hash}",
-        [401, 404, 403, 403, 409],
+        [401, 404, 403, 403, 409, 403],
     ),
     (
         "get",
         "/v1/networks/{network}/jobs/{job}/payloads/{hash}",
-        [401, 404, 403, 403, 404],
+        [401, 404, 403, 403, 404, 403],
     ),
 ];
 
@@ -191,6 +234,7 @@ struct Fixture {
     member_id: mesh_proto::PersonId,
     device: TestDevice,
     pending: mesh_proto::DeviceId,
+    pending_device: TestDevice,
     workload: Blake3Hash,
     job: JobInfo,
     admin_token: mesh_proto::TokenId,
@@ -213,9 +257,9 @@ async fn fixture(plane: &TestPlane) -> Fixture {
             slots: 8,
         })
         .await;
-    let pending = register_device(&plane.admin, &network.id, 41, embedding_capabilities())
-        .await
-        .id;
+    let pending_device =
+        register_device(&plane.admin, &network.id, 41, embedding_capabilities()).await;
+    let pending = pending_device.id;
     let workload = plane
         .admin
         .publish_workload(
@@ -255,6 +299,7 @@ async fn fixture(plane: &TestPlane) -> Fixture {
         member_id,
         device,
         pending,
+        pending_device,
         workload,
         job,
         admin_token: token.id,
@@ -410,6 +455,7 @@ async fn every_route_enforces_its_authorization() {
                 "none" => None,
                 "other-admin" => fresh_token(&outsider_client).await,
                 "device" => Some(f.device.registered.token.clone()),
+                "pending-device" => Some(f.pending_device.registered.token.clone()),
                 "member" => fresh_token(&f.member).await,
                 _ => Some(f.admin_token_secret.clone()),
             };

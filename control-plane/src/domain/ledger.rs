@@ -118,14 +118,26 @@ pub async fn transfer(tx: &mut Tx, t: &Transfer<'_>) -> DomainResult<TransferOut
     if t.amount <= 0 {
         return Err(DomainError::bad_request("amount must be positive"));
     }
-    if let Some(id) = store::transfer_by_key(tx, &t.network, t.idempotency_key).await? {
-        return Ok(TransferOutcome::Existing(id));
+    let from = t.from.id(&t.network);
+    let to = t.to.id(&t.network);
+    if let Some(existing) = store::transfer_by_key(tx, &t.network, t.idempotency_key).await? {
+        // A retry is the same transfer; the same key for another one is a mistake (or an
+        // attempt to hide one behind a key already used), never silently ignored.
+        if existing.kind != t.kind
+            || existing.from != from
+            || existing.to != to
+            || existing.amount != t.amount
+        {
+            return Err(DomainError::conflict(
+                "idempotency_key_reused",
+                "this idempotency key was already used for a different transfer",
+            ));
+        }
+        return Ok(TransferOutcome::Existing(existing.id));
     }
     let policy = networks::policy(&mut **tx, &t.network)
         .await?
         .ok_or_else(|| DomainError::not_found("network"))?;
-    let from = t.from.id(&t.network);
-    let to = t.to.id(&t.network);
     let floor = match t.kind {
         CLAWBACK => None,
         _ => floor(t.from, policy.allow_credit, policy.credit_limit),

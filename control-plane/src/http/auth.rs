@@ -31,6 +31,9 @@ pub enum Principal {
         owner: PersonId,
         /// Its public key.
         key: PublicKey,
+        /// Whether an admin approved it (or the network approves devices at once). A pending
+        /// device passes only [`DeviceAuth`]: it may heartbeat and read its own status.
+        approved: bool,
     },
 }
 
@@ -78,20 +81,22 @@ pub async fn resolve(state: &AppState, secret: &str) -> ApiResult<Option<Princip
                 device,
                 network,
                 owner,
-                status: DeviceStatus::Pending | DeviceStatus::Approved,
+                status: status @ (DeviceStatus::Pending | DeviceStatus::Approved),
                 key,
             }) => Some(Principal::Device {
                 device,
                 network,
                 owner,
                 key,
+                approved: status == DeviceStatus::Approved,
             }),
             Some(TokenSubject::Device { .. }) | None => None,
         },
     )
 }
 
-/// Extractor: the caller, or 401.
+/// Extractor: the caller, or 401; a device that waits for approval gets 403 (see
+/// [`DeviceAuth`] for the two calls it may make).
 pub struct Auth(pub Principal);
 
 impl FromRequestParts<AppState> for Auth {
@@ -108,7 +113,8 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
-/// Extractor: the caller if a valid token was given; a present but invalid token is 401.
+/// Extractor: the caller if a valid token was given; a present but invalid token is 401, a
+/// pending device's is 403.
 pub struct MaybeAuth(pub Option<Principal>);
 
 impl FromRequestParts<AppState> for MaybeAuth {
@@ -118,18 +124,54 @@ impl FromRequestParts<AppState> for MaybeAuth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
-            return Ok(MaybeAuth(None));
-        };
-        let secret = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(ApiError::unauthenticated)?;
-        match resolve(state, secret.trim()).await? {
-            Some(principal) => Ok(MaybeAuth(Some(principal))),
+        let principal = bearer(parts, state).await?;
+        if let Some(Principal::Device {
+            approved: false, ..
+        }) = principal
+        {
+            return Err(ApiError::forbidden_with(
+                "device_pending",
+                "this device waits for an admin's approval: until then it may only send \
+                 heartbeats and read its own status",
+            ));
+        }
+        Ok(MaybeAuth(principal))
+    }
+}
+
+/// Extractor: a device, approved or still pending: for the calls a pending device may make
+/// (heartbeats, which tell it its status, and its certificate, refused until approval).
+/// 401 without a valid token, 403 for a person.
+pub struct DeviceAuth(pub Principal);
+
+impl FromRequestParts<AppState> for DeviceAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match bearer(parts, state).await? {
+            Some(principal @ Principal::Device { .. }) => Ok(DeviceAuth(principal)),
+            Some(Principal::Person { .. }) => Err(ApiError::forbidden("this call is for devices")),
             None => Err(ApiError::unauthenticated()),
         }
+    }
+}
+
+/// The principal of the request's bearer token, if it has one; 401 for one that is invalid.
+async fn bearer(parts: &Parts, state: &AppState) -> ApiResult<Option<Principal>> {
+    let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let secret = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(ApiError::unauthenticated)?;
+    match resolve(state, secret.trim()).await? {
+        Some(principal) => Ok(Some(principal)),
+        None => Err(ApiError::unauthenticated()),
     }
 }
 

@@ -2,7 +2,7 @@
 //! signed heartbeats.
 
 use crate::domain::membership::issue_certificate;
-use crate::http::auth::{Admin, Auth, Reader};
+use crate::http::auth::{Admin, DeviceAuth, Reader};
 use crate::http::error::responses::{
     BadRequest, Conflict, Forbidden, Gone, Managing, NotFound, Reading, Unauthenticated,
 };
@@ -144,7 +144,7 @@ pub async fn revoke_device(
     responses((status = 200, body = CertificateResponse), Unauthenticated, Forbidden, Conflict))]
 pub async fn certificate(
     State(state): State<AppState>,
-    Auth(principal): Auth,
+    DeviceAuth(principal): DeviceAuth,
     Path(device): Path<String>,
 ) -> ApiResult<Json<CertificateResponse>> {
     let (caller, network) = principal.device()?;
@@ -181,7 +181,7 @@ pub async fn certificate(
     responses((status = 200, body = HeartbeatResponse), BadRequest, Unauthenticated, Forbidden, Conflict))]
 pub async fn heartbeat(
     State(state): State<AppState>,
-    Auth(principal): Auth,
+    DeviceAuth(principal): DeviceAuth,
     Path(device): Path<String>,
     ApiJson(signed): ApiJson<Signed<Heartbeat>>,
 ) -> ApiResult<Json<HeartbeatResponse>> {

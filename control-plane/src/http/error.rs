@@ -64,6 +64,11 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
+    /// 403 with a specific code.
+    pub fn forbidden_with(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+
     /// 404: no such thing (or not visible to the caller).
     pub fn not_found(what: &str) -> Self {
         Self::new(
@@ -266,8 +271,9 @@ pub mod responses {
     use super::ErrorBody;
     use utoipa::IntoResponses;
 
-    /// A call on a network that needs a role there: no valid token, a role too low, or not a
-    /// member (the network is then absent, like one that does not exist).
+    /// A call on a network that needs a role there: no valid token, a role too low (or a
+    /// device, or one that waits for approval), or not a member (the network is then absent,
+    /// like one that does not exist).
     #[derive(IntoResponses)]
     pub enum Managing {
         /// 401.
@@ -287,12 +293,19 @@ pub mod responses {
         NotFound(ErrorBody),
     }
 
-    /// A read of a network's resources: no valid token, or absent (not a member).
+    /// A read of a network's resources: no valid token, a device that waits for approval,
+    /// or absent (not a member).
     #[derive(IntoResponses)]
     pub enum Reading {
         /// 401.
         #[response(status = 401, description = "No valid bearer token")]
         Unauthenticated(ErrorBody),
+        /// 403.
+        #[response(
+            status = 403,
+            description = "A device that waits for an admin's approval"
+        )]
+        Pending(ErrorBody),
         /// 404.
         #[response(
             status = 404,

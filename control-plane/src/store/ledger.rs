@@ -42,19 +42,48 @@ pub async fn balance(
     )
 }
 
+/// A transfer as recorded: what an idempotent retry must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedTransfer {
+    /// Its id.
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// The debited account.
+    pub from: String,
+    /// The credited account.
+    pub to: String,
+    /// Credits moved.
+    pub amount: i64,
+}
+
 /// The transfer of `network` with this idempotency key, if one was made.
 pub async fn transfer_by_key(
     tx: &mut Tx,
     network: &NetworkId,
     key: &str,
-) -> Result<Option<String>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT id FROM ledger_transfers WHERE network_id = $1 AND idempotency_key = $2",
+) -> Result<Option<RecordedTransfer>, StoreError> {
+    let Some(row) = sqlx::query(
+        "SELECT t.id, t.kind, \
+         (SELECT account_id FROM ledger_entries e WHERE e.transfer_id = t.id AND e.amount < 0) AS from_account, \
+         (SELECT account_id FROM ledger_entries e WHERE e.transfer_id = t.id AND e.amount > 0) AS to_account, \
+         (SELECT amount FROM ledger_entries e WHERE e.transfer_id = t.id AND e.amount > 0) AS amount \
+         FROM ledger_transfers t WHERE t.network_id = $1 AND t.idempotency_key = $2",
     )
     .bind(network.to_string())
     .bind(key)
     .fetch_optional(&mut **tx)
-    .await?)
+    .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(RecordedTransfer {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        from: row.try_get("from_account")?,
+        to: row.try_get("to_account")?,
+        amount: row.try_get("amount")?,
+    }))
 }
 
 /// Take `amount` from account `id`, unless that would take it below `floor` (no floor: always).
