@@ -726,6 +726,128 @@ async fn expired_leases_are_reassigned_and_refunded_exactly_once() {
     }
 }
 
+/// A requester that gives up on a job its executor holds (as one that already has the
+/// result might, to be refunded) refunds nothing by saying so: the executor that reports a
+/// receipt is paid; one that does not lets its lease expire, and only then is the requester
+/// refunded, once, with no further attempt.
+#[tokio::test]
+async fn a_requester_cannot_refund_itself_a_job_its_executor_holds() {
+    for store in stores() {
+        let plane = TestPlane::spawn_with(store, |c| {
+            c.job_lease = Duration::from_millis(400);
+        })
+        .await;
+        let (network, workload, mut device) = network_with_device(
+            &plane,
+            NetworkPolicy {
+                job_price: 7,
+                ..NetworkPolicy::default()
+            },
+        )
+        .await;
+        let submit = |input: &'static [u8]| {
+            let admin = plane.admin.clone();
+            let hash = workload.hash;
+            async move {
+                admin
+                    .submit_job(
+                        &network.id,
+                        &SubmitJobRequest {
+                            workload: hash,
+                            input: Blake3Hash::of(input),
+                            input_size: input.len() as u64,
+                            idempotency_key: None,
+                        },
+                    )
+                    .await
+                    .unwrap()
+                    .job
+            }
+        };
+        let give_up = FailJobRequest {
+            reason: "I give up".into(),
+            retryable: false,
+            executor_peer: None,
+        };
+        let entries = |job: mesh_proto::JobId| {
+            let admin = plane.admin.clone();
+            async move {
+                let history = admin.history(&network.id, None).await.unwrap();
+                let count = |kind: &str| {
+                    history
+                        .iter()
+                        .filter(|e| e.job == Some(job) && e.kind == kind)
+                        .count()
+                };
+                (count("job_settle"), count("job_refund"))
+            }
+        };
+
+        // 1. The executor did the work and reports it: it is paid, the requester is not
+        //    refunded.
+        let job = submit(b"done").await;
+        assert_eq!(job.state, JobState::Assigned);
+        let after = plane
+            .admin
+            .reassign_job(&network.id, &job.id, &give_up)
+            .await
+            .unwrap();
+        assert_eq!(after.job.state, JobState::Assigned, "{after:?}");
+        assert_eq!(after.job.executor, Some(device.id));
+        assert_eq!(entries(job.id).await, (0, 0));
+        let done = device
+            .client
+            .complete_job(
+                &job.id,
+                &CompleteJobRequest {
+                    receipt: receipt(&device, &job, b"out"),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(done.state, JobState::Done);
+        assert_eq!(entries(job.id).await, (1, 0));
+
+        // 2. The executor never answers: the lease expires and the job fails with one
+        //    refund, without being offered to the other device that is idle now.
+        let job = submit(b"silent").await;
+        assert_eq!(job.executor, Some(device.id));
+        let mut other =
+            register_device(&plane.admin, &network.id, 12, embedding_capabilities()).await;
+        plane
+            .admin
+            .reassign_job(&network.id, &job.id, &give_up)
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let failed = loop {
+            device.heartbeat(DeviceLoad::default()).await;
+            other.heartbeat(DeviceLoad::default()).await;
+            let current = plane.admin.job(&network.id, &job.id).await.unwrap().job;
+            if current.state == JobState::Failed {
+                break current;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "job stuck in {:?}",
+                current.state
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(failed.executor, Some(device.id), "{failed:?}");
+        assert!(
+            failed.error.as_deref().unwrap().contains("lease"),
+            "{failed:?}"
+        );
+        assert_eq!(entries(job.id).await, (0, 1));
+        let (balances, entries) =
+            mesh_control_plane::http::credits::ledger_sums(plane.server.state(), &network.id)
+                .await
+                .unwrap();
+        assert_eq!((balances, entries), (0, 0));
+    }
+}
+
 #[tokio::test]
 async fn concurrent_spends_never_overdraw() {
     for store in stores() {

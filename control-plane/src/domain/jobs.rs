@@ -141,10 +141,29 @@ pub async fn submit_job(
 pub async fn reassign_job(
     state: &AppState,
     info: &JobInfo,
+    complainant: Complainant,
     failed_peer: Option<&str>,
     reason: &str,
     retryable: bool,
 ) -> DomainResult<JobAssignment> {
+    if complainant == Complainant::Requester
+        && !retryable
+        && matches!(info.state, JobState::Assigned | JobState::Running)
+    {
+        // The requester gives up. It may hold the result already (an executor signs its
+        // receipt before it answers), so its word alone refunds nothing: the job stays with
+        // its executor, which is paid if it reports a receipt in time; otherwise its lease
+        // expires and the job fails with a refund, without another attempt.
+        jobs::no_more_attempts(
+            &state.db.pool,
+            &info.id,
+            state.config.max_job_attempts,
+            now_ms(),
+        )
+        .await?;
+        tracing::info!(job = %info.id, "the requester gave up: {reason}");
+        return assignment(state, &info.id).await;
+    }
     if let (Some(failed), Some(current), JobState::Assigned | JobState::Running) =
         (failed_peer, info.executor, info.state)
     {
@@ -168,6 +187,16 @@ pub async fn reassign_job(
     }
     scheduling::try_assign(state, &info.id).await?;
     assignment(state, &info.id).await
+}
+
+/// Who asks for a job to be moved to another device or given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Complainant {
+    /// The control plane's own gateway, which checked the executor's answer itself.
+    Gateway,
+    /// The job's requester (a person or a device), whose word alone cannot refund a job its
+    /// executor may have done.
+    Requester,
 }
 
 /// Settle `info` with a receipt already verified as `executor`'s: mark it done and pay the

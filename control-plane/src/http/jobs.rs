@@ -2,7 +2,7 @@
 //! fail reports, which settle credits exactly once.
 
 use crate::domain::jobs::{
-    Submitted, assignment, find_job, reassign_job, settle_receipt, submit_job,
+    Complainant, Submitted, assignment, find_job, reassign_job, settle_receipt, submit_job,
 };
 use crate::domain::scheduling::{self, job_record};
 use crate::http::auth::{Auth, InNetwork, Reader, require_reader, require_role};
@@ -77,6 +77,7 @@ pub async fn reassign(
     let assignment = reassign_job(
         &state,
         &info,
+        Complainant::Requester,
         request.executor_peer.as_deref(),
         &reason,
         request.retryable,

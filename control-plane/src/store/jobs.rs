@@ -376,6 +376,28 @@ fn bind_holder<'q>(query: AnyQuery<'q>, holder: Holder<'_>) -> AnyQuery<'q> {
     }
 }
 
+/// An assigned or running job gets no further attempt: when its lease expires without a
+/// receipt it fails (the sweeper's rule for a job that used up its attempts). Returns whether
+/// the job was assigned or running.
+pub async fn no_more_attempts(
+    db: &sqlx::AnyPool,
+    job: &JobId,
+    max_attempts: u32,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let changed = sqlx::query(
+        "UPDATE jobs SET attempts = CASE WHEN attempts < $1 THEN $1 ELSE attempts END, updated_at = $2 \
+         WHERE id = $3 AND state IN ('assigned', 'running')",
+    )
+    .bind(i64::from(max_attempts))
+    .bind(now)
+    .bind(job.to_string())
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
+}
+
 /// Queued → failed with `reason` (nobody could take it).
 pub async fn fail_queued(
     tx: &mut Tx,

@@ -297,9 +297,16 @@ pub(crate) async fn dispatch_submitted(
                 .await
                 .map_err(|e| e.to_string())?;
             let failed = failed.to_string();
-            let next = jobs::reassign_job(&state, &info, Some(&failed), &reason, retryable)
-                .await
-                .map_err(|e| e.to_string())?;
+            let next = jobs::reassign_job(
+                &state,
+                &info,
+                jobs::Complainant::Gateway,
+                Some(&failed),
+                &reason,
+                retryable,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             if !retryable {
                 return Ok(None);
             }
