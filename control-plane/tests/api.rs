@@ -890,6 +890,32 @@ async fn concurrent_spends_never_overdraw() {
             .await
             .unwrap();
         assert!(!repeat.created);
+        // An admin granting to themselves needs the policy to say admins may; the audit log
+        // says it happened.
+        let me = plane.admin.me().await.unwrap().person.id;
+        let own = GrantRequest {
+            person: me,
+            amount: 1_000_000,
+            idempotency_key: "to-me".into(),
+            memo: None,
+        };
+        let refused = plane.admin.grant(&network.id, &own).await.unwrap_err();
+        assert_eq!(refused.status(), Some(StatusCode::FORBIDDEN), "{refused}");
+        let mut policy = plane.admin.network(&network.id).await.unwrap().policy;
+        policy.admins_grant_themselves = true;
+        plane
+            .admin
+            .update_policy(&network.id, &policy)
+            .await
+            .unwrap();
+        assert!(plane.admin.grant(&network.id, &own).await.unwrap().created);
+        let audit = plane.admin.audit_log(&network.id).await.unwrap();
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == "credits.grant" && e.detail.contains("(to themselves)")),
+            "{audit:?}"
+        );
         // The same key for another amount or another person is refused, not ignored.
         let (_, bob_id) = plane.person(&network.id, Role::Member, "bob").await;
         for (person, amount) in [(alice_id, 256), (bob_id, 255)] {
@@ -1048,6 +1074,7 @@ async fn expiry_and_credit_policy() {
                 job_price: 10,
                 initial_grant: 0,
                 require_device_approval: false,
+                admins_grant_themselves: false,
             })
             .await;
         let invite = plane

@@ -2,7 +2,9 @@
 //! revocation, each written with its audit entry in one transaction.
 
 use crate::domain::audit::{self, AuditAction};
-use crate::domain::membership::{check_name, issue_certificate, new_token_secret, use_invite};
+use crate::domain::membership::{
+    check_name, is_deceptive, issue_certificate, new_token_secret, use_invite,
+};
 use crate::domain::{DomainError, DomainResult};
 use crate::state::AppState;
 use crate::store::{StoreError, devices, invites, networks, now_ms, people, random_id};
@@ -111,16 +113,21 @@ pub async fn register(
     })
 }
 
+/// Capabilities are shown to every member and compared with workloads' needs: bounded lists
+/// of short strings, none of them empty or with a [deceptive](is_deceptive) character.
 fn check_capabilities(c: &Capabilities) -> DomainResult<()> {
-    let too_long = |v: &[String]| {
-        v.len() > MAX_CAPABILITY_ENTRIES || v.iter().any(|s| s.is_empty() || s.len() > 128)
-    };
-    if too_long(&c.backends)
-        || too_long(&c.models)
-        || c.tier.len() > 32
-        || c.gpu.as_ref().is_some_and(|g| g.len() > 128)
+    let bad = |s: &str, max: usize| s.is_empty() || s.len() > max || s.chars().any(is_deceptive);
+    let bad_list = |v: &[String]| v.len() > MAX_CAPABILITY_ENTRIES || v.iter().any(|s| bad(s, 128));
+    if bad_list(&c.backends)
+        || bad_list(&c.models)
+        || (!c.tier.is_empty() && bad(&c.tier, 32))
+        || c.gpu.as_deref().is_some_and(|g| bad(g, 128))
     {
-        return Err(DomainError::bad_request("capabilities are too large"));
+        return Err(DomainError::bad_request(format!(
+            "capabilities: at most {MAX_CAPABILITY_ENTRIES} backends and models, each 1-128 \
+             printable characters (tier up to 32, gpu 1-128), without control, bidirectional or \
+             zero-width characters"
+        )));
     }
     Ok(())
 }
@@ -158,4 +165,44 @@ pub async fn change_status(
     devices::get(&state.db.pool, device)
         .await?
         .ok_or_else(|| DomainError::not_found("device"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capabilities() -> Capabilities {
+        Capabilities {
+            backends: vec!["onnxruntime".into()],
+            models: vec!["all-minilm-l6-v2".into()],
+            tier: "laptop".into(),
+            ..Capabilities::default()
+        }
+    }
+
+    #[test]
+    fn capability_strings_follow_the_name_rules() {
+        check_capabilities(&capabilities()).unwrap();
+        let mut gpu = capabilities();
+        gpu.gpu = Some("NVIDIA RTX 4090".into());
+        check_capabilities(&gpu).unwrap();
+        for bad in ["", "onnx\u{1b}[31mruntime", "tract\u{202E}", "x\u{200D}"] {
+            let mut c = capabilities();
+            c.backends.push(bad.into());
+            assert!(check_capabilities(&c).is_err(), "backend {bad:?} accepted");
+            let mut c = capabilities();
+            c.gpu = Some(bad.into());
+            assert!(check_capabilities(&c).is_err(), "gpu {bad:?} accepted");
+        }
+        let mut tier = capabilities();
+        tier.tier = "laptop\n".into();
+        assert!(check_capabilities(&tier).is_err());
+        // An unknown tier is fine (a bare registration reports none).
+        check_capabilities(&Capabilities::default()).unwrap();
+        let mut many = capabilities();
+        many.models = (0..=MAX_CAPABILITY_ENTRIES)
+            .map(|i| format!("m{i}"))
+            .collect();
+        assert!(check_capabilities(&many).is_err());
+    }
 }

@@ -182,12 +182,14 @@ pub async fn transfer(tx: &mut Tx, t: &Transfer<'_>) -> DomainResult<TransferOut
     Ok(TransferOutcome::Created(id))
 }
 
-/// Grant `request.amount` new credits to a member of `network`, as `actor` (an admin): once
-/// per idempotency key, with an audit entry.
+/// Grant `request.amount` new credits to a member of `network`, as `actor` (the admin
+/// `granter`): once per idempotency key, with an audit entry. A grant to oneself needs the
+/// network's policy to allow it (`admins_grant_themselves`), and its audit entry says so.
 pub async fn grant(
     state: &AppState,
     network: &NetworkId,
     actor: &str,
+    granter: &PersonId,
     request: &GrantRequest,
 ) -> DomainResult<TransferInfo> {
     if request.idempotency_key.is_empty() || request.idempotency_key.len() > 200 {
@@ -203,6 +205,18 @@ pub async fn grant(
     let member = crate::store::networks::role_of(&state.db.pool, network, &request.person).await?;
     if member.is_none() {
         return Err(DomainError::not_found("member"));
+    }
+    let to_self = request.person == *granter;
+    if to_self
+        && !networks::policy(&state.db.pool, network)
+            .await?
+            .ok_or_else(|| DomainError::not_found("network"))?
+            .admins_grant_themselves
+    {
+        return Err(DomainError::forbidden(
+            "this network's policy does not let admins grant credits to themselves \
+             (the owner can allow it: admins_grant_themselves)",
+        ));
     }
     let memo = request.memo.clone().unwrap_or_else(|| "grant".into());
     let mut tx = state.db.pool.begin().await?;
@@ -226,7 +240,12 @@ pub async fn grant(
             Some(network),
             actor,
             AuditAction::CreditsGrant,
-            &format!("{} {} {id}", request.person, request.amount),
+            &format!(
+                "{} {} {id}{}",
+                request.person,
+                request.amount,
+                if to_self { " (to themselves)" } else { "" }
+            ),
         )
         .await?;
     }

@@ -24,15 +24,32 @@ pub fn new_token_secret() -> String {
 /// Longest display name accepted.
 const MAX_NAME_CHARS: usize = 100;
 
-/// Validate a display name.
+/// Whether `c` could make a string display as something it is not: a control character, a
+/// bidirectional override or isolate (which reorders what follows it), or an invisible
+/// zero-width character or joiner.
+pub fn is_deceptive(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200B}'..='\u{200F}'   // zero-width space, joiners, LRM/RLM
+                | '\u{202A}'..='\u{202E}' // bidi embeddings and overrides
+                | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
+                | '\u{2066}'..='\u{2069}' // bidi isolates
+                | '\u{061C}' // Arabic letter mark
+                | '\u{FEFF}' // zero-width no-break space
+                | '\u{00AD}' // soft hyphen
+        )
+}
+
+/// Validate a display name: 1 to [`MAX_NAME_CHARS`] characters after trimming, none of them
+/// [deceptive](is_deceptive), so what admins read (in the CLI, the audit log, the console) is
+/// what was typed.
 pub fn check_name(name: &str) -> DomainResult<String> {
     let name = name.trim();
-    if name.is_empty()
-        || name.chars().count() > MAX_NAME_CHARS
-        || name.chars().any(char::is_control)
-    {
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(is_deceptive) {
         return Err(DomainError::bad_request(format!(
-            "names must be 1-{MAX_NAME_CHARS} printable characters"
+            "names must be 1-{MAX_NAME_CHARS} printable characters, without control, \
+             bidirectional or zero-width characters"
         )));
     }
     Ok(name.to_string())
@@ -443,4 +460,30 @@ pub async fn accept_invite(
         person,
         token,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_display_as_something_else_are_refused() {
+        assert_eq!(check_name("  Ada's laptop ").unwrap(), "Ada's laptop");
+        assert_eq!(check_name("Zoë 東京 🚀").unwrap(), "Zoë 東京 🚀");
+        for bad in [
+            "",
+            "   ",
+            "evil\u{202E}txt.exe",
+            "admin\u{200B}",
+            "a\u{2066}b",
+            "tab\there",
+            "bell\u{7}",
+            "\u{FEFF}bom",
+            "soft\u{AD}hyphen",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(check_name(&"x".repeat(MAX_NAME_CHARS)).is_ok());
+        assert!(check_name(&"x".repeat(MAX_NAME_CHARS + 1)).is_err());
+    }
 }

@@ -81,12 +81,15 @@ pub async fn history(
 pub async fn grant(
     State(state): State<AppState>,
     Admin {
-        principal, network, ..
+        principal,
+        person,
+        network,
+        ..
     }: Admin,
     ApiJson(request): ApiJson<GrantRequest>,
 ) -> ApiResult<Json<TransferInfo>> {
     Ok(Json(
-        ledger::grant(&state, &network, &principal.label(), &request).await?,
+        ledger::grant(&state, &network, &principal.label(), &person, &request).await?,
     ))
 }
 

@@ -23,7 +23,7 @@ pub async fn insert(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO networks (id, name, created_by, require_device_approval, initial_grant, allow_credit, credit_limit, \
-         job_price, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         job_price, admins_grant_themselves, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(network.to_string())
     .bind(name)
@@ -33,6 +33,7 @@ pub async fn insert(
     .bind(i64::from(policy.allow_credit))
     .bind(policy.credit_limit)
     .bind(policy.job_price)
+    .bind(i64::from(policy.admins_grant_themselves))
     .bind(now)
     .execute(&mut **tx)
     .await?;
@@ -47,13 +48,14 @@ pub async fn set_policy(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE networks SET require_device_approval = $1, initial_grant = $2, allow_credit = $3, credit_limit = $4, \
-         job_price = $5 WHERE id = $6",
+         job_price = $5, admins_grant_themselves = $6 WHERE id = $7",
     )
     .bind(i64::from(policy.require_device_approval))
     .bind(policy.initial_grant)
     .bind(i64::from(policy.allow_credit))
     .bind(policy.credit_limit)
     .bind(policy.job_price)
+    .bind(i64::from(policy.admins_grant_themselves))
     .bind(network.to_string())
     .execute(&mut **tx)
     .await?;
@@ -66,21 +68,25 @@ pub async fn policy(
     network: &NetworkId,
 ) -> Result<Option<NetworkPolicy>, StoreError> {
     let row = sqlx::query(
-        "SELECT require_device_approval, initial_grant, allow_credit, credit_limit, job_price FROM networks WHERE id = $1",
+        "SELECT require_device_approval, initial_grant, allow_credit, credit_limit, job_price, admins_grant_themselves \
+         FROM networks WHERE id = $1",
     )
     .bind(network.to_string())
     .fetch_optional(db)
     .await?;
-    row.map(|row| {
-        Ok(NetworkPolicy {
-            require_device_approval: row.try_get::<i64, _>("require_device_approval")? != 0,
-            initial_grant: row.try_get("initial_grant")?,
-            allow_credit: row.try_get::<i64, _>("allow_credit")? != 0,
-            credit_limit: row.try_get("credit_limit")?,
-            job_price: row.try_get("job_price")?,
-        })
+    row.map(|row| policy_of(&row)).transpose()
+}
+
+/// The policy columns of a `networks` row.
+fn policy_of(row: &sqlx::any::AnyRow) -> Result<NetworkPolicy, StoreError> {
+    Ok(NetworkPolicy {
+        require_device_approval: row.try_get::<i64, _>("require_device_approval")? != 0,
+        initial_grant: row.try_get("initial_grant")?,
+        allow_credit: row.try_get::<i64, _>("allow_credit")? != 0,
+        credit_limit: row.try_get("credit_limit")?,
+        job_price: row.try_get("job_price")?,
+        admins_grant_themselves: row.try_get::<i64, _>("admins_grant_themselves")? != 0,
     })
-    .transpose()
 }
 
 /// `network` as its member `person` sees it (`None` when they are not a member).
@@ -91,7 +97,7 @@ pub async fn info_for(
 ) -> Result<Option<NetworkInfo>, StoreError> {
     let row = sqlx::query(
         "SELECT n.name, n.require_device_approval, n.initial_grant, n.allow_credit, n.credit_limit, n.job_price, \
-         n.created_at, m.role FROM networks n JOIN memberships m ON m.network_id = n.id \
+         n.admins_grant_themselves, n.created_at, m.role FROM networks n JOIN memberships m ON m.network_id = n.id \
          WHERE n.id = $1 AND m.person_id = $2",
     )
     .bind(network.to_string())
@@ -103,13 +109,7 @@ pub async fn info_for(
             id: *network,
             name: row.try_get("name")?,
             role: role(row.try_get("role")?)?,
-            policy: NetworkPolicy {
-                require_device_approval: row.try_get::<i64, _>("require_device_approval")? != 0,
-                initial_grant: row.try_get("initial_grant")?,
-                allow_credit: row.try_get::<i64, _>("allow_credit")? != 0,
-                credit_limit: row.try_get("credit_limit")?,
-                job_price: row.try_get("job_price")?,
-            },
+            policy: policy_of(&row)?,
             created_at_ms: row.try_get("created_at")?,
         })
     })

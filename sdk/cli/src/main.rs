@@ -94,6 +94,9 @@ enum NetworkCommand {
         /// Credits one job costs.
         #[arg(long, default_value_t = 1)]
         job_price: i64,
+        /// Let admins (you included) grant credits to themselves.
+        #[arg(long)]
+        admins_grant_themselves: bool,
     },
     /// Your networks.
     List,
@@ -444,6 +447,7 @@ async fn network(mut ctx: Ctx, command: NetworkCommand) -> Result<()> {
             no_device_approval,
             initial_grant,
             job_price,
+            admins_grant_themselves,
         } => {
             let created = ctx
                 .client
@@ -453,6 +457,7 @@ async fn network(mut ctx: Ctx, command: NetworkCommand) -> Result<()> {
                         require_device_approval: !no_device_approval,
                         initial_grant,
                         job_price,
+                        admins_grant_themselves,
                         ..NetworkPolicy::default()
                     },
                 })

@@ -125,6 +125,10 @@ pub struct NetworkPolicy {
     pub credit_limit: i64,
     /// Credits one job costs the requester.
     pub job_price: i64,
+    /// Whether admins (the owner included) may grant credits to themselves. Off by default:
+    /// a grant creates credits, and a self-grant is otherwise a quiet way to pay oneself.
+    #[serde(default)]
+    pub admins_grant_themselves: bool,
 }
 
 impl Default for NetworkPolicy {
@@ -135,6 +139,7 @@ impl Default for NetworkPolicy {
             allow_credit: false,
             credit_limit: 0,
             job_price: 1,
+            admins_grant_themselves: false,
         }
     }
 }
