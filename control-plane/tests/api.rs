@@ -524,6 +524,17 @@ async fn jobs_are_assigned_run_and_settled_once() {
         let again = alice.submit_job(&network.id, &submit).await.unwrap();
         assert_eq!(again.job.id, assignment.job.id);
         assert_eq!(alice.balance(&network.id, None).await.unwrap().balance, 995);
+        // The same key for another input is refused, not answered with the old job.
+        let other_input = SubmitJobRequest {
+            input: Blake3Hash::of(b"other input"),
+            ..submit.clone()
+        };
+        let reused = alice
+            .submit_job(&network.id, &other_input)
+            .await
+            .unwrap_err();
+        assert_eq!(reused.code(), Some("idempotency_key_reused"), "{reused}");
+        assert_eq!(alice.balance(&network.id, None).await.unwrap().balance, 995);
 
         // Only the executor may report; a receipt must be signed by it.
         let job = assignment.job.clone();
@@ -630,6 +641,20 @@ async fn jobs_are_assigned_run_and_settled_once() {
                 .await
                 .unwrap();
         assert_eq!((balances, entries), (0, 0), "ledger sums to zero");
+        // A person's key is not their devices' (the device here is the admin's): another
+        // requester of the same owner gets a conflict, never the first one's job and ticket.
+        let admins = SubmitJobRequest {
+            idempotency_key: Some("shared".into()),
+            ..submit.clone()
+        };
+        plane.admin.submit_job(&network.id, &admins).await.unwrap();
+        let taken = device
+            .client
+            .submit_job(&network.id, &admins)
+            .await
+            .unwrap_err();
+        assert_eq!(taken.code(), Some("idempotency_key_in_use"), "{taken}");
+        assert_eq!(alice.balance(&network.id, None).await.unwrap().balance, 995);
     }
 }
 

@@ -82,6 +82,27 @@ pub async fn submit_job(
         ));
     }
     if let Some(id) = jobs::find_by_key(&state.db.pool, &network, &requester, &key).await? {
+        // Keys are per person, and a person's devices submit as that person: a retry must
+        // come from the same requester (the person, or the same device) and ask for the same
+        // job, or it would be handed another requester's ticket, or the old job for a new
+        // input.
+        let existing = job_record(&state, &id).await?;
+        if existing.requester_peer != requester_peer {
+            return Err(DomainError::conflict(
+                "idempotency_key_in_use",
+                "this idempotency key is in use by another requester of the same owner",
+            ));
+        }
+        let old = &existing.info;
+        if old.workload != request.workload
+            || old.input != request.input
+            || old.input_size != request.input_size
+        {
+            return Err(DomainError::conflict(
+                "idempotency_key_reused",
+                "this idempotency key was already used for a job of another workload or input",
+            ));
+        }
         return Ok((Submitted::Existing, assignment(&state, &id).await?));
     }
     let price = crate::store::networks::policy(&state.db.pool, &network)

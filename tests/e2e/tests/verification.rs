@@ -273,10 +273,12 @@ async fn ringers_catch_a_cheater_with_an_honest_history() {
             },
         ],
         // Checks halve with every pass down to one in a million: after its honest start the
-        // cheater is practically never re-executed.
+        // cheater is practically never re-executed. Quarantine after three failures: its lies
+        // as a verifier (it re-executes others' jobs too) fail checks as well, and two of
+        // those alone would quarantine it before any ringer had a chance.
         control_plane_config:
             "[check_policy]\ninitial_ppm = 1000000\nhalve_every = 1\nfloor_ppm = 1\n\
-                               quarantine_after = 2\n"
+                               quarantine_after = 3\n"
                 .into(),
         ..MeshOptions::default()
     })
@@ -287,9 +289,11 @@ async fn ringers_catch_a_cheater_with_an_honest_history() {
     let corpus = reference(101);
     let mut jobs = Vec::new();
     for i in 0..120 {
-        // 32 items: every job carries ringers once the pool has some.
-        let texts: Vec<&str> = (0..32)
-            .map(|k| corpus[(i * 7 + k * 3) % corpus.len()].0.as_str())
+        // 32 items: every job carries ringers once the pool has some. Each item is a text of
+        // its own, as in real work: the pool keeps one ringer per distinct text, so the 101
+        // texts of the corpus alone would leave it nearly empty for any one device.
+        let texts: Vec<String> = (0..32)
+            .map(|k| format!("{} ({i}.{k})", corpus[(i * 7 + k * 3) % corpus.len()].0))
             .collect();
         let result = mesh
             .admin
