@@ -515,6 +515,16 @@ async fn jobs_are_assigned_run_and_settled_once() {
             .unwrap();
         assert_eq!(ticket.executor, device.id);
         assert_eq!(ticket.price, 5);
+        // Reading the job again later gives the same ticket, bound to the lease, not a
+        // fresh one that outlives it.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let reread = alice.job(&network.id, &assignment.job.id).await.unwrap();
+        assert_eq!(reread.ticket, assignment.ticket);
+        assert_eq!(
+            Some(ticket.expires_at_ms),
+            reread.job.lease_expires_at_ms,
+            "the ticket expires with the lease"
+        );
         assert_eq!(
             alice.balance(&network.id, None).await.unwrap().balance,
             995,

@@ -100,7 +100,8 @@ pub fn gateway_peer(state: &AppState) -> String {
     state.key.public_key().peer_id()
 }
 
-/// Sign a ticket letting `executor` (with libp2p peer id `executor_peer`) run `job`.
+/// Sign a ticket letting `executor` (with libp2p peer id `executor_peer`) run `job`, until the
+/// job's lease expires.
 pub fn ticket(
     state: &AppState,
     record: &JobRecord,
@@ -121,7 +122,11 @@ pub fn ticket(
         workload: job.workload,
         input: job.input,
         price: job.price,
-        expires_at_ms: now_ms() + state.config.job_lease.as_millis() as i64,
+        // The ticket lasts as long as the lease it stands for: reading the job again returns
+        // the same ticket, not one that lives longer.
+        expires_at_ms: job
+            .lease_expires_at_ms
+            .unwrap_or_else(|| now_ms() + state.config.job_lease.as_millis() as i64),
     };
     Signed::sign(&ticket, &state.key, SignDomain::JobTicket, &job.network)
         .map_err(DomainError::internal)
