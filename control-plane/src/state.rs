@@ -65,6 +65,13 @@ pub struct Config {
     pub check_policy: CheckPolicy,
     /// How many ringers the gateway mixes into batched jobs.
     pub ringers: RingerPolicy,
+    /// Bytes of job payloads (inputs and outputs kept for re-execution) a network may store at
+    /// once (default 1 GiB).
+    pub payload_quota: u64,
+    /// How long payloads are kept after their check concluded, so the requester can fetch a
+    /// verified result (default 7 days).
+    #[serde(with = "secs")]
+    pub payload_retention: Duration,
 }
 
 impl Default for Config {
@@ -87,6 +94,8 @@ impl Default for Config {
             gateway_timeout: Duration::from_secs(130),
             check_policy: CheckPolicy::default(),
             ringers: RingerPolicy::default(),
+            payload_quota: 1 << 30,
+            payload_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

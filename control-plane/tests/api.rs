@@ -1268,6 +1268,7 @@ async fn every_settled_job_gets_a_verifiable_selection_and_payloads_are_checked(
         let vrf = plane.anonymous().vrf_key().await.unwrap();
         assert_eq!(vrf.suite, "ECVRF-EDWARDS25519-SHA512-TAI");
         let mut selected = None;
+        let mut unselected = None;
         let mut not_selected = 0;
         for i in 0..24 {
             let input = format!("input {i}").into_bytes();
@@ -1333,6 +1334,7 @@ async fn every_settled_job_gets_a_verifiable_selection_and_payloads_are_checked(
             } else {
                 assert_eq!(check.state, CheckState::NotSelected);
                 not_selected += 1;
+                unselected.get_or_insert((job, input));
             }
         }
         // At 50%, 24 jobs without both outcomes happen with probability 2^-23.
@@ -1395,10 +1397,204 @@ async fn every_settled_job_gets_a_verifiable_selection_and_payloads_are_checked(
             ),
             StatusCode::FORBIDDEN
         );
+        // A job nobody will re-execute takes no payloads: they would only fill the store.
+        let (unselected, unselected_input) = unselected.expect("some job was not selected");
+        let refused = admin
+            .upload_payload(&network.id, &unselected.id, unselected_input)
+            .await;
+        assert_eq!(
+            refused.as_ref().err().and_then(ClientError::code),
+            Some("not_selected")
+        );
+
+        // A member who can read this job's hashes makes a network of her own, runs a job on
+        // her own device and signs a receipt naming them: payloads are bound to the job they
+        // were uploaded for, so she reads nothing.
+        let (mallory, _) = plane.person(&network.id, Role::Member, "mallory").await;
+        let hashes = mallory.job(&network.id, &job.id).await.unwrap();
+        let theirs = mallory
+            .create_network(&CreateNetworkRequest {
+                name: "mallory's".into(),
+                policy: NetworkPolicy {
+                    require_device_approval: false,
+                    ..NetworkPolicy::default()
+                },
+            })
+            .await
+            .unwrap();
+        let echo = mallory
+            .publish_workload(
+                &theirs.id,
+                std::fs::read(mesh_test_artifacts::ECHO).unwrap(),
+            )
+            .await
+            .unwrap();
+        let mut accomplice =
+            register_device(&mallory, &theirs.id, 12, embedding_capabilities()).await;
+        accomplice
+            .heartbeat(DeviceLoad {
+                running: 0,
+                queued: 0,
+                slots: 4,
+            })
+            .await;
+        let forged = mallory
+            .submit_job(
+                &theirs.id,
+                &SubmitJobRequest {
+                    workload: echo.hash,
+                    input: hashes.job.input,
+                    input_size: input.len() as u64,
+                    idempotency_key: None,
+                },
+            )
+            .await
+            .unwrap()
+            .job;
+        accomplice
+            .client
+            .complete_job(
+                &forged.id,
+                &CompleteJobRequest {
+                    receipt: receipt_naming(&accomplice.key, &theirs.id, &forged, receipt.output),
+                },
+            )
+            .await
+            .unwrap();
+        for hash in [&receipt.input, &receipt.output] {
+            assert_eq!(
+                status(mallory.download_payload(&theirs.id, &forged.id, hash).await),
+                StatusCode::NOT_FOUND
+            );
+        }
+        // Nor through the victim's job: she is not its requester.
+        assert_eq!(
+            status(
+                mallory
+                    .download_payload(&network.id, &job.id, &receipt.output)
+                    .await
+            ),
+            StatusCode::FORBIDDEN
+        );
         // The device's record is untouched until a check concludes.
         let devices = admin.devices(&network.id).await.unwrap();
         let d = devices.iter().find(|d| d.id == device.id).unwrap();
         assert_eq!(d.checks, Default::default());
         assert_eq!(d.trust, 0.5);
+    }
+}
+
+#[tokio::test]
+async fn payloads_have_a_quota_and_are_forgotten_after_their_retention() {
+    for store in stores() {
+        let input = b"the input of a selected job".to_vec();
+        let output = vec![7u8; 4096];
+        let plane = TestPlane::spawn_with(store, |c| {
+            c.payload_quota = input.len() as u64 + 100;
+            c.payload_retention = Duration::ZERO;
+        })
+        .await;
+        let (network, workload, device) =
+            network_with_device(&plane, NetworkPolicy::default()).await;
+        let admin = &plane.admin;
+        // At the initial rate of 50%, 30 jobs without a selected one happen with p = 2^-30.
+        let mut selected = None;
+        for i in 0..30 {
+            let input = [input.clone(), vec![i]].concat();
+            let job = admin
+                .submit_job(
+                    &network.id,
+                    &SubmitJobRequest {
+                        workload: workload.hash,
+                        input: Blake3Hash::of(&input),
+                        input_size: input.len() as u64,
+                        idempotency_key: None,
+                    },
+                )
+                .await
+                .unwrap()
+                .job;
+            let output = [output.clone(), vec![i]].concat();
+            device
+                .client
+                .complete_job(
+                    &job.id,
+                    &CompleteJobRequest {
+                        receipt: receipt(&device, &job, &output),
+                    },
+                )
+                .await
+                .unwrap();
+            if admin
+                .job_check(&network.id, &job.id)
+                .await
+                .unwrap()
+                .selection
+                .selected
+            {
+                selected = Some((job, input, output));
+                break;
+            }
+        }
+        let (job, input, output) = selected.expect("a job was selected");
+        admin
+            .upload_payload(&network.id, &job.id, input.clone())
+            .await
+            .unwrap();
+        // Uploading it again is a no-op, not a second charge on the quota.
+        admin
+            .upload_payload(&network.id, &job.id, input.clone())
+            .await
+            .unwrap();
+        let over = admin
+            .upload_payload(&network.id, &job.id, output.clone())
+            .await;
+        assert_eq!(
+            over.as_ref().err().and_then(ClientError::code),
+            Some("payload_quota"),
+            "{store:?}"
+        );
+        let input_hash = Blake3Hash::of(&input);
+        assert_eq!(
+            admin
+                .download_payload(&network.id, &job.id, &input_hash)
+                .await
+                .unwrap(),
+            input
+        );
+        // While the check is open its payloads stay, whatever the retention.
+        let state = plane.server.state();
+        assert_eq!(
+            mesh_control_plane::domain::checks::expire_payloads(state)
+                .await
+                .unwrap(),
+            0
+        );
+        // Once it concluded, and the retention passed, they go.
+        mesh_control_plane::store::checks::finish(
+            &state.db.pool,
+            &job.id,
+            &[CheckState::Selected],
+            CheckState::Unverifiable,
+            None,
+            "test: concluded",
+            0,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            mesh_control_plane::domain::checks::expire_payloads(state)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            status(
+                admin
+                    .download_payload(&network.id, &job.id, &input_hash)
+                    .await
+            ),
+            StatusCode::NOT_FOUND
+        );
     }
 }

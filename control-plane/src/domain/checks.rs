@@ -106,14 +106,107 @@ pub async fn check_info(state: &AppState, job: &JobId) -> DomainResult<Option<Ch
     }))
 }
 
-/// Store a payload (an input or output of a checked job) by hash; idempotent.
-pub async fn store_payload(state: &AppState, bytes: &[u8]) -> DomainResult<Blake3Hash> {
-    Ok(checks::insert_payload(&state.db.pool, bytes, now_ms()).await?)
+/// Store a payload of `job` (its input or output, or a re-execution's output) by hash;
+/// idempotent.
+pub async fn store_payload(
+    state: &AppState,
+    job: &JobId,
+    bytes: &[u8],
+) -> DomainResult<Blake3Hash> {
+    Ok(checks::insert_payload(&state.db.pool, job, bytes, now_ms()).await?)
 }
 
-/// A stored payload.
-pub async fn payload(state: &AppState, hash: &Blake3Hash) -> DomainResult<Option<Vec<u8>>> {
-    Ok(checks::payload(&state.db.pool, hash).await?)
+/// A payload stored for `job`: payloads are bound to the job they were stored for, never
+/// found by hash alone.
+pub async fn payload(
+    state: &AppState,
+    job: &JobId,
+    hash: &Blake3Hash,
+) -> DomainResult<Option<Vec<u8>>> {
+    Ok(checks::payload(&state.db.pool, job, hash).await?)
+}
+
+/// The requester of `job` hands over its input or output for re-execution. Accepted only for
+/// a job whose check is selected and not yet concluded, only for the two hashes its receipt
+/// names, only bytes that hash to them, and within the network's payload quota.
+pub async fn upload_payload(
+    state: &AppState,
+    job: &JobInfo,
+    hash: &Blake3Hash,
+    bytes: &[u8],
+) -> DomainResult<()> {
+    let receipt = job
+        .receipt
+        .as_ref()
+        .ok_or_else(|| DomainError::conflict("not_settled", "the job has not settled yet"))?;
+    if *hash != receipt.input && *hash != receipt.output {
+        return Err(DomainError::bad_request(
+            "the hash is neither the input nor the output of the job's receipt",
+        ));
+    }
+    if Blake3Hash::of(bytes) != *hash {
+        return Err(DomainError::bad_request(
+            "the body does not hash to the given BLAKE3",
+        ));
+    }
+    let check = checks::get(&state.db.pool, &job.id).await?;
+    let waiting = check.as_ref().is_some_and(|c| {
+        matches!(
+            c.state,
+            CheckState::Selected | CheckState::Running | CheckState::Disputed
+        )
+    });
+    if !waiting {
+        return Err(DomainError::conflict(
+            "not_selected",
+            "the job is not waiting for re-execution: its payloads are not wanted",
+        ));
+    }
+    if checks::has_payload(&state.db.pool, &job.id, hash).await? {
+        return Ok(());
+    }
+    let used = checks::payload_bytes_in(&state.db.pool, &job.network).await?;
+    if used.saturating_add(bytes.len() as u64) > state.config.payload_quota {
+        return Err(DomainError::conflict(
+            "payload_quota",
+            format!(
+                "the network's stored payloads would exceed its quota of {} bytes",
+                state.config.payload_quota
+            ),
+        ));
+    }
+    store_payload(state, &job.id, bytes).await?;
+    Ok(())
+}
+
+/// A payload of `job` its requester may read: the input or output its receipt names, or the
+/// verified result of a failed check, when stored for this job.
+pub async fn requester_payload(
+    state: &AppState,
+    job: &JobInfo,
+    hash: &Blake3Hash,
+) -> DomainResult<Vec<u8>> {
+    let verified = checks::get(&state.db.pool, &job.id)
+        .await?
+        .and_then(|c| c.verified_output);
+    let named = job
+        .receipt
+        .as_ref()
+        .is_some_and(|r| r.input == *hash || r.output == *hash)
+        || verified == Some(*hash);
+    if !named {
+        return Err(DomainError::not_found("payload"));
+    }
+    payload(state, &job.id, hash)
+        .await?
+        .ok_or_else(|| DomainError::not_found("payload"))
+}
+
+/// Forget the payloads of checks that concluded longer than the retention ago; returns how
+/// many were deleted.
+pub async fn expire_payloads(state: &AppState) -> DomainResult<u64> {
+    let before = now_ms() - state.config.payload_retention.as_millis() as i64;
+    Ok(checks::delete_concluded_payloads(&state.db.pool, before).await?)
 }
 
 /// Record that `device` passed or failed the check of `job`, once. A failure resets its

@@ -68,21 +68,7 @@ pub async fn upload_payload(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let job = requester_job(&state, &principal, &network, &job_id(&job)?).await?;
-    let hash = payload_hash(&hash)?;
-    let receipt = job
-        .receipt
-        .ok_or_else(|| ApiError::conflict("not_settled", "the job has not settled yet"))?;
-    if hash != receipt.input && hash != receipt.output {
-        return Err(ApiError::bad_request(
-            "the hash is neither the input nor the output of the job's receipt",
-        ));
-    }
-    if Blake3Hash::of(&body) != hash {
-        return Err(ApiError::bad_request(
-            "the body does not hash to the given BLAKE3",
-        ));
-    }
-    crate::domain::checks::store_payload(&state, &body).await?;
+    crate::domain::checks::upload_payload(&state, &job, &payload_hash(&hash)?, &body).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -98,19 +84,7 @@ pub async fn download_payload(
     Path((_network, job, hash)): Path<(String, String, String)>,
 ) -> ApiResult<impl IntoResponse> {
     let job = requester_job(&state, &principal, &network, &job_id(&job)?).await?;
-    let hash = payload_hash(&hash)?;
-    let verified = crate::domain::checks::check_info(&state, &job.id)
-        .await?
-        .and_then(|c| c.verified_output);
-    let ours = job
-        .receipt
-        .is_some_and(|r| r.input == hash || r.output == hash)
-        || verified == Some(hash);
-    if !ours {
-        return Err(ApiError::not_found("payload"));
-    }
-    let bytes = crate::domain::checks::payload(&state, &hash)
-        .await?
-        .ok_or_else(|| ApiError::not_found("payload"))?;
+    let bytes =
+        crate::domain::checks::requester_payload(&state, &job, &payload_hash(&hash)?).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
 }

@@ -1,6 +1,6 @@
 //! `checks` (the VRF decision of every settled job and where its re-execution stands),
-//! `check_verdicts` (one per job and device) and `payloads` (inputs and outputs of checked
-//! jobs, by BLAKE3): the only code that reads or writes them.
+//! `check_verdicts` (one per job and device) and `job_payloads` (inputs and outputs of checked
+//! jobs, by job and BLAKE3): the only code that reads or writes them.
 //!
 //! A check moves `selected → running → passed | failed | disputed`, `disputed → running →
 //! passed | failed | inconclusive`, or to `unverifiable` when it cannot conclude in time; each
@@ -130,16 +130,19 @@ pub async fn get(
     }))
 }
 
-/// Store a payload by its hash (a no-op when it is there); returns the hash.
+/// Store a payload of `job` (a no-op when it is there); returns its hash.
 pub async fn insert_payload(
     db: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    job: &JobId,
     bytes: &[u8],
     now: i64,
 ) -> Result<Blake3Hash, StoreError> {
     let hash = Blake3Hash::of(bytes);
     sqlx::query(
-        "INSERT INTO payloads (hash, bytes, created_at) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING",
+        "INSERT INTO job_payloads (job_id, hash, bytes, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (job_id, hash) DO NOTHING",
     )
+    .bind(job.to_string())
     .bind(hash.to_string())
     .bind(bytes)
     .bind(now)
@@ -148,17 +151,64 @@ pub async fn insert_payload(
     Ok(hash)
 }
 
-/// The payload with this hash.
+/// The payload of `job` with this hash: only what was stored for that job.
 pub async fn payload(
     db: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    job: &JobId,
     hash: &Blake3Hash,
 ) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(
-        sqlx::query_scalar("SELECT bytes FROM payloads WHERE hash = $1")
+        sqlx::query_scalar("SELECT bytes FROM job_payloads WHERE job_id = $1 AND hash = $2")
+            .bind(job.to_string())
             .bind(hash.to_string())
             .fetch_optional(db)
             .await?,
     )
+}
+
+/// Whether `job` has a payload with this hash.
+pub async fn has_payload(
+    db: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    job: &JobId,
+    hash: &Blake3Hash,
+) -> Result<bool, StoreError> {
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM job_payloads WHERE job_id = $1 AND hash = $2")
+            .bind(job.to_string())
+            .bind(hash.to_string())
+            .fetch_one(db)
+            .await?;
+    Ok(n > 0)
+}
+
+/// Bytes of payload stored for the jobs of `network`.
+pub async fn payload_bytes_in(
+    db: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    network: &NetworkId,
+) -> Result<u64, StoreError> {
+    let n: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(SUM(LENGTH(p.bytes)) AS BIGINT) FROM job_payloads p JOIN jobs j ON j.id = p.job_id \
+         WHERE j.network_id = $1",
+    )
+    .bind(network.to_string())
+    .fetch_one(db)
+    .await?;
+    Ok(n.unwrap_or(0).max(0) as u64)
+}
+
+/// Delete the payloads of jobs whose check concluded before `before`; returns how many.
+pub async fn delete_concluded_payloads(
+    db: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    before: i64,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "DELETE FROM job_payloads WHERE job_id IN (SELECT job_id FROM checks \
+         WHERE state NOT IN ('selected', 'running', 'disputed') AND updated_at < $1)",
+    )
+    .bind(before)
+    .execute(db)
+    .await?
+    .rows_affected())
 }
 
 /// Record that `device` passed or failed the check of `job`; returns whether this is the first
@@ -226,7 +276,8 @@ pub async fn waiting_for_payload_since(
 ) -> Result<Vec<JobId>, StoreError> {
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT job_id FROM checks WHERE state = 'selected' AND created_at < $1 AND NOT EXISTS \
-         (SELECT 1 FROM payloads p, jobs j WHERE j.id = checks.job_id AND p.hash = j.input_hash)",
+         (SELECT 1 FROM job_payloads p, jobs j WHERE j.id = checks.job_id AND p.job_id = j.id \
+         AND p.hash = j.input_hash)",
     )
     .bind(before)
     .fetch_all(db)

@@ -81,8 +81,8 @@ async fn original(
         .clone()
         .ok_or_else(|| DomainError::internal("a settled job without receipt"))?;
     let (Some(input), Some(output)) = (
-        payload(state, &receipt.input).await?,
-        payload(state, &receipt.output).await?,
+        payload(state, &job.id, &receipt.input).await?,
+        payload(state, &job.id, &receipt.output).await?,
     ) else {
         return Ok(None);
     };
@@ -116,7 +116,7 @@ async fn advance(state: &AppState, node: &mesh_net::Node, job_id: &JobId) -> Dom
     if round == CheckState::Selected {
         let (check_job, verifier, check_output) =
             reexecute(state, node, &job, JobPurpose::Check, &input).await?;
-        let check_hash = store_payload(state, &check_output).await?;
+        let check_hash = store_payload(state, &job.id, &check_output).await?;
         checks::set_round_job(&state.db.pool, job_id, Reexecution::Check, &check_job).await?;
         let decision = decide(
             Round::First {
@@ -147,7 +147,7 @@ async fn advance(state: &AppState, node: &mesh_net::Node, job_id: &JobId) -> Dom
             .await?
             .executor
             .ok_or_else(|| DomainError::internal("a check job without executor"))?;
-        let check_output = payload(state, &check_output_hash)
+        let check_output = payload(state, &job.id, &check_output_hash)
             .await?
             .ok_or_else(|| DomainError::internal("the check output is gone"))?;
         let (tiebreak_job, tiebreaker, third) =
@@ -239,7 +239,7 @@ async fn reexecute(
         let receipt = current
             .receipt
             .ok_or_else(|| DomainError::internal("a done job without receipt"))?;
-        let output = payload(state, &receipt.output)
+        let output = payload(state, &job.id, &receipt.output)
             .await?
             .ok_or_else(|| DomainError::internal("a finished re-execution lost its output"))?;
         let executor = current
@@ -251,7 +251,7 @@ async fn reexecute(
     let completed =
         crate::workers::gateway::dispatch_submitted(state, node, check_job, input).await?;
     let claims = completed.ticket.peek().map_err(DomainError::internal)?;
-    store_payload(state, &completed.output).await?;
+    store_payload(state, &job.id, &completed.output).await?;
     let info = find_job(state, None, &check_job).await?;
     if let Err(e) =
         crate::domain::jobs::settle_receipt(state, &info, &claims.executor, &completed.receipt)

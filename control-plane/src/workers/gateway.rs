@@ -243,8 +243,8 @@ async fn run_once(
         .await?
         .is_some_and(|c| c.selection.selected)
     {
-        crate::domain::checks::store_payload(state, &input).await?;
-        crate::domain::checks::store_payload(state, &completed.output).await?;
+        crate::domain::checks::store_payload(state, &job, &input).await?;
+        crate::domain::checks::store_payload(state, &job, &completed.output).await?;
     }
     let output = if planted.is_empty() {
         mesh_proto::document::parse(&completed.output).unwrap_or_else(|_| {
