@@ -476,6 +476,37 @@ async fn network_with_device(
     (network, workload, device)
 }
 
+/// Like [`network_with_device`], but the device belongs to another person (an admin, so it
+/// could invite it), so the admin's jobs on it are checked.
+async fn network_with_anothers_device(
+    plane: &TestPlane,
+) -> (NetworkInfo, WorkloadInfo, TestDevice) {
+    let network = plane
+        .network(NetworkPolicy {
+            require_device_approval: false,
+            ..NetworkPolicy::default()
+        })
+        .await;
+    let workload = plane
+        .admin
+        .publish_workload(
+            &network.id,
+            std::fs::read(mesh_test_artifacts::ECHO).unwrap(),
+        )
+        .await
+        .unwrap();
+    let (owner, _) = plane.person(&network.id, Role::Admin, "host owner").await;
+    let mut device = register_device(&owner, &network.id, 13, embedding_capabilities()).await;
+    device
+        .heartbeat(DeviceLoad {
+            running: 0,
+            queued: 0,
+            slots: 4,
+        })
+        .await;
+    (network, workload, device)
+}
+
 fn receipt(device: &TestDevice, job: &JobInfo, output: &[u8]) -> Signed<RunReceipt> {
     signed_receipt(&device.key, &device.network, job, output)
 }
@@ -1263,8 +1294,7 @@ where
 async fn every_settled_job_gets_a_verifiable_selection_and_payloads_are_checked() {
     for store in stores() {
         let plane = TestPlane::spawn(store).await;
-        let (network, workload, device) =
-            network_with_device(&plane, NetworkPolicy::default()).await;
+        let (network, workload, device) = network_with_anothers_device(&plane).await;
         let vrf = plane.anonymous().vrf_key().await.unwrap();
         assert_eq!(vrf.suite, "ECVRF-EDWARDS25519-SHA512-TAI");
         let mut selected = None;
@@ -1494,8 +1524,7 @@ async fn payloads_have_a_quota_and_are_forgotten_after_their_retention() {
             c.payload_retention = Duration::ZERO;
         })
         .await;
-        let (network, workload, device) =
-            network_with_device(&plane, NetworkPolicy::default()).await;
+        let (network, workload, device) = network_with_anothers_device(&plane).await;
         let admin = &plane.admin;
         // At the initial rate of 50%, 30 jobs without a selected one happen with p = 2^-30.
         let mut selected = None;
@@ -1596,5 +1625,57 @@ async fn payloads_have_a_quota_and_are_forgotten_after_their_retention() {
             ),
             StatusCode::NOT_FOUND
         );
+    }
+}
+
+#[tokio::test]
+async fn the_requesters_own_devices_results_are_never_checked() {
+    for store in stores() {
+        let plane = TestPlane::spawn(store).await;
+        // The admin's own device runs the admin's jobs: nobody else has a stake in them.
+        let (network, workload, device) =
+            network_with_device(&plane, NetworkPolicy::default()).await;
+        let vrf = plane.anonymous().vrf_key().await.unwrap();
+        for i in 0..8u8 {
+            let input = vec![i; 3];
+            let job = plane
+                .admin
+                .submit_job(
+                    &network.id,
+                    &SubmitJobRequest {
+                        workload: workload.hash,
+                        input: Blake3Hash::of(&input),
+                        input_size: input.len() as u64,
+                        idempotency_key: None,
+                    },
+                )
+                .await
+                .unwrap()
+                .job;
+            let done = device
+                .client
+                .complete_job(
+                    &job.id,
+                    &CompleteJobRequest {
+                        receipt: receipt(&device, &job, b"out"),
+                    },
+                )
+                .await
+                .unwrap();
+            let check = plane.admin.job_check(&network.id, &job.id).await.unwrap();
+            assert_eq!(check.selection.rate_ppm, 0, "{store:?}");
+            assert!(!check.selection.selected);
+            assert_eq!(check.state, CheckState::NotSelected);
+            // The decision still verifies offline: a rate of 0 selects nothing.
+            check
+                .selection
+                .verify(
+                    &vrf.public_key,
+                    &network.id,
+                    &job.id,
+                    done.receipt.as_ref().unwrap(),
+                )
+                .unwrap();
+        }
     }
 }

@@ -5,10 +5,11 @@
 //! records the decision and its proof (`checks` table), so anyone can re-check it
 //! ([`mesh_proto::verification::Selection::verify`]). A selected job waits for its payload (the
 //! gateway stores input and output itself; a device requester uploads them by hash), then the
-//! worker (`workers::checker`) re-executes it as a `check` job on a device of another owner, preferring
-//! high trust, and compares the outputs by the workload's declared rule. When they disagree a
-//! third device (a third owner) runs a `tiebreak` job; [`apply`] writes what
-//! [`crate::domain::verification::decide`] makes of each round.
+//! worker (`workers::checker`) re-executes it as a `check` job on a device of someone who may
+//! judge it ([`Judges`]; the rule is in [`crate::domain::verification`]), and compares the
+//! outputs by the workload's declared rule. When they disagree a second judge runs a
+//! `tiebreak` job; [`apply`] writes what [`crate::domain::verification::decide`] makes of each
+//! round.
 //!
 //! Every verdict is recorded once per (job, device) ([`record_verdict`]): a pass raises the
 //! device's trust, a failure resets it, claws the job's credits back from the executor's owner
@@ -45,10 +46,13 @@ pub async fn select(
     if info.purpose != JobPurpose::Job {
         return Ok(());
     }
-    let record = crate::domain::scheduling::device(state, executor)
-        .await?
-        .checks;
-    let rate_ppm = state.config.check_policy.rate_ppm(&record);
+    let device = crate::domain::scheduling::device(state, executor).await?;
+    // The requester's own device: nobody else has a stake (see `domain::verification`).
+    let rate_ppm = if device.owner == info.requester {
+        0
+    } else {
+        state.config.check_policy.rate_ppm(&device.checks)
+    };
     let hash = receipt_hash(receipt);
     let proof = state
         .vrf
@@ -353,16 +357,32 @@ pub async fn comparison(
     Ok(metadata(state, network, workload).await?.comparison)
 }
 
-/// Whether a device of an owner who has not run or checked `job` could re-execute it now.
-pub async fn verifier_available(state: &AppState, job: &JobInfo) -> DomainResult<bool> {
+/// Whether someone who may judge `job` (see [`crate::domain::verification`]) can re-execute
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judges {
+    /// A device of such an owner is online and can run it now.
+    Available,
+    /// Such owners have devices in the network, but none can run it now.
+    Away,
+    /// The network has no device of such an owner: waiting will not help.
+    Nobody,
+}
+
+/// Who could re-execute `job` as its next (`purpose`) judge.
+pub async fn judges(state: &AppState, job: &JobInfo, purpose: JobPurpose) -> DomainResult<Judges> {
     let models = metadata(state, &job.network, &job.workload).await?.models;
-    let excluded = crate::store::jobs::owners_who_ran(&state.db.pool, &job.id).await?;
-    Ok(
-        crate::domain::scheduling::candidates(state, &job.network, &models)
-            .await?
-            .iter()
-            .any(|c| !excluded.contains(&c.owner)),
-    )
+    let excluded = crate::domain::scheduling::excluded_judges(state, job, purpose).await?;
+    let online = crate::domain::scheduling::candidates(state, &job.network, &models).await?;
+    if online.iter().any(|c| !excluded.contains(&c.owner)) {
+        return Ok(Judges::Available);
+    }
+    let owners = devices::owners_with_devices(&state.db.pool, &job.network).await?;
+    Ok(if owners.iter().any(|o| !excluded.contains(o)) {
+        Judges::Away
+    } else {
+        Judges::Nobody
+    })
 }
 
 /// The devices that took part in a check.
@@ -405,14 +425,47 @@ pub async fn apply(
     for payment in &decision.payments {
         pay_in(&mut tx, job, &parties.device(payment.to)?, payment.round).await?;
     }
+    if decision.forfeit && job.price > 0 {
+        let owner = devices::get(&mut *tx, &parties.executor)
+            .await?
+            .ok_or_else(|| DomainError::not_found("device"))?
+            .owner;
+        ledger::transfer(
+            &mut tx,
+            &ledger::Transfer {
+                network: job.network,
+                idempotency_key: &format!("job:{}:forfeit", job.id),
+                kind: ledger::FORFEIT,
+                memo: &format!("unconfirmed result: {}", decision.detail),
+                job: Some(job.id),
+                from: Account::Person(owner),
+                to: Account::Issuer,
+                amount: job.price,
+            },
+        )
+        .await?;
+    }
+    for suspect in &decision.suspects {
+        let device = parties.device(*suspect)?;
+        let (before, _, _) = devices::verification_state(&mut *tx, &device)
+            .await?
+            .ok_or_else(|| DomainError::not_found("device"))?;
+        devices::record_check(&mut tx, &device, &before.suspect(), false, now_ms()).await?;
+    }
     if decision.audit {
         let tiebreaker = parties
             .tiebreaker
             .map_or_else(|| "none".to_string(), |t| t.to_string());
-        crate::domain::audit::record(&mut tx, Some(&job.network), "control-plane", AuditAction::CheckInconclusive, &format!(
-                "job {}: executor {}, verifier {} and tie-breaker {tiebreaker} do not form a majority",
-                job.id, parties.executor, parties.verifier
-            ))
+        crate::domain::audit::record(
+            &mut tx,
+            Some(&job.network),
+            "control-plane",
+            AuditAction::CheckInconclusive,
+            &format!(
+                "job {}: executor {}, verifier {}, tie-breaker {tiebreaker}: {}",
+                job.id, parties.executor, parties.verifier, decision.detail
+            ),
+        )
         .await?;
     }
     let now = now_ms();
@@ -430,7 +483,7 @@ pub async fn apply(
             let verified = (*outcome == Outcome::Failed).then_some(check_output);
             let running = &[CheckState::Running];
             let state = outcome.state();
-            checks::finish(
+            let finished = checks::finish(
                 &mut *tx,
                 &job.id,
                 running,
@@ -440,6 +493,11 @@ pub async fn apply(
                 now,
             )
             .await?;
+            if !finished {
+                // Someone else concluded it meanwhile: write nothing (the transaction rolls
+                // back when dropped).
+                return Ok(());
+            }
             tracing::info!(job = %job.id, outcome = outcome.state().as_str(), "check finished");
         }
     }

@@ -21,6 +21,9 @@ use mesh_proto::{JobId, NetworkId, PersonId};
 /// Kind of the transfer that claws a job's credits back from a device owner who failed its
 /// check. It may take the owner's balance below its floor: the credits were never theirs.
 pub const CLAWBACK: &str = "job_clawback";
+/// Kind of the transfer that takes an unconfirmed result's pay from the executor's owner back
+/// to the network (a dispute nobody could settle).
+pub const FORFEIT: &str = "job_forfeit";
 
 /// Kinds of account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

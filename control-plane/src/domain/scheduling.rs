@@ -12,7 +12,7 @@ use crate::state::AppState;
 use crate::store::Tx;
 use crate::store::jobs::{self, Holder, JobRecord};
 use crate::store::{devices, now_ms};
-use mesh_proto::api::{DeviceInfo, JobInfo, JobTicket};
+use mesh_proto::api::{DeviceInfo, JobInfo, JobPurpose, JobTicket};
 use mesh_proto::{DeviceId, JobId, NetworkId, PersonId, SignDomain, Signed};
 use std::sync::atomic::Ordering;
 
@@ -165,11 +165,13 @@ pub async fn try_assign(state: &AppState, job: &JobId) -> DomainResult<Option<(D
         .into_iter()
         .filter(|c| record.requester_peer.as_deref() != Some(c.peer_id.as_str()))
         .collect();
-    // A re-execution goes to another owner's device, the most trusted first.
+    // A re-execution goes to a device of someone who may judge the job (neither its requester
+    // nor an owner who ran or re-executed it), drawn like any executor: least loaded first,
+    // trust-weighted at random among equals, so nobody can count on judging a given job.
     if let Some(verifies) = &row.verifies {
-        let excluded = jobs::owners_who_ran(&state.db.pool, verifies).await?;
+        let original = job_record(state, verifies).await?.info;
+        let excluded = excluded_judges(state, &original, row.purpose).await?;
         candidates.retain(|c| !excluded.contains(&c.owner));
-        candidates.sort_by(|a, b| b.trust.total_cmp(&a.trust));
     }
     let tried = jobs::tried_devices(&state.db.pool, job).await?;
     candidates.sort_by_key(|c| tried.contains(&c.device));
@@ -184,6 +186,28 @@ pub async fn try_assign(state: &AppState, job: &JobId) -> DomainResult<Option<(D
     }
     // Someone else assigned it meanwhile.
     Ok(None)
+}
+
+/// The people whose devices may not run the next re-execution of `job` as `purpose`: its
+/// requester and the owners who ran or re-executed it; for the first re-execution in a
+/// network with no other judge, the requester's own devices may (an own check).
+pub async fn excluded_judges(
+    state: &AppState,
+    job: &JobInfo,
+    purpose: JobPurpose,
+) -> DomainResult<Vec<PersonId>> {
+    let excluded = jobs::may_not_judge(&state.db.pool, &job.id).await?;
+    if purpose != JobPurpose::Check {
+        return Ok(excluded);
+    }
+    let owners = devices::owners_with_devices(&state.db.pool, &job.network).await?;
+    if owners.iter().any(|o| !excluded.contains(o)) {
+        return Ok(excluded);
+    }
+    Ok(excluded
+        .into_iter()
+        .filter(|p| *p != job.requester)
+        .collect())
 }
 
 /// Refund a job's reservation to its requester (once per job).

@@ -1,18 +1,32 @@
 //! What a check concludes from the outputs it compared: [`decide`] is a pure function of the
-//! round and the workload's comparison rule, and returns every verdict, payment and the
-//! outcome, which `checks::apply` writes in one transaction.
+//! round and the workload's comparison rule, and returns every verdict, payment, forfeit,
+//! suspicion and the outcome, which `checks::apply` writes in one transaction.
 //!
-//! The rules:
-//! - First round: the executor's output against one re-execution on another owner's device.
-//!   Agreement passes the executor and pays the verifier; disagreement disputes the check and
-//!   nobody is judged yet.
-//! - Tie-break: a third owner's device runs the job again and is paid whatever it finds. The
-//!   side it agrees with wins: the executor passes and the verifier fails (and is not paid), or
-//!   the executor fails (its credits are clawed back) and the verifier is paid. No majority is
-//!   inconclusive: nobody is judged, the verifier is paid, and the admins see it in the audit
-//!   log.
-//! - A check that could not run in time (no payload, no device of another owner) is
-//!   unverifiable: nobody is judged or paid.
+//! The parties: the requester R (who paid and would receive a clawback), the executor E's
+//! owner (who was paid), and the judges who re-execute: a verifier V and, when V disagrees,
+//! a tie-breaker T. The rules, so that nobody profits from a false accusation or from
+//! colluding with one other person:
+//! - R's jobs on R's own devices are never checked (their VRF rate is 0): no credits move, so
+//!   nobody has a stake, and checking them would let others earn verifier pay from the network
+//!   or outvote a verifier on a job nobody paid for.
+//! - A judge is never R, never E, and V and T are different people
+//!   (`store::jobs::may_not_judge`); judges are drawn like executors, trust-weighted at
+//!   random, so nobody can count on judging a given job.
+//! - Only when the network has no such judge at all (two owners: R and E) does R's own device
+//!   re-execute (an *own check*): it can confirm nothing (no verdict, no pay), and a
+//!   disagreement is settled as below, which refunds R nothing.
+//! - V agrees: E passes, V is paid (from the network's issuer, the job's price).
+//! - V disagrees: T runs it and is paid whatever it finds. T sides with V: E fails, its pay is
+//!   clawed back to R, V is paid. T sides with E: E passes, V is unpaid and suspected, but not
+//!   failed: a failed verdict needs two judges against the device, and E is not a judge.
+//! - No majority (three different results), or a dispute nobody may break (no T in the
+//!   network, or none before the deadline): nobody is judged or paid, R is not refunded, E's
+//!   pay is forfeited to the network (unconfirmed work is not paid), every device involved is
+//!   suspected (trusted and checked like a new device again) and the admins see it in the
+//!   audit log. So a liar gains nothing from the dispute it caused: not the verifier (unpaid),
+//!   not R (no refund, nor a clawback without a second judge), not E (unpaid).
+//! - A check that could not start (no payload, no judge in time) is unverifiable: nobody is
+//!   judged or paid.
 
 use mesh_proto::Comparison;
 use mesh_proto::api::CheckState;
@@ -31,11 +45,18 @@ pub enum Party {
 /// The outputs one round of a check compares.
 #[derive(Debug, Clone, Copy)]
 pub enum Round<'a> {
-    /// The first re-execution came back.
+    /// The first re-execution, by a judge, came back.
     First {
         /// The executor's output.
         original: &'a [u8],
         /// The verifier's.
+        check: &'a [u8],
+    },
+    /// The requester's own device re-executed it (the network has no other judge).
+    OwnCheck {
+        /// The executor's output.
+        original: &'a [u8],
+        /// The requester's device's.
         check: &'a [u8],
     },
     /// The tie-break came back (the first two disagreed).
@@ -47,6 +68,9 @@ pub enum Round<'a> {
         /// The tie-breaker's.
         third: &'a [u8],
     },
+    /// The first re-execution disagreed and no second judge can break the tie: the network
+    /// has none, or none came before the deadline.
+    Unresolved,
     /// The check could not run in time.
     Unavailable(Unavailable),
 }
@@ -56,7 +80,7 @@ pub enum Round<'a> {
 pub enum Unavailable {
     /// The job's input and output never reached the control plane.
     NoPayload,
-    /// No device of an owner who may check it was available before the deadline.
+    /// No device of an owner who may judge it was available before the deadline.
     NoVerifier,
 }
 
@@ -100,7 +124,7 @@ pub struct Payment {
 }
 
 /// Where the check ends up.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Outcome {
     /// The executor's result stands.
     Passed,
@@ -111,9 +135,10 @@ pub enum Outcome {
         /// How the outputs differ.
         mismatch: String,
     },
-    /// No two of three results agree.
+    /// No majority of judges formed.
     Inconclusive,
     /// It could not be checked.
+    #[default]
     Unverifiable,
 }
 
@@ -131,12 +156,17 @@ impl Outcome {
 }
 
 /// Everything a round of a check decides.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Decision {
     /// Verdicts on the parties (each recorded once per job and device).
     pub verdicts: Vec<Verdict>,
     /// Payments to the parties.
     pub payments: Vec<Payment>,
+    /// Whether the executor's owner gives the job's price to the network (unconfirmed work
+    /// is not paid; the requester is not refunded either).
+    pub forfeit: bool,
+    /// Parties whose passes since their last failure stop counting (no failure is recorded).
+    pub suspects: Vec<Party>,
     /// Where the check ends up.
     pub outcome: Outcome,
     /// What happened, in words.
@@ -146,20 +176,45 @@ pub struct Decision {
     pub audit: bool,
 }
 
+/// A dispute that ends without a majority of judges.
+fn no_majority(suspects: Vec<Party>, detail: &'static str) -> Decision {
+    Decision {
+        forfeit: true,
+        suspects,
+        outcome: Outcome::Inconclusive,
+        detail,
+        audit: true,
+        ..Decision::default()
+    }
+}
+
 /// Decide one round of a check by `rule`.
 pub fn decide(round: Round<'_>, rule: &Comparison) -> Decision {
     match round {
         Round::Unavailable(why) => Decision {
-            verdicts: Vec::new(),
-            payments: Vec::new(),
             outcome: Outcome::Unverifiable,
             detail: match why {
                 Unavailable::NoPayload => "the job input and output were not provided in time",
                 Unavailable::NoVerifier => {
-                    "no device of another owner could re-execute it in time; nobody is penalised"
+                    "no device of an owner who may judge it could re-execute it in time; nobody is penalised"
                 }
             },
-            audit: false,
+            ..Decision::default()
+        },
+        Round::Unresolved => no_majority(
+            vec![Party::Executor, Party::Verifier],
+            "the re-execution disagreed and no third owner may break the tie; nobody is paid, the executor's pay goes to the network",
+        ),
+        Round::OwnCheck { original, check } => match rule.compare(original, check) {
+            Ok(()) => Decision {
+                outcome: Outcome::Passed,
+                detail: "the requester's own device agreed (it confirms nothing: no verdict, no pay)",
+                ..Decision::default()
+            },
+            Err(_) => no_majority(
+                vec![Party::Executor, Party::Verifier],
+                "the requester's own device disagreed and no other owner may judge; nobody is paid, the executor's pay goes to the network",
+            ),
         },
         Round::First { original, check } => match rule.compare(original, check) {
             Ok(()) => Decision {
@@ -174,16 +229,14 @@ pub fn decide(round: Round<'_>, rule: &Comparison) -> Decision {
                 }],
                 outcome: Outcome::Passed,
                 detail: "re-execution on another device agreed",
-                audit: false,
+                ..Decision::default()
             },
             Err(mismatch) => Decision {
-                verdicts: Vec::new(),
-                payments: Vec::new(),
                 outcome: Outcome::Disputed {
                     mismatch: mismatch.to_string(),
                 },
                 detail: "the re-execution disagrees; a third device breaks the tie",
-                audit: false,
+                ..Decision::default()
             },
         },
         Round::Tiebreak {
@@ -203,22 +256,16 @@ pub fn decide(round: Round<'_>, rule: &Comparison) -> Decision {
             };
             match (with_executor, with_verifier) {
                 (true, false) => Decision {
-                    verdicts: vec![
-                        Verdict {
-                            party: Party::Executor,
-                            passed: true,
-                            reason: "the tie-break agreed with the executor",
-                        },
-                        Verdict {
-                            party: Party::Verifier,
-                            passed: false,
-                            reason: "its re-execution disagreed with the executor and the tie-break",
-                        },
-                    ],
+                    verdicts: vec![Verdict {
+                        party: Party::Executor,
+                        passed: true,
+                        reason: "the tie-break agreed with the executor",
+                    }],
                     payments: vec![tiebreaker_paid],
+                    suspects: vec![Party::Verifier],
                     outcome: Outcome::Passed,
-                    detail: "the tie-break agreed with the executor",
-                    audit: false,
+                    detail: "the tie-break agreed with the executor; the verifier is unpaid and suspected",
+                    ..Decision::default()
                 },
                 (false, true) => Decision {
                     verdicts: vec![Verdict {
@@ -229,15 +276,12 @@ pub fn decide(round: Round<'_>, rule: &Comparison) -> Decision {
                     payments: vec![tiebreaker_paid, verifier_paid],
                     outcome: Outcome::Failed,
                     detail: "two re-executions on other owners' devices agree against the executor",
-                    audit: false,
+                    ..Decision::default()
                 },
-                _ => Decision {
-                    verdicts: Vec::new(),
-                    payments: vec![tiebreaker_paid, verifier_paid],
-                    outcome: Outcome::Inconclusive,
-                    detail: "no two of three results agree",
-                    audit: true,
-                },
+                _ => no_majority(
+                    vec![Party::Executor, Party::Verifier, Party::Tiebreaker],
+                    "no two of three results agree; nobody is paid, the executor's pay goes to the network",
+                ),
             }
         }
     }
@@ -259,30 +303,45 @@ mod tests {
         d.payments.iter().map(|p| p.to).collect()
     }
 
-    /// One row of the decision table: name, round, verdicts, who is paid, outcome.
-    type Case<'a> = (
-        &'a str,
-        Round<'a>,
-        Vec<(Party, bool)>,
-        Vec<Party>,
-        CheckState,
-    );
+    /// One row of the decision table: name, round, verdicts, who is paid, who is suspected,
+    /// whether the executor's pay is forfeited, outcome.
+    struct Case<'a> {
+        name: &'a str,
+        round: Round<'a>,
+        verdicts: Vec<(Party, bool)>,
+        paid: Vec<Party>,
+        suspects: Vec<Party>,
+        forfeit: bool,
+        state: CheckState,
+    }
 
     #[test]
     fn every_round_decides_verdicts_payments_and_outcome() {
+        use Party::{Executor, Tiebreaker, Verifier};
         let exact = Comparison::Exact;
-        let cases: Vec<Case<'_>> = vec![
-            (
+        let case = |name, round, verdicts, paid, suspects, forfeit, state| Case {
+            name,
+            round,
+            verdicts,
+            paid,
+            suspects,
+            forfeit,
+            state,
+        };
+        let cases = vec![
+            case(
                 "agree",
                 Round::First {
                     original: A,
                     check: A,
                 },
-                vec![(Party::Executor, true)],
-                vec![Party::Verifier],
+                vec![(Executor, true)],
+                vec![Verifier],
+                vec![],
+                false,
                 CheckState::Passed,
             ),
-            (
+            case(
                 "disagree",
                 Round::First {
                     original: A,
@@ -290,31 +349,61 @@ mod tests {
                 },
                 vec![],
                 vec![],
+                vec![],
+                false,
                 CheckState::Disputed,
             ),
-            (
+            case(
+                "own check agrees: it confirms nothing",
+                Round::OwnCheck {
+                    original: A,
+                    check: A,
+                },
+                vec![],
+                vec![],
+                vec![],
+                false,
+                CheckState::Passed,
+            ),
+            case(
+                "own check disagrees: no refund, no verdict",
+                Round::OwnCheck {
+                    original: A,
+                    check: B,
+                },
+                vec![],
+                vec![],
+                vec![Executor, Verifier],
+                true,
+                CheckState::Inconclusive,
+            ),
+            case(
                 "tie-break won by the executor",
                 Round::Tiebreak {
                     original: A,
                     check: B,
                     third: A,
                 },
-                vec![(Party::Executor, true), (Party::Verifier, false)],
-                vec![Party::Tiebreaker],
+                vec![(Executor, true)],
+                vec![Tiebreaker],
+                vec![Verifier],
+                false,
                 CheckState::Passed,
             ),
-            (
+            case(
                 "tie-break lost by the executor",
                 Round::Tiebreak {
                     original: A,
                     check: B,
                     third: B,
                 },
-                vec![(Party::Executor, false)],
-                vec![Party::Tiebreaker, Party::Verifier],
+                vec![(Executor, false)],
+                vec![Tiebreaker, Verifier],
+                vec![],
+                false,
                 CheckState::Failed,
             ),
-            (
+            case(
                 "inconclusive: three different results",
                 Round::Tiebreak {
                     original: A,
@@ -322,33 +411,68 @@ mod tests {
                     third: C,
                 },
                 vec![],
-                vec![Party::Tiebreaker, Party::Verifier],
+                vec![],
+                vec![Executor, Verifier, Tiebreaker],
+                true,
                 CheckState::Inconclusive,
             ),
-            (
+            case(
+                "inconclusive: a dispute no third owner may break",
+                Round::Unresolved,
+                vec![],
+                vec![],
+                vec![Executor, Verifier],
+                true,
+                CheckState::Inconclusive,
+            ),
+            case(
                 "unverifiable: no payload",
                 Round::Unavailable(Unavailable::NoPayload),
                 vec![],
                 vec![],
+                vec![],
+                false,
                 CheckState::Unverifiable,
             ),
-            (
+            case(
                 "unverifiable: no verifier",
                 Round::Unavailable(Unavailable::NoVerifier),
                 vec![],
                 vec![],
+                vec![],
+                false,
                 CheckState::Unverifiable,
             ),
         ];
-        for (case, round, want_verdicts, want_paid, want_state) in cases {
-            let decision = decide(round, &exact);
-            assert_eq!(verdicts(&decision), want_verdicts, "{case}: verdicts");
-            assert_eq!(paid(&decision), want_paid, "{case}: payments");
-            assert_eq!(decision.outcome.state(), want_state, "{case}: outcome");
+        for c in cases {
+            let decision = decide(c.round, &exact);
+            let name = c.name;
+            assert_eq!(verdicts(&decision), c.verdicts, "{name}: verdicts");
+            assert_eq!(paid(&decision), c.paid, "{name}: payments");
+            assert_eq!(decision.suspects, c.suspects, "{name}: suspects");
+            assert_eq!(decision.forfeit, c.forfeit, "{name}: forfeit");
+            assert_eq!(decision.outcome.state(), c.state, "{name}: outcome");
             assert_eq!(
                 decision.audit,
-                want_state == CheckState::Inconclusive,
-                "{case}: audit"
+                c.state == CheckState::Inconclusive,
+                "{name}: audit"
+            );
+            // The rule's invariants: nobody is paid by a check that judged nobody; a failed
+            // verdict is only ever on the executor, by two judges; the executor's pay is
+            // never both kept confirmed and forfeited.
+            if decision.verdicts.is_empty() {
+                assert!(
+                    decision.payments.is_empty(),
+                    "{name}: paid without a verdict"
+                );
+            }
+            for v in decision.verdicts.iter().filter(|v| !v.passed) {
+                assert_eq!(v.party, Executor, "{name}: a judge failed");
+                assert!(matches!(c.round, Round::Tiebreak { .. }), "{name}");
+            }
+            assert!(
+                !(decision.forfeit && decision.verdicts.iter().any(|v| v.passed)),
+                "{name}"
             );
         }
     }

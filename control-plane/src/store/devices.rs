@@ -168,6 +168,25 @@ pub async fn schedulable(
     .collect()
 }
 
+/// Owners of approved, unquarantined devices of `network`, online or not: who could ever be
+/// given a job there.
+pub async fn owners_with_devices(
+    db: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    network: &NetworkId,
+) -> Result<Vec<PersonId>, StoreError> {
+    let owners: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT owner_id FROM devices WHERE network_id = $1 AND status = 'approved' \
+         AND quarantined_at IS NULL",
+    )
+    .bind(network.to_string())
+    .fetch_all(db)
+    .await?;
+    owners
+        .iter()
+        .map(|o| parse_column("devices.owner_id", o))
+        .collect()
+}
+
 /// The status of the device `device` of `network`.
 pub async fn status_in(
     db: impl sqlx::Executor<'_, Database = sqlx::Any>,

@@ -507,14 +507,16 @@ pub async fn held_per_executor(
         .collect()
 }
 
-/// Owners of the devices that ran `job` or finished a re-execution of it.
-pub async fn owners_who_ran(
+/// The people who may not judge `job`: its requester (who would gain a clawback) and the
+/// owners of the devices that ran it or finished a re-execution of it.
+pub async fn may_not_judge(
     db: impl sqlx::Executor<'_, Database = sqlx::Any>,
     job: &JobId,
 ) -> Result<Vec<PersonId>, StoreError> {
     let owners: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT d.owner_id FROM jobs j JOIN devices d ON d.id = j.executor_id \
-         WHERE (j.id = $1 OR (j.verifies = $1 AND j.state = 'done'))",
+        "SELECT d.owner_id FROM jobs j JOIN devices d ON d.id = j.executor_id \
+         WHERE (j.id = $1 OR (j.verifies = $1 AND j.state = 'done')) \
+         UNION SELECT requester_id FROM jobs WHERE id = $1",
     )
     .bind(job.to_string())
     .fetch_all(db)

@@ -1,12 +1,10 @@
 //! The check worker: every second it picks up selected and disputed checks whose payload is
 //! stored, re-executes them through the gateway on devices of other owners, and applies what
-//! [`crate::domain::verification::decide`] makes of the outputs. Checks that cannot run in
-//! time end unverifiable. Every step is a conditional update, so the worker may stop and
+//! [`crate::domain::verification::decide`] makes of the outputs. Checks that cannot start in
+//! time end unverifiable, disputes nobody may break inconclusive. Every step is a conditional update, so the worker may stop and
 //! restart anywhere.
 
-use crate::domain::checks::{
-    Parties, apply, comparison, payload, store_payload, verifier_available,
-};
+use crate::domain::checks::{Judges, Parties, apply, comparison, judges, payload, store_payload};
 use crate::domain::jobs::find_job;
 use crate::domain::verification::{Outcome, Round, Unavailable, decide};
 use crate::domain::{DomainError, DomainResult};
@@ -48,16 +46,14 @@ pub async fn run(state: AppState) {
 
 async fn work(state: &AppState, node: &mesh_net::Node) -> DomainResult<()> {
     let now = now_ms();
-    // Selected jobs whose payload never came, and checks that could not conclude in time (no
-    // device of another owner): nobody is at fault.
     let db = &state.db.pool;
-    // Nobody is at fault for these: the payload never came, or no device of another owner
-    // could take the check before its deadline.
+    // Nobody is at fault for these: the payload never came, or no judge could take the check
+    // before its deadline (a dispute still open then is inconclusive).
     for job in checks::waiting_for_payload_since(db, now - PAYLOAD_WAIT.as_millis() as i64).await? {
         give_up(state, &job, Unavailable::NoPayload).await?;
     }
     for job in checks::waiting_since(db, now - CHECK_DEADLINE.as_millis() as i64).await? {
-        give_up(state, &job, Unavailable::NoVerifier).await?;
+        no_judge(state, &job).await?;
     }
     for job in checks::due(db, now, 8).await? {
         if let Err(e) = advance(state, node, &job).await {
@@ -98,16 +94,26 @@ async fn advance(state: &AppState, node: &mesh_net::Node, job_id: &JobId) -> Dom
             "waiting for the job's input and output",
         ));
     };
-    if !verifier_available(state, &job).await? {
-        return Err(DomainError::unavailable(
-            "no_verifier",
-            "no device of another owner can re-execute it now",
-        ));
-    }
     let check = checks::get(&state.db.pool, job_id)
         .await?
         .ok_or_else(|| DomainError::not_found("check"))?;
     let round = check.state;
+    let purpose = if round == CheckState::Selected {
+        JobPurpose::Check
+    } else {
+        JobPurpose::Tiebreak
+    };
+    match judges(state, &job, purpose).await? {
+        Judges::Available => {}
+        Judges::Away => {
+            return Err(DomainError::unavailable(
+                "no_verifier",
+                "no device of an owner who may judge it can re-execute it now",
+            ));
+        }
+        // Waiting will not help: end it now.
+        Judges::Nobody => return no_judge(state, job_id).await,
+    }
     let executor = check.executor;
     if !checks::take(&state.db.pool, job_id, round, now_ms()).await? {
         return Ok(());
@@ -118,10 +124,16 @@ async fn advance(state: &AppState, node: &mesh_net::Node, job_id: &JobId) -> Dom
             reexecute(state, node, &job, JobPurpose::Check, &input).await?;
         let check_hash = store_payload(state, &job.id, &check_output).await?;
         checks::set_round_job(&state.db.pool, job_id, Reexecution::Check, &check_job).await?;
+        let own = crate::domain::scheduling::device(state, &verifier)
+            .await?
+            .owner
+            == job.requester;
+        let (original, check) = (&output[..], &check_output[..]);
         let decision = decide(
-            Round::First {
-                original: &output,
-                check: &check_output,
+            if own {
+                Round::OwnCheck { original, check }
+            } else {
+                Round::First { original, check }
             },
             &rule,
         );
@@ -131,7 +143,7 @@ async fn advance(state: &AppState, node: &mesh_net::Node, job_id: &JobId) -> Dom
             tiebreaker: None,
         };
         apply(state, &job, &parties, &check_hash, &decision).await?;
-        if decision.outcome == Outcome::Passed {
+        if decision.outcome == Outcome::Passed && !own {
             crate::domain::ringers::harvest(state, &job, &input, &output, &[executor, verifier])
                 .await?;
         }
@@ -170,11 +182,45 @@ async fn advance(state: &AppState, node: &mesh_net::Node, job_id: &JobId) -> Dom
     }
 }
 
-/// End a check that cannot run (see [`Unavailable`]): nobody is judged or paid.
+/// End a check for which no judge is (or will be) there: a selected one is unverifiable, a
+/// disputed one inconclusive ([`Round::Unresolved`]).
+async fn no_judge(state: &AppState, job_id: &JobId) -> DomainResult<()> {
+    let Some(check) = checks::get(&state.db.pool, job_id).await? else {
+        return Ok(());
+    };
+    if check.state != CheckState::Disputed {
+        return give_up(state, job_id, Unavailable::NoVerifier).await;
+    }
+    let check_job = check
+        .check_job
+        .ok_or_else(|| DomainError::internal("a disputed check without its re-execution"))?;
+    let check_output = check
+        .check_output
+        .ok_or_else(|| DomainError::internal("a disputed check without its output"))?;
+    let verifier = find_job(state, None, &check_job)
+        .await?
+        .executor
+        .ok_or_else(|| DomainError::internal("a check job without executor"))?;
+    if !checks::take(&state.db.pool, job_id, CheckState::Disputed, now_ms()).await? {
+        return Ok(());
+    }
+    let job = find_job(state, None, job_id).await?;
+    let parties = Parties {
+        executor: check.executor,
+        verifier,
+        tiebreaker: None,
+    };
+    let decision = decide(Round::Unresolved, &Comparison::Exact);
+    tracing::warn!(job = %job_id, executor = %check.executor, %verifier,
+        "dispute nobody may break: inconclusive");
+    apply(state, &job, &parties, &check_output, &decision).await
+}
+
+/// End a check that cannot start (see [`Unavailable`]): nobody is judged or paid.
 async fn give_up(state: &AppState, job: &JobId, why: Unavailable) -> DomainResult<()> {
     let decision = decide(Round::Unavailable(why), &Comparison::Exact);
     debug_assert!(decision.verdicts.is_empty() && decision.payments.is_empty());
-    let waiting = &[CheckState::Selected, CheckState::Disputed];
+    let waiting = &[CheckState::Selected];
     let outcome = decision.outcome.state();
     if checks::finish(
         &state.db.pool,

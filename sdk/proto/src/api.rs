@@ -583,7 +583,9 @@ pub enum CheckState {
     Passed,
     /// The executor's result was wrong (re-executions or a ringer say so).
     Failed,
-    /// No two of three results agreed; nobody was penalised.
+    /// The results disagreed and no majority of owners who may judge formed (three different
+    /// results, or no third owner to break the tie); nobody was penalised or paid, and the
+    /// devices involved are checked like new ones again.
     Inconclusive,
     /// It could not be checked (no payload or no device in time); nobody was penalised.
     Unverifiable,

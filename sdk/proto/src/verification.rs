@@ -138,6 +138,16 @@ impl CheckRecord {
         }
     }
 
+    /// The record after a dispute nobody could settle: no failure is recorded, but the passes
+    /// since the last failure no longer count, so the device is trusted and checked like a new
+    /// one again.
+    pub fn suspect(self) -> Self {
+        CheckRecord {
+            consecutive_passed: 0,
+            ..self
+        }
+    }
+
     /// The record after a failed check.
     pub fn fail(self) -> Self {
         CheckRecord {

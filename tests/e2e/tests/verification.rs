@@ -4,6 +4,8 @@
 //! through the gateway; the control plane's VRF picks results to re-execute on other owners'
 //! devices, a third device breaks ties, ringers catch wrong items. The cheaters must end up
 //! quarantined and clawed back; honest devices, whatever their backend, never fail a check.
+//! Smaller networks test who may judge: a requester with an accomplice (three owners), and
+//! two owners, where nobody neutral is left.
 
 use mesh_e2e::{HostSpec, MeshOptions, TestNet, bin, cosine, reference, vectors};
 use mesh_proto::api::{CheckState, JobState, RunJobRequest};
@@ -44,23 +46,7 @@ async fn cheaters_are_caught_and_honest_devices_never_penalised() {
     let jobs = run_until_quarantined(&mesh, workload, &cheaters, &corpus).await;
 
     // Let the check worker finish what is selected.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let checks = loop {
-        let mut checks = Vec::new();
-        for (job, _) in &jobs {
-            checks.push(mesh.admin.job_check(&network, job).await.unwrap());
-        }
-        let open = checks.iter().any(|c| {
-            matches!(
-                c.state,
-                CheckState::Selected | CheckState::Running | CheckState::Disputed
-            )
-        });
-        if !open || Instant::now() > deadline {
-            break checks;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let checks = settled_checks(&mesh, &jobs).await;
 
     // Every selection, checked or not, verifies offline against the published VRF key.
     let vrf = mesh.admin.vrf_key().await.unwrap();
@@ -392,45 +378,8 @@ async fn run_until_quarantined(
 ) -> Vec<(mesh_proto::JobId, mesh_proto::DeviceId)> {
     let network = mesh.network_id();
     let mut jobs = Vec::new();
-    let width = mesh.hosts.len();
     for round in 0..30 {
-        let mut running = Vec::new();
-        for k in 0..width {
-            let i = round * width + k;
-            let texts: Vec<String> = (0..8)
-                .map(|j| corpus[(i * 8 + j * 13) % corpus.len()].0.clone())
-                .collect();
-            let admin = mesh.admin.clone();
-            running.push(tokio::spawn(async move {
-                let result = admin
-                    .run_job(
-                        &network,
-                        &RunJobRequest {
-                            workload,
-                            input: serde_json::json!({ "texts": texts }),
-                            idempotency_key: None,
-                        },
-                    )
-                    .await;
-                (texts, result)
-            }));
-        }
-        for task in running {
-            let (texts, result) = task.await.unwrap();
-            let result = result.unwrap_or_else(|e| panic!("a job failed: {e}\n{}", mesh.logs()));
-            assert_eq!(result.job.state, JobState::Done);
-            jobs.push((result.job.id, result.executor));
-            // What the requester gets back is right when no cheater ran it; a ringer failure
-            // re-runs the job elsewhere before answering.
-            if !cheaters.contains(&result.executor) {
-                let got = vectors(&result.output);
-                assert_eq!(got.len(), texts.len());
-                for (text, vector) in texts.iter().zip(&got) {
-                    let want = &corpus.iter().find(|(t, _)| t == text).unwrap().1;
-                    assert!(cosine(want, vector) > 0.99, "honest result off");
-                }
-            }
-        }
+        jobs.extend(run_round(mesh, &mesh.admin, workload, cheaters, corpus, round).await);
         let devices = mesh.admin.devices(&network).await.unwrap();
         let quarantined = devices
             .iter()
@@ -441,6 +390,256 @@ async fn run_until_quarantined(
         }
     }
     jobs
+}
+
+/// One round of [`run_until_quarantined`]: as many embedding jobs at once as there are hosts,
+/// requested by `requester`; returns each job and its executor.
+async fn run_round(
+    mesh: &TestNet,
+    requester: &mesh_client::Client,
+    workload: mesh_proto::Blake3Hash,
+    cheaters: &[mesh_proto::DeviceId],
+    corpus: &[(String, Vec<f32>)],
+    round: usize,
+) -> Vec<(mesh_proto::JobId, mesh_proto::DeviceId)> {
+    let network = mesh.network_id();
+    let width = mesh.hosts.len();
+    let mut running = Vec::new();
+    for k in 0..width {
+        let i = round * width + k;
+        let texts: Vec<String> = (0..8)
+            .map(|j| corpus[(i * 8 + j * 13) % corpus.len()].0.clone())
+            .collect();
+        let requester = requester.clone();
+        running.push(tokio::spawn(async move {
+            let result = requester
+                .run_job(
+                    &network,
+                    &RunJobRequest {
+                        workload,
+                        input: serde_json::json!({ "texts": texts }),
+                        idempotency_key: None,
+                    },
+                )
+                .await;
+            (texts, result)
+        }));
+    }
+    let mut jobs = Vec::new();
+    for task in running {
+        let (texts, result) = task.await.unwrap();
+        let result = result.unwrap_or_else(|e| panic!("a job failed: {e}\n{}", mesh.logs()));
+        assert_eq!(result.job.state, JobState::Done);
+        jobs.push((result.job.id, result.executor));
+        // What the requester gets back is right when no cheater ran it; a ringer failure
+        // re-runs the job elsewhere before answering.
+        if !cheaters.contains(&result.executor) {
+            let got = vectors(&result.output);
+            assert_eq!(got.len(), texts.len());
+            for (text, vector) in texts.iter().zip(&got) {
+                let want = &corpus.iter().find(|(t, _)| t == text).unwrap().1;
+                assert!(cosine(want, vector) > 0.99, "honest result off");
+            }
+        }
+    }
+    jobs
+}
+
+/// The checks of `jobs` once none is open any more (or after two minutes).
+async fn settled_checks(
+    mesh: &TestNet,
+    jobs: &[(mesh_proto::JobId, mesh_proto::DeviceId)],
+) -> Vec<mesh_proto::api::CheckInfo> {
+    let network = mesh.network_id();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut checks = Vec::new();
+        for (job, _) in jobs {
+            checks.push(mesh.admin.job_check(&network, job).await.unwrap());
+        }
+        let open = checks.iter().any(|c| {
+            matches!(
+                c.state,
+                CheckState::Selected | CheckState::Running | CheckState::Disputed
+            )
+        });
+        if !open || Instant::now() > deadline {
+            return checks;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// How many entries of `kind` are in `client`'s credit history.
+async fn entries(
+    client: &mesh_client::Client,
+    network: &mesh_proto::NetworkId,
+    kind: &str,
+) -> usize {
+    client
+        .history(network, None)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == kind)
+        .count()
+}
+
+/// Three owners: the requester's own device and an accomplice's both lie, identically. The
+/// requester's devices never judge its jobs, so the accomplice alone can only dispute the
+/// honest executor's results: with no second judge left the check is inconclusive, nobody is
+/// paid, the requester gets nothing back, and the honest device is never failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requester_and_an_accomplice_cannot_outvote_an_honest_executor() {
+    let host = |owner: usize, fault: Option<&str>| HostSpec {
+        owner,
+        backend: Some("onnxruntime".into()),
+        fault: fault.map(str::to_string),
+        ..HostSpec::default()
+    };
+    let mesh = TestNet::spawn(MeshOptions {
+        hosts: 3,
+        host_specs: vec![
+            host(1, Some("collude")),
+            host(2, Some("collude")),
+            host(3, None),
+        ],
+        ..MeshOptions::default()
+    })
+    .await;
+    let network = mesh.network_id();
+    let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
+    let (requesters, accomplice, honest) = (
+        mesh.hosts[0].device,
+        mesh.hosts[1].device,
+        mesh.hosts[2].device,
+    );
+    let requester = mesh.owners[1].clone();
+    let corpus = reference(101);
+    let mut jobs = Vec::new();
+    for round in 0..10 {
+        jobs.extend(
+            run_round(
+                &mesh,
+                &requester,
+                workload,
+                &[requesters, accomplice],
+                &corpus,
+                round,
+            )
+            .await,
+        );
+    }
+    let checks = settled_checks(&mesh, &jobs).await;
+    let devices = mesh.admin.devices(&network).await.unwrap();
+    let summary = trust_summary(devices.iter());
+    let mut disputed_honest = 0;
+    for check in &checks {
+        eprintln!(
+            "check {} of {}: {:?} verifier {:?} tie-breaker {:?}: {:?}",
+            check.job, check.executor, check.state, check.verifier, check.tiebreaker, check.detail
+        );
+        // The requester's own results are never checked; its devices never judge.
+        if check.executor == requesters {
+            assert_eq!(check.selection.rate_ppm, 0);
+            assert_eq!(check.state, CheckState::NotSelected);
+        }
+        assert_ne!(check.verifier, Some(requesters), "{summary}");
+        assert_ne!(check.tiebreaker, Some(requesters), "{summary}");
+        // Nobody is left to break a tie.
+        assert_eq!(check.tiebreaker, None);
+        if check.executor == honest && check.selection.selected {
+            assert_eq!(check.verifier, Some(accomplice));
+            assert_eq!(check.state, CheckState::Inconclusive, "{:?}", check.detail);
+            disputed_honest += 1;
+        }
+    }
+    assert!(
+        disputed_honest >= 1,
+        "no check of the honest device's results\n{summary}"
+    );
+    let d = devices.iter().find(|d| d.id == honest).unwrap();
+    assert_eq!(
+        d.checks.failed, 0,
+        "the honest device was penalised\n{summary}"
+    );
+    assert!(d.quarantined_at_ms.is_none());
+    // No clawback, no refund and no verifier pay for the requester; no pay for the
+    // accomplice's dispute.
+    for kind in ["job_clawback", "verify_pay", "job_refund"] {
+        assert_eq!(entries(&requester, &network, kind).await, 0, "{kind}");
+        assert_eq!(entries(&mesh.owners[2], &network, kind).await, 0, "{kind}");
+    }
+    let audit = mesh.admin.audit_log(&network).await.unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == "check_inconclusive"),
+        "no inconclusive check in the audit log: {audit:?}"
+    );
+}
+
+/// Two owners: the requester's device is honest, the other owner's lies. Nobody neutral can
+/// judge, so the requester's own device re-executes the other's results: it confirms nothing,
+/// but a disagreement costs the liar its pay (to the network, not to the requester), pays
+/// nobody, and keeps the liar's trust where a new device's is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_owners_a_liar_loses_its_pay_and_nobody_profits() {
+    let host = |owner: usize, fault: Option<&str>| HostSpec {
+        owner,
+        backend: Some("onnxruntime".into()),
+        fault: fault.map(str::to_string),
+        ..HostSpec::default()
+    };
+    let mesh = TestNet::spawn(MeshOptions {
+        hosts: 2,
+        host_specs: vec![host(1, None), host(2, Some("collude"))],
+        ..MeshOptions::default()
+    })
+    .await;
+    let network = mesh.network_id();
+    let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
+    let (own, liar) = (mesh.hosts[0].device, mesh.hosts[1].device);
+    let requester = mesh.owners[1].clone();
+    let corpus = reference(101);
+    let mut jobs = Vec::new();
+    for round in 0..10 {
+        jobs.extend(run_round(&mesh, &requester, workload, &[liar], &corpus, round).await);
+    }
+    let checks = settled_checks(&mesh, &jobs).await;
+    let devices = mesh.admin.devices(&network).await.unwrap();
+    let summary = trust_summary(devices.iter());
+    let mut caught = 0;
+    for check in &checks {
+        eprintln!(
+            "check {} of {}: {:?} verifier {:?}: {:?}",
+            check.job, check.executor, check.state, check.verifier, check.detail
+        );
+        if check.executor == own {
+            assert_eq!(check.state, CheckState::NotSelected);
+        } else if check.selection.selected {
+            // Settled at once by the requester's own device, not left open for half an hour.
+            assert_eq!(check.verifier, Some(own));
+            assert_eq!(check.state, CheckState::Inconclusive, "{:?}", check.detail);
+            caught += 1;
+        }
+    }
+    assert!(caught >= 1, "no check of the liar's results\n{summary}");
+    // The liar's pay for each disputed job went back to the network; the requester got
+    // nothing back and nobody was paid for checking.
+    assert_eq!(
+        entries(&mesh.owners[2], &network, "job_forfeit").await,
+        caught
+    );
+    for owner in [&requester, &mesh.owners[2]] {
+        for kind in ["job_clawback", "verify_pay", "job_refund"] {
+            assert_eq!(entries(owner, &network, kind).await, 0, "{kind}");
+        }
+    }
+    for d in &devices {
+        assert_eq!(d.checks.failed, 0, "{} failed a check\n{summary}", d.name);
+    }
+    let d = devices.iter().find(|d| d.id == liar).unwrap();
+    assert_eq!(d.checks.consecutive_passed, 0, "{summary}");
+    assert!(d.trust <= 0.5, "{summary}");
 }
 
 /// Lies of other shapes: zero vectors, a replayed answer to another input, and wrong answers
