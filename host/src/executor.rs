@@ -192,7 +192,14 @@ struct Prepared {
     pre: InstancePre<JobState>,
     metadata: WorkloadMetadata,
     /// Models bound by name for this component on this device.
-    models: Vec<(String, Blake3Hash, Arc<dyn LoadedModel>)>,
+    models: Vec<BoundModel>,
+}
+
+/// A model a component loads by `name`, as this device prepared it.
+struct BoundModel {
+    name: String,
+    entry: ModelEntry,
+    loaded: Arc<dyn LoadedModel>,
 }
 
 /// Per-job store data.
@@ -563,7 +570,11 @@ impl Executor {
                 .select(name, &self.model_variant, self.backend.kind())?
                 .clone();
             let loaded = self.load_model(&entry)?;
-            models.push((name.clone(), entry.hash, loaded));
+            models.push(BoundModel {
+                name: name.clone(),
+                entry,
+                loaded,
+            });
         }
         let prepared = Arc::new(Prepared {
             pre,
@@ -732,7 +743,7 @@ impl Executor {
             prepared
                 .models
                 .iter()
-                .map(|(name, _, model)| (name.clone(), model.clone().graph(budget.clone())))
+                .map(|m| (m.name.clone(), m.loaded.clone().graph(budget.clone())))
                 .collect(),
         );
         let (mut store, stderr) = self.new_store(registry, job_time, Some(cancel.clone()));
@@ -781,9 +792,10 @@ impl Executor {
             models: prepared
                 .models
                 .iter()
-                .map(|(name, hash, _)| ModelBinding {
-                    name: name.clone(),
-                    hash: *hash,
+                .map(|m| ModelBinding {
+                    name: m.name.clone(),
+                    hash: m.entry.hash,
+                    variant: m.entry.variant.clone(),
                 })
                 .collect(),
             input: Blake3Hash::of(input),

@@ -187,8 +187,11 @@ fn concurrent_jobs_share_one_model() {
 
 /// The false-positive rate of re-execution checks across backends: every sentence of the
 /// reference corpus, embedded by every backend, fp32 and int8 models, in different batch
-/// compositions (ringers change them), compared pairwise by the rule the workload declares.
-/// An honest device must never be flagged: zero mismatches.
+/// compositions (ringers change them), compared pairwise by the rule verification applies to
+/// that pair (the workload's declared rule, calibrated to the precisions the receipts name:
+/// [`Comparison::calibrated`]). An honest device must never be flagged: zero mismatches. It
+/// prints the lowest cosine of same-precision pairs (what the calibrated bound must stay
+/// under) and of mixed pairs (what the declared bound must stay under).
 #[test]
 fn honest_results_never_disagree_under_the_declared_rule() {
     let reference = reference();
@@ -198,24 +201,20 @@ fn honest_results_never_disagree_under_the_declared_rule() {
     for i in (1..shuffled.len()).rev() {
         shuffled.swap(i, (i * 7919 + 13) % (i + 1));
     }
-    let mut runs: Vec<(String, Vec<Vec<f32>>)> = Vec::new();
+    let mut runs: Vec<(String, Vec<mesh_proto::ModelBinding>, Vec<Vec<f32>>)> = Vec::new();
+    let mut declared = None;
     for backend in available_backends() {
         for variant in ["fp32", "int8"] {
             let (executor, _dir) = executor_with(backend, Limits::default(), variant);
             let metadata = executor
                 .add_component(&std::fs::read(EMBEDDINGS).unwrap())
                 .unwrap();
-            let rule = metadata.comparison;
-            assert_eq!(rule, Comparison::Cosine(0.99));
-            let batchings: &[(&str, usize)] = if variant == "fp32" {
-                &[
-                    ("one batch", texts.len()),
-                    ("batches of 8", 8),
-                    ("shuffled 32s", 32),
-                ]
-            } else {
-                &[("one batch", texts.len())]
-            };
+            declared = Some(metadata.comparison);
+            let batchings: &[(&str, usize)] = &[
+                ("one batch", texts.len()),
+                ("batches of 8", 8),
+                ("shuffled 32s", 32),
+            ];
             for &(name, size) in batchings {
                 let order: Vec<usize> = if name.starts_with("shuffled") {
                     shuffled.clone()
@@ -223,22 +222,38 @@ fn honest_results_never_disagree_under_the_declared_rule() {
                     (0..texts.len()).collect()
                 };
                 let mut vectors = vec![Vec::new(); texts.len()];
+                let mut models = Vec::new();
                 for chunk in order.chunks(size) {
                     let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
                     let input = serde_json::to_vec(&serde_json::json!({ "texts": batch })).unwrap();
                     let run = executor.run(&metadata.component, &input).unwrap();
+                    models = run.receipt.models.clone();
                     for (&i, v) in chunk.iter().zip(embeddings(&run.output)) {
                         vectors[i] = v;
                     }
                 }
-                runs.push((format!("{backend} {variant} {name}"), vectors));
+                assert_eq!(models[0].precision(), Some(variant));
+                runs.push((format!("{backend} {variant} {name}"), models, vectors));
             }
         }
     }
-    let rule = Comparison::Cosine(0.99);
-    let (mut comparisons, mut mismatches, mut worst) = (0, 0, (f64::MAX, String::new()));
-    for (a, (name_a, run_a)) in runs.iter().enumerate() {
-        for (name_b, run_b) in &runs[a + 1..] {
+    let declared = declared.unwrap();
+    assert_eq!(declared, Comparison::Cosine(0.99));
+    let (mut comparisons, mut mismatches) = (0, 0);
+    let mut worst_same = (f64::MAX, String::new());
+    let mut worst_mixed = (f64::MAX, String::new());
+    for (a, (name_a, models_a, run_a)) in runs.iter().enumerate() {
+        for (name_b, models_b, run_b) in &runs[a + 1..] {
+            let rule = declared.calibrated(models_a, models_b);
+            let same = models_a[0].precision() == models_b[0].precision();
+            assert_eq!(
+                rule,
+                if same {
+                    Comparison::Cosine(mesh_proto::compare::SAME_PRECISION_MIN_COSINE)
+                } else {
+                    declared
+                }
+            );
             for (i, (va, vb)) in run_a.iter().zip(run_b).enumerate() {
                 let doc = |v: &Vec<f32>| {
                     serde_json::to_vec(&serde_json::json!({ "embeddings": [v] })).unwrap()
@@ -248,23 +263,31 @@ fn honest_results_never_disagree_under_the_declared_rule() {
                     mismatches += 1;
                 }
                 let c = cosine(va, vb);
+                let worst = if same {
+                    &mut worst_same
+                } else {
+                    &mut worst_mixed
+                };
                 if c < worst.0 {
-                    worst = (c, format!("{name_a} vs {name_b}, sentence {i}"));
+                    *worst = (c, format!("{name_a} vs {name_b}, sentence {i}"));
                 }
             }
         }
     }
     println!(
         "{} runs, {comparisons} sentence comparisons across backends, models and batchings: \
-         {mismatches} false positives; lowest cosine {:.6} ({})",
+         {mismatches} false positives; lowest cosine at the same precision 1 - {:.1e} ({}), \
+         across precisions {:.7} ({})",
         runs.len(),
-        worst.0,
-        worst.1
+        1.0 - worst_same.0,
+        worst_same.1,
+        worst_mixed.0,
+        worst_mixed.1
     );
     assert!(runs.len() >= 4, "only {} runs", runs.len());
     assert_eq!(
         mismatches, 0,
-        "honest results flagged; lowest cosine {:.6} ({})",
-        worst.0, worst.1
+        "honest results flagged; lowest cosine at the same precision {:.7} ({}), across {:.7} ({})",
+        worst_same.0, worst_same.1, worst_mixed.0, worst_mixed.1
     );
 }

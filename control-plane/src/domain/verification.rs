@@ -28,8 +28,32 @@
 //! - A check that could not start (no payload, no judge in time) is unverifiable: nobody is
 //!   judged or paid.
 
-use mesh_proto::Comparison;
 use mesh_proto::api::CheckState;
+use mesh_proto::{Comparison, ModelBinding};
+
+/// One result a check compares: its bytes and the models its receipt names, which calibrate
+/// the comparison ([`Comparison::calibrated`]: results of the same precision must agree far
+/// more closely than the declared bound).
+#[derive(Debug, Clone, Copy)]
+pub struct Output<'a> {
+    /// The output bytes.
+    pub bytes: &'a [u8],
+    /// The models its receipt names.
+    pub models: &'a [ModelBinding],
+}
+
+impl<'a> Output<'a> {
+    /// An output whose receipt names `models`.
+    pub fn new(bytes: &'a [u8], models: &'a [ModelBinding]) -> Self {
+        Output { bytes, models }
+    }
+}
+
+/// Compare two results by `rule`, calibrated to their precisions.
+fn agree(rule: &Comparison, a: Output<'_>, b: Output<'_>) -> Result<(), mesh_proto::Mismatch> {
+    rule.calibrated(a.models, b.models)
+        .compare(a.bytes, b.bytes)
+}
 
 /// Who took part in a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,25 +72,25 @@ pub enum Round<'a> {
     /// The first re-execution, by a judge, came back.
     First {
         /// The executor's output.
-        original: &'a [u8],
+        original: Output<'a>,
         /// The verifier's.
-        check: &'a [u8],
+        check: Output<'a>,
     },
     /// The requester's own device re-executed it (the network has no other judge).
     OwnCheck {
         /// The executor's output.
-        original: &'a [u8],
+        original: Output<'a>,
         /// The requester's device's.
-        check: &'a [u8],
+        check: Output<'a>,
     },
     /// The tie-break came back (the first two disagreed).
     Tiebreak {
         /// The executor's output.
-        original: &'a [u8],
+        original: Output<'a>,
         /// The verifier's.
-        check: &'a [u8],
+        check: Output<'a>,
         /// The tie-breaker's.
-        third: &'a [u8],
+        third: Output<'a>,
     },
     /// The first re-execution disagreed and no second judge can break the tie: the network
     /// has none, or none came before the deadline.
@@ -205,7 +229,7 @@ pub fn decide(round: Round<'_>, rule: &Comparison) -> Decision {
             vec![Party::Executor, Party::Verifier],
             "the re-execution disagreed and no third owner may break the tie; nobody is paid, the executor's pay goes to the network",
         ),
-        Round::OwnCheck { original, check } => match rule.compare(original, check) {
+        Round::OwnCheck { original, check } => match agree(rule, original, check) {
             Ok(()) => Decision {
                 outcome: Outcome::Passed,
                 detail: "the requester's own device agreed (it confirms nothing: no verdict, no pay)",
@@ -216,7 +240,7 @@ pub fn decide(round: Round<'_>, rule: &Comparison) -> Decision {
                 "the requester's own device disagreed and no other owner may judge; nobody is paid, the executor's pay goes to the network",
             ),
         },
-        Round::First { original, check } => match rule.compare(original, check) {
+        Round::First { original, check } => match agree(rule, original, check) {
             Ok(()) => Decision {
                 verdicts: vec![Verdict {
                     party: Party::Executor,
@@ -244,8 +268,8 @@ pub fn decide(round: Round<'_>, rule: &Comparison) -> Decision {
             check,
             third,
         } => {
-            let with_executor = rule.compare(original, third).is_ok();
-            let with_verifier = rule.compare(check, third).is_ok();
+            let with_executor = agree(rule, original, third).is_ok();
+            let with_verifier = agree(rule, check, third).is_ok();
             let tiebreaker_paid = Payment {
                 to: Party::Tiebreaker,
                 round: PaidRound::Tiebreak,
@@ -291,9 +315,18 @@ pub fn decide(round: Round<'_>, rule: &Comparison) -> Decision {
 mod tests {
     use super::*;
 
-    const A: &[u8] = b"a";
-    const B: &[u8] = b"b";
-    const C: &[u8] = b"c";
+    const A: Output<'static> = Output {
+        bytes: b"a",
+        models: &[],
+    };
+    const B: Output<'static> = Output {
+        bytes: b"b",
+        models: &[],
+    };
+    const C: Output<'static> = Output {
+        bytes: b"c",
+        models: &[],
+    };
 
     fn verdicts(d: &Decision) -> Vec<(Party, bool)> {
         d.verdicts.iter().map(|v| (v.party, v.passed)).collect()
@@ -498,8 +531,8 @@ mod tests {
         let one = br#"{"embeddings": [[0.6, 0.8]]}"#;
         let two = br#"{"embeddings": [[0.6000001, 0.7999999]]}"#;
         let round = Round::First {
-            original: one,
-            check: two,
+            original: Output::new(one, &[]),
+            check: Output::new(two, &[]),
         };
         assert_eq!(
             decide(round, &Comparison::Exact).outcome.state(),
@@ -507,5 +540,32 @@ mod tests {
         );
         let cosine = Comparison::Cosine(0.99);
         assert_eq!(decide(round, &cosine).outcome.state(), CheckState::Passed);
+    }
+
+    #[test]
+    fn the_receipts_precisions_calibrate_the_rule() {
+        let model = |variant: &str| ModelBinding {
+            name: "m".into(),
+            hash: mesh_proto::Blake3Hash::of(variant.as_bytes()),
+            variant: variant.into(),
+        };
+        let (fp32, fp32_ort, int8) = ([model("fp32")], [model("fp32-ort")], [model("int8")]);
+        // Cosine 0.995: what an int8 model passed off as fp32, or a cheater's noise, reaches.
+        let truth = br#"{"embeddings": [[1.0, 0.0]]}"#;
+        let off = br#"{"embeddings": [[0.995, 0.09987492]]}"#;
+        let cosine = Comparison::Cosine(0.99);
+        let state = |a: &[ModelBinding], b: &[ModelBinding]| {
+            let round = Round::First {
+                original: Output::new(off, a),
+                check: Output::new(truth, b),
+            };
+            decide(round, &cosine).outcome.state()
+        };
+        // The same precision (any backend's variant of it) must agree to honest variance.
+        assert_eq!(state(&fp32, &fp32_ort), CheckState::Disputed);
+        // Declared different precisions keep the workload's bound.
+        assert_eq!(state(&int8, &fp32), CheckState::Passed);
+        // Receipts that do not say (older hosts) keep it too.
+        assert_eq!(state(&[], &fp32), CheckState::Passed);
     }
 }

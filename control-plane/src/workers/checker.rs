@@ -6,14 +6,14 @@
 
 use crate::domain::checks::{Judges, Parties, apply, comparison, judges, payload, store_payload};
 use crate::domain::jobs::find_job;
-use crate::domain::verification::{Outcome, Round, Unavailable, decide};
+use crate::domain::verification::{Outcome, Output, Round, Unavailable, decide};
 use crate::domain::{DomainError, DomainResult};
 use crate::state::AppState;
 use crate::store::checks::{self, Reexecution};
 use crate::store::jobs::{self, NewJob};
 use crate::store::{now_ms, random_id};
 use mesh_proto::api::{CheckState, JobInfo, JobPurpose};
-use mesh_proto::{Comparison, DeviceId, JobId, RunReceipt};
+use mesh_proto::{Comparison, DeviceId, JobId, ModelBinding, RunReceipt};
 use std::time::Duration;
 
 /// How long a selected job waits for its payload before it is given up as unverifiable.
@@ -88,7 +88,7 @@ async fn original(
 /// Take one step of the check of `job`: run the first re-execution, or the tie-break.
 async fn advance(state: &AppState, node: &mesh_net::Node, job_id: &JobId) -> DomainResult<()> {
     let job = find_job(state, None, job_id).await?;
-    let Some((input, output, _)) = original(state, &job).await? else {
+    let Some((input, output, receipt)) = original(state, &job).await? else {
         return Err(DomainError::conflict(
             "no_payload",
             "waiting for the job's input and output",
@@ -120,15 +120,16 @@ async fn advance(state: &AppState, node: &mesh_net::Node, job_id: &JobId) -> Dom
     }
     let rule = comparison(state, &job.network, &job.workload).await?;
     if round == CheckState::Selected {
-        let (check_job, verifier, check_output) =
-            reexecute(state, node, &job, JobPurpose::Check, &input).await?;
-        let check_hash = store_payload(state, &job.id, &check_output).await?;
-        checks::set_round_job(&state.db.pool, job_id, Reexecution::Check, &check_job).await?;
+        let again = reexecute(state, node, &job, JobPurpose::Check, &input).await?;
+        let verifier = again.executor;
+        let check_hash = store_payload(state, &job.id, &again.output).await?;
+        checks::set_round_job(&state.db.pool, job_id, Reexecution::Check, &again.job).await?;
         let own = crate::domain::scheduling::device(state, &verifier)
             .await?
             .owner
             == job.requester;
-        let (original, check) = (&output[..], &check_output[..]);
+        let original = Output::new(&output, &receipt.models);
+        let check = Output::new(&again.output, &again.models);
         let decision = decide(
             if own {
                 Round::OwnCheck { original, check }
@@ -155,28 +156,28 @@ async fn advance(state: &AppState, node: &mesh_net::Node, job_id: &JobId) -> Dom
         let check_job = check
             .check_job
             .ok_or_else(|| DomainError::internal("a disputed check without its re-execution"))?;
-        let verifier = find_job(state, None, &check_job)
-            .await?
+        let check_info = find_job(state, None, &check_job).await?;
+        let verifier = check_info
             .executor
             .ok_or_else(|| DomainError::internal("a check job without executor"))?;
+        let check_models = check_info.receipt.map(|r| r.models).unwrap_or_default();
         let check_output = payload(state, &job.id, &check_output_hash)
             .await?
             .ok_or_else(|| DomainError::internal("the check output is gone"))?;
-        let (tiebreak_job, tiebreaker, third) =
-            reexecute(state, node, &job, JobPurpose::Tiebreak, &input).await?;
-        checks::set_round_job(&state.db.pool, job_id, Reexecution::Tiebreak, &tiebreak_job).await?;
+        let third = reexecute(state, node, &job, JobPurpose::Tiebreak, &input).await?;
+        checks::set_round_job(&state.db.pool, job_id, Reexecution::Tiebreak, &third.job).await?;
         let decision = decide(
             Round::Tiebreak {
-                original: &output,
-                check: &check_output,
-                third: &third,
+                original: Output::new(&output, &receipt.models),
+                check: Output::new(&check_output, &check_models),
+                third: Output::new(&third.output, &third.models),
             },
             &rule,
         );
         let parties = Parties {
             executor,
             verifier,
-            tiebreaker: Some(tiebreaker),
+            tiebreaker: Some(third.executor),
         };
         apply(state, &job, &parties, &check_output_hash, &decision).await
     }
@@ -238,15 +239,27 @@ async fn give_up(state: &AppState, job: &JobId, why: Unavailable) -> DomainResul
     Ok(())
 }
 
-/// Run `job` again as a `purpose` job (price 0, the control plane as requester) on a device
-/// whose owner has not run or checked it yet; returns the new job, its executor and output.
+/// A finished re-execution.
+struct Reexecuted {
+    /// The `check` or `tiebreak` job.
+    job: JobId,
+    /// The judge's device that ran it.
+    executor: DeviceId,
+    /// What it returned.
+    output: Vec<u8>,
+    /// The models its receipt names.
+    models: Vec<ModelBinding>,
+}
+
+/// Run `job` again as a `purpose` job (price 0, the control plane as requester) on a judge's
+/// device.
 async fn reexecute(
     state: &AppState,
     node: &mesh_net::Node,
     job: &JobInfo,
     purpose: JobPurpose,
     input: &[u8],
-) -> DomainResult<(JobId, DeviceId, Vec<u8>)> {
+) -> DomainResult<Reexecuted> {
     let key = format!("{purpose}:{}", job.id);
     let existing = jobs::find_by_key(&state.db.pool, &job.network, &job.requester, &key).await?;
     let check_job: JobId = match existing {
@@ -291,7 +304,12 @@ async fn reexecute(
         let executor = current
             .executor
             .ok_or_else(|| DomainError::internal("a done job without executor"))?;
-        return Ok((check_job, executor, output));
+        return Ok(Reexecuted {
+            job: check_job,
+            executor,
+            output,
+            models: receipt.models,
+        });
     }
     crate::domain::scheduling::try_assign(state, &check_job).await?;
     let completed =
@@ -305,5 +323,10 @@ async fn reexecute(
     {
         tracing::debug!(job = %check_job, "settling the re-execution: {e}");
     }
-    Ok((check_job, claims.executor, completed.output))
+    Ok(Reexecuted {
+        job: check_job,
+        executor: claims.executor,
+        output: completed.output,
+        models: completed.receipt.models,
+    })
 }

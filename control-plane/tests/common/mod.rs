@@ -262,6 +262,7 @@ pub fn receipt_naming(
         models: vec![mesh_proto::ModelBinding {
             name: "none".into(),
             hash: mesh_proto::Blake3Hash::of(b"model"),
+            variant: "fp32".into(),
         }],
         input: job.input,
         output,

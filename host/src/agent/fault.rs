@@ -9,7 +9,12 @@
 //! - `zero`: every embedding is the zero vector;
 //! - `replay`: the previous job's output is returned for the next input;
 //! - `collude`: embeddings derived from the input hash, so colluding hosts (same owner) agree
-//!   with each other on the same wrong answer.
+//!   with each other on the same wrong answer;
+//! - `noise:<c>`: every embedding turned away from the true one to cosine c (e.g. `0.995`:
+//!   noise a cheater keeps above the declared bound of 0.99);
+//! - `claim:<variant>`: the output is honest for the model the host runs, but the receipt
+//!   claims `<variant>` (a host running `int8` with `claim:fp32` passes a cheaper model off as
+//!   fp32).
 //!
 //! A suffix `@<n>` makes the host honest for its first n jobs (a long honest history that
 //! lowers its check rate before it starts lying), e.g. `items:0.5@8`.
@@ -36,6 +41,10 @@ pub enum Fault {
     Replay,
     /// Wrong, but identical across colluding hosts.
     Collude,
+    /// Every vector turned to this cosine with the true one.
+    Noise(f64),
+    /// The receipt names this variant's model file instead of the one that ran.
+    Claim(&'static str),
 }
 
 impl std::str::FromStr for Fault {
@@ -53,8 +62,12 @@ impl std::str::FromStr for Fault {
             None if s == "zero" => Ok(Fault::Zero),
             None if s == "replay" => Ok(Fault::Replay),
             None if s == "collude" => Ok(Fault::Collude),
+            Some(("noise", c)) => Ok(Fault::Noise(probability(c)?)),
+            Some(("claim", "fp32")) => Ok(Fault::Claim("fp32")),
+            Some(("claim", "int8")) => Ok(Fault::Claim("int8")),
             _ => Err(format!(
-                "MESH_FAULT must be wrong:<p>, items:<p>, zero, replay or collude, not {s:?}"
+                "MESH_FAULT must be wrong:<p>, items:<p>, zero, replay, collude, noise:<c> or \
+                 claim:fp32|int8, not {s:?}"
             )),
         }
     }
@@ -103,6 +116,41 @@ impl Stream {
     }
 }
 
+/// `vector` turned to cosine `c` with itself: `c·v̂ + √(1−c²)·û`, where û is a random unit
+/// vector orthogonal to v (Gram–Schmidt), scaled back to v's length.
+fn turned(vector: &Value, c: f64, stream: &mut Stream) -> Option<Vec<Value>> {
+    let v: Vec<f64> = vector
+        .as_array()?
+        .iter()
+        .map(Value::as_f64)
+        .collect::<Option<_>>()?;
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if norm == 0.0 {
+        return None;
+    }
+    let unit: Vec<f64> = v.iter().map(|x| x / norm).collect();
+    let r: Vec<f64> = stream
+        .vector(v.len())
+        .iter()
+        .map(|x| x.as_f64().unwrap_or(0.0))
+        .collect();
+    let along: f64 = r.iter().zip(&unit).map(|(a, b)| a * b).sum();
+    let orthogonal: Vec<f64> = r.iter().zip(&unit).map(|(a, b)| a - along * b).collect();
+    let length = orthogonal
+        .iter()
+        .map(|x| x * x)
+        .sum::<f64>()
+        .sqrt()
+        .max(1e-12);
+    let s = (1.0 - c * c).max(0.0).sqrt();
+    Some(
+        unit.iter()
+            .zip(&orthogonal)
+            .map(|(u, o)| Value::from(norm * (c * u + s * o / length)))
+            .collect(),
+    )
+}
+
 impl Injector {
     /// The injector `MESH_FAULT` asks for, if any.
     pub fn from_env() -> anyhow::Result<Option<Injector>> {
@@ -136,14 +184,29 @@ impl Injector {
         })
     }
 
-    /// Apply the fault to a finished run: change its output and re-pin the receipt to it.
-    pub fn tamper(&self, mut run: RunOutput) -> RunOutput {
+    /// Apply the fault to a finished run: change its output and re-pin the receipt to it, or
+    /// (a false claim) rename the models in its receipt to files of `models` that did not run.
+    pub fn tamper(
+        &self,
+        mut run: RunOutput,
+        models: &crate::models::ModelStore,
+        backend: crate::backend::BackendKind,
+    ) -> RunOutput {
         if self.jobs.fetch_add(1, Ordering::Relaxed) < self.honest_jobs {
             return run;
         }
         let honest = run.output.clone();
         let lie = match self.fault {
             Fault::Replay => self.previous.lock().expect("not poisoned").replace(honest),
+            Fault::Claim(variant) => {
+                for binding in &mut run.receipt.models {
+                    if let Ok(entry) = models.select(&binding.name, variant, backend) {
+                        binding.hash = entry.hash;
+                        binding.variant = entry.variant.clone();
+                    }
+                }
+                None
+            }
             fault => self.vectors(fault, &run.output, &run.receipt.input),
         };
         if let Some(lie) = lie {
@@ -170,9 +233,43 @@ impl Injector {
             *vector = match fault {
                 Fault::Zero => Value::Array(vec![Value::from(0.0); len]),
                 Fault::Items(p) if stream.unit() >= p => continue,
+                Fault::Noise(c) => Value::Array(turned(vector, c, &mut stream)?),
                 _ => Value::Array(stream.vector(len)),
             };
         }
         mesh_proto::cbor::to_vec(&doc).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_turns_every_vector_to_the_cosine_asked_for() {
+        let mut stream = Stream::seeded(b"test");
+        let truth = Value::Array(stream.vector(384));
+        for c in [0.995, 0.9999, 0.5] {
+            let turned = turned(&truth, c, &mut stream).unwrap();
+            let a: Vec<f64> = truth
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            let b: Vec<f64> = turned.iter().map(|x| x.as_f64().unwrap()).collect();
+            let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            assert!((dot / (norm(&a) * norm(&b)) - c).abs() < 1e-9, "cosine {c}");
+            assert!((norm(&b) - norm(&a)).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn faults_parse() {
+        assert_eq!("noise:0.995".parse(), Ok(Fault::Noise(0.995)));
+        assert_eq!("claim:fp32".parse(), Ok(Fault::Claim("fp32")));
+        assert!("claim:fp64".parse::<Fault>().is_err());
+        assert!("noise:2".parse::<Fault>().is_err());
     }
 }

@@ -902,7 +902,9 @@ impl Agent {
         };
         #[cfg(feature = "fault-injection")]
         let result = match (&self.fault, result) {
-            (Some(fault), Ok(run)) => Ok(fault.tamper(run)),
+            (Some(fault), Ok(run)) => {
+                Ok(fault.tamper(run, self.executor.models(), self.executor.backend()))
+            }
             (_, result) => result,
         };
         match result {

@@ -10,6 +10,20 @@ pub struct ModelBinding {
     pub name: String,
     /// BLAKE3 of the model file that was executed.
     pub hash: Blake3Hash,
+    /// The prepared variant it is (`fp32`, `int8`, or a backend-optimised derivative such as
+    /// `fp32-ort`); empty when unknown. Verification compares two results of the same
+    /// precision ([`ModelBinding::precision`]) more strictly than results of different ones.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub variant: String,
+}
+
+impl ModelBinding {
+    /// The numeric precision of the variant: the variant without its backend-optimisation
+    /// suffix (`fp32-ort` is `fp32`), or `None` when the variant is unknown.
+    pub fn precision(&self) -> Option<&str> {
+        let precision = self.variant.split('-').next().unwrap_or_default();
+        (!precision.is_empty()).then_some(precision)
+    }
 }
 
 /// Wall-clock timings of a run, in microseconds.

@@ -266,6 +266,8 @@ pub struct HostSpec {
     pub model_dir: Option<PathBuf>,
     /// Jobs it queues (default: [`MeshOptions::queue_capacity`]).
     pub queue_capacity: Option<usize>,
+    /// Model variant it runs (default `fp32`).
+    pub model_variant: Option<String>,
 }
 
 /// The transport of relay connections (and so of hole punching).
@@ -555,6 +557,11 @@ impl Mesh {
                 spec.model_dir
                     .iter()
                     .flat_map(|d| [std::ffi::OsStr::new("--model-dir"), d.as_os_str()]),
+            )
+            .args(
+                spec.model_variant
+                    .iter()
+                    .flat_map(|v| ["--model-variant", v.as_str()]),
             )
             .output()
             .unwrap();

@@ -246,7 +246,7 @@ impl TestNet {
                 template: Template {
                     listen: vec![listen.into()],
                     backend: Some(backend.clone()),
-                    model_variant: None,
+                    model_variant: spec.model_variant.clone(),
                     data_dir: Some(data_dir),
                     model_dir: Some(spec.model_dir.unwrap_or_else(model_dir)),
                     slots: options.slots,

@@ -687,6 +687,63 @@ async fn zero_replayed_and_random_lies_are_caught() {
     }
 }
 
+/// Lies that stay close to the truth: a host that runs the cheaper int8 model and names the
+/// fp32 one in its receipts, and a host that turns every embedding to cosine 0.995 (above the
+/// workload's declared 0.99). Results of the same precision are held to honest variance, so
+/// both are caught; honest hosts on three backends never are. (Honest mixed precisions are
+/// held to the declared bound, with no false positive: `host/tests/embeddings.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cheaper_model_and_small_noise_are_caught() {
+    let host = |owner: usize, backend: &str, variant: &str, fault: Option<&str>| HostSpec {
+        owner,
+        backend: Some(backend.into()),
+        model_variant: Some(variant.into()),
+        fault: fault.map(str::to_string),
+        ..HostSpec::default()
+    };
+    let mesh = TestNet::spawn(MeshOptions {
+        hosts: 5,
+        host_specs: vec![
+            host(1, "onnxruntime", "fp32", None),
+            host(2, "openvino", "fp32", None),
+            host(3, "tract", "fp32", None),
+            host(4, "onnxruntime", "int8", Some("claim:fp32")),
+            host(5, "openvino", "fp32", Some("noise:0.995")),
+        ],
+        ..MeshOptions::default()
+    })
+    .await;
+    let network = mesh.network_id();
+    let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
+    let cheaters: Vec<_> = mesh.hosts[3..].iter().map(|h| h.device).collect();
+    let corpus = reference(101);
+    let jobs = run_until_quarantined(&mesh, workload, &cheaters, &corpus).await;
+    let checks = settled_checks(&mesh, &jobs).await;
+    let devices = mesh.admin.devices(&network).await.unwrap();
+    let summary = trust_summary(devices.iter());
+    for d in &devices {
+        if cheaters.contains(&d.id) {
+            assert!(
+                d.quarantined_at_ms.is_some(),
+                "{} not quarantined after {} jobs\n{summary}",
+                d.name,
+                jobs.len()
+            );
+        } else {
+            assert_eq!(d.checks.failed, 0, "{} was penalised\n{summary}", d.name);
+            assert!(d.quarantined_at_ms.is_none());
+        }
+    }
+    // Each lie was caught by re-execution, not only by ringers.
+    for cheater in &cheaters {
+        let caught = checks
+            .iter()
+            .filter(|c| c.executor == *cheater && c.state == CheckState::Failed)
+            .count();
+        assert!(caught >= 1, "no failed check of {cheater}\n{summary}");
+    }
+}
+
 /// One line per device: name, trust, check record, quarantine (for failure messages).
 fn trust_summary<'a>(devices: impl Iterator<Item = &'a mesh_proto::api::DeviceInfo>) -> String {
     devices
