@@ -136,7 +136,7 @@ pub async fn bootstrap_admin(
     let mut tx = db.pool.begin().await?;
     let person = domain::membership::create_person(&mut tx, name).await?;
     let token =
-        domain::membership::create_person_token(&mut tx, &person, "bootstrap", None).await?;
+        domain::membership::create_person_token(&mut tx, &person, "bootstrap", None, None).await?;
     tx.commit().await?;
     Ok(token)
 }

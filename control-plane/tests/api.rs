@@ -3,10 +3,10 @@
 mod common;
 
 use common::*;
-use mesh_client::ClientError;
+use mesh_client::{Client, ClientError};
 use mesh_proto::api::*;
 use mesh_proto::device::{DeviceCert, DeviceLoad};
-use mesh_proto::{Blake3Hash, RunReceipt, SignDomain, Signed, SigningKey};
+use mesh_proto::{Blake3Hash, NetworkId, RunReceipt, SignDomain, Signed, SigningKey};
 use reqwest::StatusCode;
 use std::time::Duration;
 
@@ -1676,6 +1676,319 @@ async fn the_requesters_own_devices_results_are_never_checked() {
                     done.receipt.as_ref().unwrap(),
                 )
                 .unwrap();
+        }
+    }
+}
+
+/// Accept a person invite `code` as a new person; the error code, if it was refused.
+async fn accept(plane: &TestPlane, code: &str) -> Result<Client, ClientError> {
+    let accepted = plane
+        .anonymous()
+        .accept_invite(&AcceptInviteRequest {
+            code: code.into(),
+            name: Some("newcomer".into()),
+        })
+        .await?;
+    Ok(plane.admin.with_token(accepted.token))
+}
+
+async fn invite(
+    client: &Client,
+    network: &NetworkId,
+    kind: InviteKind,
+    role: Option<Role>,
+) -> CreatedInvite {
+    client
+        .create_invite(
+            network,
+            &CreateInviteRequest {
+                kind,
+                role,
+                expires_in_s: None,
+            },
+        )
+        .await
+        .unwrap()
+}
+
+fn code_of<T: std::fmt::Debug>(result: &Result<T, ClientError>) -> Option<&str> {
+    result.as_ref().err().and_then(ClientError::code)
+}
+
+#[tokio::test]
+async fn invites_hold_only_while_their_maker_may_grant_them() {
+    for store in stores() {
+        let plane = TestPlane::spawn(store).await;
+        let network = plane.network(NetworkPolicy::default()).await;
+        let owner = &plane.admin;
+        let me = owner.me().await.unwrap().person.id;
+        // A second owner, so the first can be demoted.
+        let (second, second_id) = plane.person(&network.id, Role::Admin, "second owner").await;
+        owner
+            .update_member(&network.id, &second_id, Role::Owner)
+            .await
+            .unwrap();
+
+        // Invites are listed (codes are not), and can be revoked.
+        let admin_invite = invite(owner, &network.id, InviteKind::Person, Some(Role::Admin)).await;
+        let member_invite = invite(owner, &network.id, InviteKind::Person, None).await;
+        let revoked = invite(owner, &network.id, InviteKind::Person, None).await;
+        let open = owner.invites(&network.id).await.unwrap();
+        let ids: Vec<_> = open.iter().map(|i| i.id).collect();
+        for i in [&admin_invite, &member_invite, &revoked] {
+            assert!(ids.contains(&i.id), "{store:?}: {:?} not listed", i.id);
+        }
+        assert_eq!(
+            open.iter().find(|i| i.id == admin_invite.id).unwrap().role,
+            Role::Admin
+        );
+        owner.revoke_invite(&network.id, &revoked.id).await.unwrap();
+        assert_eq!(
+            code_of(&accept(&plane, &revoked.code).await),
+            Some("invite_revoked")
+        );
+        assert!(
+            !owner
+                .invites(&network.id)
+                .await
+                .unwrap()
+                .iter()
+                .any(|i| i.id == revoked.id)
+        );
+        // Revoking it again: there is no such open invite.
+        assert_eq!(
+            status(owner.revoke_invite(&network.id, &revoked.id).await),
+            StatusCode::NOT_FOUND
+        );
+
+        // An admin may not revoke an invite that grants admin; a member may not list them.
+        let (admin, admin_id) = plane.person(&network.id, Role::Admin, "an admin").await;
+        assert_eq!(
+            status(admin.revoke_invite(&network.id, &admin_invite.id).await),
+            StatusCode::FORBIDDEN
+        );
+        let (member, _) = plane.person(&network.id, Role::Member, "a member").await;
+        assert_eq!(
+            status(member.invites(&network.id).await),
+            StatusCode::FORBIDDEN
+        );
+
+        // The first owner steps down to admin: the admin invite they made is void, their
+        // member invite still works.
+        second
+            .update_member(&network.id, &me, Role::Admin)
+            .await
+            .unwrap();
+        assert_eq!(
+            code_of(&accept(&plane, &admin_invite.code).await),
+            Some("invite_revoked"),
+            "{store:?}"
+        );
+        accept(&plane, &member_invite.code).await.unwrap();
+
+        // An admin who is removed takes their open invites with them, devices' too.
+        let person_invite = invite(&admin, &network.id, InviteKind::Person, None).await;
+        let device_invite = invite(&admin, &network.id, InviteKind::Device, None).await;
+        second.remove_member(&network.id, &admin_id).await.unwrap();
+        assert_eq!(
+            code_of(&accept(&plane, &person_invite.code).await),
+            Some("invite_revoked")
+        );
+        let challenge = plane.anonymous().challenge(&device_invite.code).await;
+        let registered = match challenge {
+            Ok(c) => {
+                let key = SigningKey::from_seed([42; 32]);
+                let proof = mesh_proto::device::RegistrationProof {
+                    challenge: c.challenge.clone(),
+                    public_key: key.public_key(),
+                };
+                let payload = mesh_proto::cbor::to_vec(&proof).unwrap();
+                plane
+                    .anonymous()
+                    .register_device(&RegisterDeviceRequest {
+                        invite: device_invite.code.clone(),
+                        challenge: c.challenge,
+                        name: "orphan".into(),
+                        public_key: key.public_key(),
+                        proof: key.sign(SignDomain::Registration, &c.network, &payload),
+                        capabilities: embedding_capabilities(),
+                    })
+                    .await
+                    .map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        assert_eq!(code_of(&registered), Some("invite_revoked"), "{store:?}");
+    }
+}
+
+#[tokio::test]
+async fn only_owners_revoke_an_owners_device() {
+    for store in stores() {
+        let plane = TestPlane::spawn(store).await;
+        let network = plane
+            .network(NetworkPolicy {
+                require_device_approval: false,
+                ..NetworkPolicy::default()
+            })
+            .await;
+        let owners_device =
+            register_device(&plane.admin, &network.id, 21, embedding_capabilities()).await;
+        let (admin, _) = plane.person(&network.id, Role::Admin, "an admin").await;
+        let admins_device =
+            register_device(&admin, &network.id, 22, embedding_capabilities()).await;
+        assert_eq!(
+            status(admin.revoke_device(&network.id, &owners_device.id).await),
+            StatusCode::FORBIDDEN,
+            "{store:?}"
+        );
+        // Still approved: nothing happened.
+        let devices = plane.admin.devices(&network.id).await.unwrap();
+        let d = devices.iter().find(|d| d.id == owners_device.id).unwrap();
+        assert_eq!(d.status, DeviceStatus::Approved);
+        // An admin may revoke their own (or another admin's) device; an owner any device.
+        admin
+            .revoke_device(&network.id, &admins_device.id)
+            .await
+            .unwrap();
+        plane
+            .admin
+            .revoke_device(&network.id, &owners_device.id)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_token_never_outlives_the_token_it_was_made_with() {
+    for store in stores() {
+        let plane = TestPlane::spawn(store).await;
+        let hour = plane
+            .admin
+            .create_token(&CreateTokenRequest {
+                label: "an hour".into(),
+                expires_in_s: Some(3600),
+            })
+            .await
+            .unwrap();
+        let parent = plane.admin.with_token(Some(hour.token.clone()));
+        // Asking for no expiry, or a later one, gets the parent's.
+        let child = parent
+            .create_token(&CreateTokenRequest {
+                label: "forever?".into(),
+                expires_in_s: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(child.expires_at_ms, hour.expires_at_ms, "{store:?}");
+        let later = parent
+            .create_token(&CreateTokenRequest {
+                label: "a year?".into(),
+                expires_in_s: Some(365 * 86400),
+            })
+            .await
+            .unwrap();
+        assert_eq!(later.expires_at_ms, hour.expires_at_ms);
+        let sooner = parent
+            .create_token(&CreateTokenRequest {
+                label: "a minute".into(),
+                expires_in_s: Some(60),
+            })
+            .await
+            .unwrap();
+        assert!(sooner.expires_at_ms.unwrap() < hour.expires_at_ms.unwrap());
+        let child_client = plane.admin.with_token(Some(child.token.clone()));
+        let grandchild = child_client
+            .create_token(&CreateTokenRequest {
+                label: "grandchild".into(),
+                expires_in_s: None,
+            })
+            .await
+            .unwrap();
+        let grandchild_client = plane.admin.with_token(Some(grandchild.token.clone()));
+        let listed = plane.admin.list_tokens().await.unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .find(|t| t.id == grandchild.id)
+                .unwrap()
+                .parent,
+            Some(child.id)
+        );
+        // Revoking the parent revokes its descendants; the token that made it lives on.
+        plane.admin.revoke_token(&hour.id).await.unwrap();
+        for client in [&parent, &child_client, &grandchild_client] {
+            assert_eq!(
+                status(client.me().await),
+                StatusCode::UNAUTHORIZED,
+                "{store:?}"
+            );
+        }
+        plane.admin.me().await.unwrap();
+        let listed = plane.admin.list_tokens().await.unwrap();
+        for id in [hour.id, child.id, later.id, sooner.id, grandchild.id] {
+            assert!(listed.iter().find(|t| t.id == id).unwrap().revoked);
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_owners_demoting_each_other_at_once_leave_one_owner() {
+    for store in stores() {
+        let plane = TestPlane::spawn(store).await;
+        let network = plane.network(NetworkPolicy::default()).await;
+        let me = plane.admin.me().await.unwrap().person.id;
+        let (other, other_id) = plane.person(&network.id, Role::Admin, "other").await;
+        plane
+            .admin
+            .update_member(&network.id, &other_id, Role::Owner)
+            .await
+            .unwrap();
+        for round in 0..20 {
+            let (a, b) = tokio::join!(
+                plane
+                    .admin
+                    .update_member(&network.id, &other_id, Role::Admin),
+                other.update_member(&network.id, &me, Role::Admin),
+            );
+            let owners = plane
+                .admin
+                .members(&network.id)
+                .await
+                .or(other.members(&network.id).await)
+                .unwrap()
+                .iter()
+                .filter(|m| m.role == Role::Owner)
+                .count();
+            assert_eq!(owners, 1, "{store:?} round {round}: {a:?} {b:?}");
+            assert_eq!(
+                usize::from(a.is_ok()) + usize::from(b.is_ok()),
+                1,
+                "{store:?} round {round}"
+            );
+            // The loser is refused as the last owner, or (when the winner committed before
+            // its role was checked) as no longer an owner.
+            for r in [&a, &b] {
+                if let Err(e) = r {
+                    assert!(
+                        matches!(e.code(), Some("last_owner" | "forbidden")),
+                        "{store:?}: {e}"
+                    );
+                }
+            }
+            // Whoever is still owner makes the other owner again for the next round.
+            if a.is_ok() {
+                plane
+                    .admin
+                    .update_member(&network.id, &other_id, Role::Owner)
+                    .await
+                    .unwrap();
+            } else {
+                other
+                    .update_member(&network.id, &me, Role::Owner)
+                    .await
+                    .unwrap();
+            }
         }
     }
 }

@@ -76,6 +76,16 @@ const EXPECTATIONS: &[(&str, &str, [u16; 6])] = &[
         [401, 404, 403, 403, 201, 403],
     ),
     (
+        "get",
+        "/v1/networks/{network}/invites",
+        [401, 404, 403, 403, 200, 403],
+    ),
+    (
+        "delete",
+        "/v1/networks/{network}/invites/{invite}",
+        [401, 404, 403, 403, 204, 403],
+    ),
+    (
         "post",
         "/v1/devices/challenge",
         [200, 200, 200, 200, 200, 200],
@@ -239,6 +249,7 @@ struct Fixture {
     job: JobInfo,
     admin_token: mesh_proto::TokenId,
     admin_token_secret: String,
+    open_invite: mesh_proto::InviteId,
 }
 
 async fn fixture(plane: &TestPlane) -> Fixture {
@@ -292,6 +303,19 @@ async fn fixture(plane: &TestPlane) -> Fixture {
         })
         .await
         .unwrap();
+    let open_invite = plane
+        .admin
+        .create_invite(
+            &network.id,
+            &CreateInviteRequest {
+                kind: InviteKind::Person,
+                role: None,
+                expires_in_s: None,
+            },
+        )
+        .await
+        .unwrap()
+        .id;
     Fixture {
         network,
         admin: plane.admin.clone(),
@@ -304,6 +328,7 @@ async fn fixture(plane: &TestPlane) -> Fixture {
         job,
         admin_token: token.id,
         admin_token_secret: token.token,
+        open_invite,
     }
 }
 
@@ -410,6 +435,7 @@ fn fill(path: &str, f: &Fixture) -> String {
         .replace("{hash}", &f.workload.to_string())
         .replace("{job}", &f.job.id.to_string())
         .replace("{token}", &f.admin_token.to_string())
+        .replace("{invite}", &f.open_invite.to_string())
 }
 
 #[tokio::test]

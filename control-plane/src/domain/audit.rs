@@ -21,6 +21,8 @@ pub enum AuditAction {
     InviteCreate,
     /// A person invite was accepted.
     InviteAccept,
+    /// An invite was revoked.
+    InviteRevoke,
     /// A device registered.
     DeviceRegister,
     /// An admin approved a device.
@@ -52,6 +54,7 @@ impl AuditAction {
             AuditAction::MemberRole => "member.role",
             AuditAction::MemberRemove => "member.remove",
             AuditAction::InviteCreate => "invite.create",
+            AuditAction::InviteRevoke => "invite.revoke",
             AuditAction::InviteAccept => "invite.accept",
             AuditAction::DeviceRegister => "device.register",
             AuditAction::DeviceApprove => "device.approved",

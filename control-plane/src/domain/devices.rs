@@ -9,7 +9,7 @@ use crate::domain::{DomainError, DomainResult};
 use crate::state::AppState;
 use crate::store::{StoreError, devices, invites, networks, now_ms, people, random_id};
 use mesh_proto::api::{
-    DeviceInfo, DeviceStatus, InviteKind, RegisterDeviceRequest, RegisteredDevice,
+    DeviceInfo, DeviceStatus, InviteKind, RegisterDeviceRequest, RegisteredDevice, Role,
 };
 use mesh_proto::device::{Capabilities, RegistrationProof};
 use mesh_proto::{DeviceId, NetworkId, SignDomain, TokenId};
@@ -83,7 +83,15 @@ pub async fn register(
     let token = new_token_secret();
     let label = format!("device {name}");
     let subject = people::TokenOwner::Device(&device);
-    people::insert_token(&mut tx, &token_id, &token, subject, &label, None, now).await?;
+    let new_token = people::NewToken {
+        id: &token_id,
+        secret: &token,
+        owner: subject,
+        label: &label,
+        expires_at_ms: None,
+        parent: None,
+    };
+    people::insert_token(&mut tx, &new_token, now).await?;
     audit::record(
         &mut tx,
         Some(&network),
@@ -132,12 +140,14 @@ fn check_capabilities(c: &Capabilities) -> DomainResult<()> {
     Ok(())
 }
 
-/// Move `device` of `network` from one of `from` to `to` (approve or revoke), as `actor`; 409
-/// when it is in another state.
+/// Move `device` of `network` from one of `from` to `to` (approve or revoke), as `actor`
+/// holding `actor_role`; 409 when it is in another state. Revocation is permanent, so only an
+/// owner revokes an owner's device (as only owners remove owners).
 pub async fn change_status(
     state: &AppState,
     network: &NetworkId,
     actor: &str,
+    actor_role: Role,
     device: &DeviceId,
     from: &[DeviceStatus],
     to: DeviceStatus,
@@ -158,6 +168,17 @@ pub async fn change_status(
             "wrong_status",
             format!("device is {}", current.as_str()),
         ));
+    }
+    if to == DeviceStatus::Revoked && actor_role != Role::Owner {
+        let owner = devices::get(&mut *tx, device)
+            .await?
+            .ok_or_else(|| DomainError::not_found("device"))?
+            .owner;
+        if networks::role_of(&mut *tx, network, &owner).await? == Some(Role::Owner) {
+            return Err(DomainError::forbidden(
+                "only owners revoke an owner's device",
+            ));
+        }
     }
     devices::set_status(&mut tx, device, current, to, now_ms()).await?;
     audit::record(&mut tx, Some(network), actor, action, &device.to_string()).await?;

@@ -8,7 +8,7 @@ use crate::state::AppState;
 use crate::store::{Tx, invites, networks, now_ms, people, random_id, random_secret};
 use mesh_proto::api::{
     AcceptInviteRequest, AcceptedInvite, CreateInviteRequest, CreateTokenRequest, CreatedInvite,
-    CreatedToken, InviteKind, MemberInfo, NetworkInfo, NetworkPolicy, Role,
+    CreatedToken, InviteInfo, InviteKind, MemberInfo, NetworkInfo, NetworkPolicy, Role,
 };
 use mesh_proto::device::DeviceCert;
 use mesh_proto::{DeviceId, InviteId, NetworkId, PersonId, PublicKey, SignDomain, Signed, TokenId};
@@ -62,17 +62,26 @@ pub async fn create_person(tx: &mut Tx, name: &str) -> DomainResult<PersonId> {
     Ok(person)
 }
 
-/// Create a token for a person; returns the secret (shown once).
+/// Create a token for a person (made with the token `parent`, if any); returns the secret
+/// (shown once).
 pub async fn create_person_token(
     tx: &mut Tx,
     person: &PersonId,
     label: &str,
     expires_at_ms: Option<i64>,
+    parent: Option<&TokenId>,
 ) -> DomainResult<CreatedToken> {
     let id: TokenId = random_id(TokenId::from_bytes);
     let secret = new_token_secret();
-    let owner = people::TokenOwner::Person(person);
-    people::insert_token(tx, &id, &secret, owner, label, expires_at_ms, now_ms()).await?;
+    let token = people::NewToken {
+        id: &id,
+        secret: &secret,
+        owner: people::TokenOwner::Person(person),
+        label,
+        expires_at_ms,
+        parent,
+    };
+    people::insert_token(tx, &token, now_ms()).await?;
     Ok(CreatedToken {
         id,
         token: secret,
@@ -151,6 +160,12 @@ pub async fn use_invite(
         )));
     }
     let now = now_ms();
+    if invite.revoked_at_ms.is_some() {
+        return Err(DomainError::gone(
+            "invite_revoked",
+            "this invite was revoked",
+        ));
+    }
     if invite.used_at_ms.is_some() {
         return Err(DomainError::gone(
             "invite_used",
@@ -163,6 +178,14 @@ pub async fn use_invite(
             "this invite has expired",
         ));
     }
+    // An invite carries its creator's authority only while the creator still has it.
+    let creator_role = networks::role_of(&mut **tx, &invite.network, &invite.created_by).await?;
+    if !creator_role.is_some_and(|r| may_invite(r, invite.role)) {
+        return Err(DomainError::gone(
+            "invite_revoked",
+            "whoever made this invite may no longer grant it",
+        ));
+    }
     if !invites::mark_used(tx, code, now).await? {
         return Err(DomainError::gone(
             "invite_used",
@@ -170,6 +193,16 @@ pub async fn use_invite(
         ));
     }
     Ok((invite.network, invite.role, invite.created_by))
+}
+
+/// Whether a member holding `creator` may make (and keep open) an invite granting `role`:
+/// admins invite members and devices, owners also admins; nobody invites owners.
+pub fn may_invite(creator: Role, role: Role) -> bool {
+    match role {
+        Role::Member => creator >= Role::Admin,
+        Role::Admin => creator == Role::Owner,
+        Role::Owner => false,
+    }
 }
 /// Sign a fresh certificate for an approved device.
 pub fn issue_certificate(
@@ -269,6 +302,7 @@ pub async fn change_role(
     role: Role,
 ) -> DomainResult<MemberInfo> {
     let mut tx = state.db.pool.begin().await?;
+    networks::lock(&mut tx, network).await?;
     let current = networks::role_of(&mut *tx, network, person)
         .await?
         .ok_or_else(|| DomainError::not_found("member"))?;
@@ -276,6 +310,12 @@ pub async fn change_role(
         ensure_other_owner(&mut tx, network, person).await?;
     }
     networks::set_role(&mut tx, network, person, role).await?;
+    // Open invites the member may no longer grant go with the role.
+    for granted in [Role::Member, Role::Admin] {
+        if may_invite(current, granted) && !may_invite(role, granted) {
+            invites::revoke_made_by(&mut tx, network, person, Some(granted), now_ms()).await?;
+        }
+    }
     let detail = format!("{person} {}", role.as_str());
     audit::record(
         &mut tx,
@@ -303,6 +343,7 @@ pub async fn remove_member(
     person: &PersonId,
 ) -> DomainResult<()> {
     let mut tx = state.db.pool.begin().await?;
+    networks::lock(&mut tx, network).await?;
     let role = networks::role_of(&mut *tx, network, person)
         .await?
         .ok_or_else(|| DomainError::not_found("member"))?;
@@ -313,6 +354,7 @@ pub async fn remove_member(
         ensure_other_owner(&mut tx, network, person).await?;
     }
     networks::remove_member(&mut tx, network, person).await?;
+    invites::revoke_made_by(&mut tx, network, person, None, now_ms()).await?;
     crate::store::devices::revoke_owned(&mut tx, network, person, now_ms()).await?;
     audit::record(
         &mut tx,
@@ -357,7 +399,7 @@ pub async fn create_invite(
     request: &CreateInviteRequest,
 ) -> DomainResult<CreatedInvite> {
     let role = request.role.unwrap_or(Role::Member);
-    if role == Role::Owner || (role == Role::Admin && creator_role != Role::Owner) {
+    if !may_invite(creator_role, role) {
         return Err(DomainError::forbidden(
             "invites can grant member, or admin when an owner invites",
         ));
@@ -403,11 +445,52 @@ pub async fn create_invite(
     })
 }
 
-/// Make another API token for `person` (a label, and optionally a lifetime of up to ten
-/// years).
+/// The open invites of `network`.
+pub async fn list_invites(state: &AppState, network: &NetworkId) -> DomainResult<Vec<InviteInfo>> {
+    Ok(invites::open_in(&state.db.pool, network, now_ms()).await?)
+}
+
+/// Revoke the open invite `id` of `network`, as `actor` holding `actor_role`: only an owner
+/// revokes an invite only an owner could make (an admin invite).
+pub async fn revoke_invite(
+    state: &AppState,
+    network: &NetworkId,
+    actor: &str,
+    actor_role: Role,
+    id: &InviteId,
+) -> DomainResult<()> {
+    let mut tx = state.db.pool.begin().await?;
+    let role = invites::open_role(&mut *tx, network, id, now_ms())
+        .await?
+        .ok_or_else(|| DomainError::not_found("invite"))?;
+    if !may_invite(actor_role, role) {
+        return Err(DomainError::forbidden(
+            "only owners revoke invites that grant admin",
+        ));
+    }
+    if !invites::revoke(&mut tx, network, id, now_ms()).await? {
+        return Err(DomainError::not_found("invite"));
+    }
+    audit::record(
+        &mut tx,
+        Some(network),
+        actor,
+        AuditAction::InviteRevoke,
+        &id.to_string(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Make another API token for `person` with their token `parent` (a label, and optionally a
+/// lifetime of up to ten years). The new token is `parent`'s child: it expires no later than
+/// `parent` (a parent that expires cannot mint a token that outlives it) and is revoked with
+/// it.
 pub async fn create_token(
     state: &AppState,
     person: &PersonId,
+    parent: &TokenId,
     request: &CreateTokenRequest,
 ) -> DomainResult<CreatedToken> {
     let label = check_name(&request.label)?;
@@ -421,9 +504,31 @@ pub async fn create_token(
         None => None,
     };
     let mut tx = state.db.pool.begin().await?;
-    let created = create_person_token(&mut tx, person, &label, expires).await?;
+    let parent_expiry = people::token_expiry(&mut *tx, parent, person)
+        .await?
+        .ok_or_else(|| DomainError::not_found("token"))?;
+    let expires = match (expires, parent_expiry) {
+        (Some(e), Some(p)) => Some(e.min(p)),
+        (None, p) => p,
+        (e, None) => e,
+    };
+    let created = create_person_token(&mut tx, person, &label, expires, Some(parent)).await?;
     tx.commit().await?;
     Ok(created)
+}
+
+/// Revoke `person`'s token `token`, and with it every token made with it (and so on).
+pub async fn revoke_token(
+    state: &AppState,
+    person: &PersonId,
+    token: &TokenId,
+) -> DomainResult<()> {
+    let mut tx = state.db.pool.begin().await?;
+    if !people::revoke_token(&mut tx, token, person, now_ms()).await? {
+        return Err(DomainError::not_found("token"));
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Accept a person invite: `person` joins with their identity, or (for `None`) a new person
@@ -440,7 +545,7 @@ pub async fn accept_invite(
         None => {
             let name = check_name(request.name.as_deref().unwrap_or(""))?;
             let person = create_person(&mut tx, &name).await?;
-            let token = create_person_token(&mut tx, &person, "invite", None).await?;
+            let token = create_person_token(&mut tx, &person, "invite", None, None).await?;
             (person, Some(token.token))
         }
     };

@@ -92,10 +92,16 @@ async fn set_status(
 ) -> ApiResult<DeviceInfo> {
     let device = device_id(device)?;
     let actor = admin.principal.label();
-    Ok(
-        crate::domain::devices::change_status(state, &admin.network, &actor, &device, from, to)
-            .await?,
+    Ok(crate::domain::devices::change_status(
+        state,
+        &admin.network,
+        &actor,
+        admin.role,
+        &device,
+        from,
+        to,
     )
+    .await?)
 }
 
 /// Approve a pending device (admin).

@@ -10,10 +10,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mesh_proto::api::{
-    AuditEntry, CreateInviteRequest, CreateNetworkRequest, CreatedInvite, MemberInfo, NetworkInfo,
-    NetworkPolicy, UpdateMemberRequest,
+    AuditEntry, CreateInviteRequest, CreateNetworkRequest, CreatedInvite, InviteInfo, MemberInfo,
+    NetworkInfo, NetworkPolicy, UpdateMemberRequest,
 };
-use mesh_proto::{NetworkId, PersonId};
+use mesh_proto::{InviteId, NetworkId, PersonId};
 
 /// Parse a network id from a path; malformed ids are simply not found.
 pub fn network_id(text: &str) -> ApiResult<NetworkId> {
@@ -150,6 +150,36 @@ pub async fn remove_member(
 ) -> ApiResult<StatusCode> {
     let person: PersonId = person.parse().map_err(|_| ApiError::not_found("member"))?;
     membership::remove_member(&state, &network, &principal.label(), caller_role, &person).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The network's open invites (admin): not used, expired or revoked.
+#[utoipa::path(get, path = "/v1/networks/{network}/invites", tag = "networks", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id")),
+    responses((status = 200, body = Vec<InviteInfo>), Managing))]
+pub async fn list_invites(
+    State(state): State<AppState>,
+    Admin { network, .. }: Admin,
+) -> ApiResult<Json<Vec<InviteInfo>>> {
+    Ok(Json(membership::list_invites(&state, &network).await?))
+}
+
+/// Revoke an open invite (admin; an invite that grants admin, owner only).
+#[utoipa::path(delete, path = "/v1/networks/{network}/invites/{invite}", tag = "networks", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id"), ("invite" = String, Path, description = "Invite id")),
+    responses((status = 204), Managing))]
+pub async fn revoke_invite(
+    State(state): State<AppState>,
+    Admin {
+        principal,
+        network,
+        role,
+        ..
+    }: Admin,
+    Path((_network, invite)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let invite: InviteId = invite.parse().map_err(|_| ApiError::not_found("invite"))?;
+    membership::revoke_invite(&state, &network, &principal.label(), role, &invite).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

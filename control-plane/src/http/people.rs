@@ -7,7 +7,7 @@ use crate::http::error::responses::{
 };
 use crate::http::error::{ApiError, ApiJson, ApiResult};
 use crate::state::AppState;
-use crate::store::{networks, now_ms, people};
+use crate::store::{networks, people};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -44,8 +44,10 @@ pub async fn create_token(
     Auth(principal): Auth,
     ApiJson(request): ApiJson<CreateTokenRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
-    let person = principal.person()?;
-    let created = membership::create_token(&state, &person, &request).await?;
+    let Principal::Person { person, token } = principal else {
+        return Err(ApiError::forbidden("devices cannot make tokens"));
+    };
+    let created = membership::create_token(&state, &person, &token, &request).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -71,9 +73,7 @@ pub async fn revoke_token(
 ) -> ApiResult<StatusCode> {
     let person = principal.person()?;
     let token: TokenId = token.parse().map_err(|_| ApiError::not_found("token"))?;
-    if !people::revoke_token(&state.db.pool, &token, &person, now_ms()).await? {
-        return Err(ApiError::not_found("token"));
-    }
+    membership::revoke_token(&state, &person, &token).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

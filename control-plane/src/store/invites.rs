@@ -2,7 +2,7 @@
 //! `challenges`: the only code that reads or writes them.
 
 use super::{StoreError, Tx, parse_column, secret_hash};
-use mesh_proto::api::{InviteKind, Role};
+use mesh_proto::api::{InviteInfo, InviteKind, Role};
 use mesh_proto::{InviteId, NetworkId, PersonId};
 use sqlx::Row;
 
@@ -66,6 +66,26 @@ pub struct InviteRecord {
     pub expires_at_ms: i64,
     /// When it was used, if it was.
     pub used_at_ms: Option<i64>,
+    /// When it was revoked, if it was.
+    pub revoked_at_ms: Option<i64>,
+}
+
+fn kind_of(text: &str) -> Result<InviteKind, StoreError> {
+    match text {
+        "person" => Ok(InviteKind::Person),
+        "device" => Ok(InviteKind::Device),
+        other => Err(StoreError::Corrupt {
+            column: "invites.kind",
+            value: other.to_string(),
+        }),
+    }
+}
+
+fn role_of(text: String) -> Result<Role, StoreError> {
+    Role::parse(&text).ok_or(StoreError::Corrupt {
+        column: "invites.role",
+        value: text,
+    })
 }
 
 /// The invite with this code.
@@ -74,35 +94,114 @@ pub async fn by_code(
     code: &str,
 ) -> Result<Option<InviteRecord>, StoreError> {
     let row = sqlx::query(
-        "SELECT network_id, kind, role, created_by, expires_at, used_at FROM invites WHERE code_hash = $1",
+        "SELECT network_id, kind, role, created_by, expires_at, used_at, revoked_at FROM invites \
+         WHERE code_hash = $1",
     )
     .bind(secret_hash(code))
     .fetch_optional(db)
     .await?;
     let Some(row) = row else { return Ok(None) };
     let text = |column: &'static str| -> Result<String, StoreError> { Ok(row.try_get(column)?) };
-    let kind = match text("kind")?.as_str() {
-        "person" => InviteKind::Person,
-        "device" => InviteKind::Device,
-        other => {
-            return Err(StoreError::Corrupt {
-                column: "invites.kind",
-                value: other.to_string(),
-            });
-        }
-    };
-    let role = text("role")?;
     Ok(Some(InviteRecord {
         network: parse_column("invites.network_id", &text("network_id")?)?,
-        kind,
-        role: Role::parse(&role).ok_or(StoreError::Corrupt {
-            column: "invites.role",
-            value: role,
-        })?,
+        kind: kind_of(&text("kind")?)?,
+        role: role_of(text("role")?)?,
         created_by: parse_column("invites.created_by", &text("created_by")?)?,
         expires_at_ms: row.try_get("expires_at")?,
         used_at_ms: row.try_get("used_at")?,
+        revoked_at_ms: row.try_get("revoked_at")?,
     }))
+}
+
+/// Open invites of `network` at `now` (not used, expired or revoked), newest first.
+pub async fn open_in(
+    db: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    network: &NetworkId,
+    now: i64,
+) -> Result<Vec<InviteInfo>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, kind, role, created_by, created_at, expires_at FROM invites WHERE network_id = $1 \
+         AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2 ORDER BY created_at DESC, id",
+    )
+    .bind(network.to_string())
+    .bind(now)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let text =
+                |column: &'static str| -> Result<String, StoreError> { Ok(row.try_get(column)?) };
+            Ok(InviteInfo {
+                id: parse_column("invites.id", &text("id")?)?,
+                kind: kind_of(&text("kind")?)?,
+                role: role_of(text("role")?)?,
+                created_by: parse_column("invites.created_by", &text("created_by")?)?,
+                created_at_ms: row.try_get("created_at")?,
+                expires_at_ms: row.try_get("expires_at")?,
+            })
+        })
+        .collect()
+}
+
+/// The role an open invite `id` of `network` grants, if there is such an open invite.
+pub async fn open_role(
+    db: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    network: &NetworkId,
+    id: &InviteId,
+    now: i64,
+) -> Result<Option<Role>, StoreError> {
+    let role: Option<String> = sqlx::query_scalar(
+        "SELECT role FROM invites WHERE id = $1 AND network_id = $2 AND used_at IS NULL \
+         AND revoked_at IS NULL AND expires_at > $3",
+    )
+    .bind(id.to_string())
+    .bind(network.to_string())
+    .bind(now)
+    .fetch_optional(db)
+    .await?;
+    role.map(role_of).transpose()
+}
+
+/// Revoke the open invite `id` of `network`; returns whether it was open.
+pub async fn revoke(
+    tx: &mut Tx,
+    network: &NetworkId,
+    id: &InviteId,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let changed = sqlx::query(
+        "UPDATE invites SET revoked_at = $1 WHERE id = $2 AND network_id = $3 AND used_at IS NULL \
+         AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(id.to_string())
+    .bind(network.to_string())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
+}
+
+/// Revoke the open invites `creator` made in `network` (only those granting `role` when
+/// given); returns how many.
+pub async fn revoke_made_by(
+    tx: &mut Tx,
+    network: &NetworkId,
+    creator: &PersonId,
+    role: Option<Role>,
+    now: i64,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE invites SET revoked_at = $1 WHERE network_id = $2 AND created_by = $3 \
+         AND used_at IS NULL AND revoked_at IS NULL AND ($4 = '' OR role = $4)",
+    )
+    .bind(now)
+    .bind(network.to_string())
+    .bind(creator.to_string())
+    .bind(role.map_or("", Role::as_str))
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
 }
 
 /// Mark the invite with this code used at `now`, if nobody used it first.

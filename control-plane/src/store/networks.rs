@@ -169,6 +169,18 @@ pub async fn role_of(
     text.map(role).transpose()
 }
 
+/// Take `network`'s row lock for the rest of `tx`: a no-op write, so membership changes of one
+/// network run one after the other on PostgreSQL (a row lock held to commit) as on SQLite
+/// (one writer). Checks such as "another owner remains" then see every change committed
+/// before them.
+pub async fn lock(tx: &mut Tx, network: &NetworkId) -> Result<(), StoreError> {
+    sqlx::query("UPDATE networks SET name = name WHERE id = $1")
+        .bind(network.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Give the member `person` of `network` the role `role`.
 pub async fn set_role(
     tx: &mut Tx,

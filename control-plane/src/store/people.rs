@@ -42,23 +42,40 @@ pub enum TokenOwner<'a> {
     Device(&'a DeviceId),
 }
 
-/// Store a token whose secret is `secret`.
-pub async fn insert_token(
-    tx: &mut Tx,
-    id: &TokenId,
-    secret: &str,
-    owner: TokenOwner<'_>,
-    label: &str,
-    expires_at_ms: Option<i64>,
-    now: i64,
-) -> Result<(), StoreError> {
+/// A token to store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewToken<'a> {
+    /// Its id.
+    pub id: &'a TokenId,
+    /// Its secret (only its hash is stored).
+    pub secret: &'a str,
+    /// Whom it acts for.
+    pub owner: TokenOwner<'a>,
+    /// Its label.
+    pub label: &'a str,
+    /// When it stops working (ms), if ever.
+    pub expires_at_ms: Option<i64>,
+    /// The token it was made with.
+    pub parent: Option<&'a TokenId>,
+}
+
+/// Store a token.
+pub async fn insert_token(tx: &mut Tx, token: &NewToken<'_>, now: i64) -> Result<(), StoreError> {
+    let NewToken {
+        id,
+        secret,
+        owner,
+        label,
+        expires_at_ms,
+        parent,
+    } = *token;
     let (person, device) = match owner {
         TokenOwner::Person(p) => (Some(p.to_string()), None),
         TokenOwner::Device(d) => (None, Some(d.to_string())),
     };
     sqlx::query(
-        "INSERT INTO api_tokens (id, secret_hash, person_id, device_id, label, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO api_tokens (id, secret_hash, person_id, device_id, label, created_at, expires_at, parent_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(id.to_string())
     .bind(secret_hash(secret))
@@ -67,6 +84,7 @@ pub async fn insert_token(
     .bind(label)
     .bind(now)
     .bind(expires_at_ms)
+    .bind(parent.map(ToString::to_string))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -78,7 +96,8 @@ pub async fn tokens_of(
     person: &PersonId,
 ) -> Result<Vec<TokenInfo>, StoreError> {
     let rows = sqlx::query(
-        "SELECT id, label, created_at, expires_at, revoked_at FROM api_tokens WHERE person_id = $1 ORDER BY created_at",
+        "SELECT id, label, created_at, expires_at, revoked_at, parent_id FROM api_tokens WHERE person_id = $1 \
+         ORDER BY created_at",
     )
     .bind(person.to_string())
     .fetch_all(db)
@@ -92,14 +111,35 @@ pub async fn tokens_of(
                 created_at_ms: row.try_get("created_at")?,
                 expires_at_ms: row.try_get("expires_at")?,
                 revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+                parent: row
+                    .try_get::<Option<String>, _>("parent_id")?
+                    .map(|p| parse_column("api_tokens.parent_id", &p))
+                    .transpose()?,
             })
         })
         .collect()
 }
 
-/// Revoke the token `token` of `person`; returns whether this call revoked it.
-pub async fn revoke_token(
+/// The expiry of `person`'s token `token`: `None` when there is no such token, `Some(None)`
+/// when it never expires.
+pub async fn token_expiry(
     db: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    token: &TokenId,
+    person: &PersonId,
+) -> Result<Option<Option<i64>>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT expires_at FROM api_tokens WHERE id = $1 AND person_id = $2")
+            .bind(token.to_string())
+            .bind(person.to_string())
+            .fetch_optional(db)
+            .await?,
+    )
+}
+
+/// Revoke the token `token` of `person` and every token made with it, and with those, and so
+/// on; returns whether `token` itself was revoked by this call.
+pub async fn revoke_token(
+    tx: &mut Tx,
     token: &TokenId,
     person: &PersonId,
     now: i64,
@@ -110,9 +150,19 @@ pub async fn revoke_token(
     .bind(now)
     .bind(token.to_string())
     .bind(person.to_string())
-    .execute(db)
+    .execute(&mut **tx)
     .await?
     .rows_affected();
+    sqlx::query(
+        "WITH RECURSIVE descendants(id) AS ( \
+             SELECT id FROM api_tokens WHERE parent_id = $2 \
+             UNION SELECT t.id FROM api_tokens t JOIN descendants d ON t.parent_id = d.id) \
+         UPDATE api_tokens SET revoked_at = $1 WHERE id IN (SELECT id FROM descendants) AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(token.to_string())
+    .execute(&mut **tx)
+    .await?;
     Ok(changed == 1)
 }
 

@@ -12,7 +12,7 @@ use config::Config;
 use futures_util::StreamExt;
 use mesh_client::{Client, ClientError};
 use mesh_proto::api::*;
-use mesh_proto::{Blake3Hash, DeviceId, JobId, NetworkId, PersonId};
+use mesh_proto::{Blake3Hash, DeviceId, InviteId, JobId, NetworkId, PersonId};
 use serde::Serialize;
 use std::process::ExitCode;
 
@@ -113,6 +113,13 @@ enum NetworkCommand {
         /// Lifetime in seconds.
         #[arg(long)]
         expires_in: Option<u64>,
+    },
+    /// Open invites of the network (admins).
+    Invites,
+    /// Revoke an open invite (admins; an admin invite, owners).
+    RevokeInvite {
+        /// Invite id.
+        invite: InviteId,
     },
     /// Members of the network.
     Members,
@@ -497,6 +504,32 @@ async fn network(mut ctx: Ctx, command: NetworkCommand) -> Result<()> {
                 )
                 .await?;
             print(ctx.json, &invite, |i| i.code.clone())
+        }
+        NetworkCommand::Invites => {
+            let invites = ctx.client.invites(&ctx.network()?).await?;
+            print(ctx.json, &invites, |is| {
+                is.iter()
+                    .map(|i| {
+                        format!(
+                            "{}  {:<6} {:<6} by {}  expires {}",
+                            i.id,
+                            match i.kind {
+                                InviteKind::Person => "person",
+                                InviteKind::Device => "device",
+                            },
+                            i.role.as_str(),
+                            i.created_by,
+                            i.expires_at_ms
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        NetworkCommand::RevokeInvite { invite } => {
+            ctx.client.revoke_invite(&ctx.network()?, &invite).await?;
+            eprintln!("revoked {invite}");
+            Ok(())
         }
         NetworkCommand::Members => {
             let members = ctx.client.members(&ctx.network()?).await?;

@@ -88,6 +88,25 @@ async fn commands_drive_the_control_plane() {
     assert_eq!(ok(&env.mesh(&["credits", "balance"])).trim(), "1000");
     let invite = ok(&env.mesh(&["network", "invite"]));
     assert!(invite.trim().starts_with("mesh-invite-"));
+    // Open invites are listed, and one can be revoked: its code no longer works.
+    let spare: serde_json::Value =
+        serde_json::from_str(&ok(&env.mesh(&["network", "invite", "--json"]))).unwrap();
+    let open: serde_json::Value =
+        serde_json::from_str(&ok(&env.mesh(&["network", "invites", "--json"]))).unwrap();
+    assert_eq!(open.as_array().unwrap().len(), 2);
+    let spare_id = spare["id"].as_str().unwrap();
+    assert!(ok(&env.mesh(&["network", "invites"])).contains(spare_id));
+    ok(&env.mesh(&["network", "revoke-invite", spare_id]));
+    assert!(!ok(&env.mesh(&["network", "invites"])).contains(spare_id));
+    let revoked = env.mesh(&[
+        "login",
+        "--invite",
+        spare["code"].as_str().unwrap(),
+        "--name",
+        "eve",
+    ]);
+    assert!(!revoked.status.success());
+    assert!(String::from_utf8_lossy(&revoked.stderr).contains("revoked"));
     let members: serde_json::Value =
         serde_json::from_str(&ok(&env.mesh(&["network", "members", "--json"]))).unwrap();
     assert_eq!(members.as_array().unwrap().len(), 1);

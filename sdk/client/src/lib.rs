@@ -3,7 +3,7 @@
 
 use mesh_proto::api::*;
 use mesh_proto::device::Heartbeat;
-use mesh_proto::{Blake3Hash, DeviceId, JobId, NetworkId, PersonId, Signed, TokenId};
+use mesh_proto::{Blake3Hash, DeviceId, InviteId, JobId, NetworkId, PersonId, Signed, TokenId};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -246,6 +246,20 @@ impl Client {
     ) -> Result<CreatedInvite> {
         self.post(&format!("/v1/networks/{network}/invites"), request)
             .await
+    }
+
+    /// `GET /v1/networks/{network}/invites`: the open invites.
+    pub async fn invites(&self, network: &NetworkId) -> Result<Vec<InviteInfo>> {
+        self.get(&format!("/v1/networks/{network}/invites")).await
+    }
+
+    /// `DELETE /v1/networks/{network}/invites/{invite}`.
+    pub async fn revoke_invite(&self, network: &NetworkId, invite: &InviteId) -> Result<()> {
+        Self::send(self.request(
+            Method::DELETE,
+            &format!("/v1/networks/{network}/invites/{invite}"),
+        ))
+        .await
     }
 
     // --- devices ---

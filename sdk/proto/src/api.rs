@@ -108,6 +108,10 @@ pub struct TokenInfo {
     pub expires_at_ms: Option<i64>,
     /// Whether it was revoked.
     pub revoked: bool,
+    /// The token it was made with, if any: it expires no later and is revoked with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub parent: Option<TokenId>,
 }
 
 /// A network's rules.
@@ -245,6 +249,27 @@ pub struct CreatedInvite {
     pub code: String,
     /// Person or device.
     pub kind: InviteKind,
+    /// Expiry.
+    pub expires_at_ms: i64,
+}
+
+/// An open invite (neither used, expired nor revoked), as admins list it. The code is not
+/// shown again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct InviteInfo {
+    /// Invite id.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: InviteId,
+    /// Person or device.
+    pub kind: InviteKind,
+    /// The role a person gets.
+    pub role: Role,
+    /// Who made it.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub created_by: PersonId,
+    /// When.
+    pub created_at_ms: i64,
     /// Expiry.
     pub expires_at_ms: i64,
 }
