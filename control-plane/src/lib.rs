@@ -32,6 +32,7 @@ pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
 
 /// Build the shared state: database, signing key, metrics, validator.
 pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+    config.check().map_err(anyhow::Error::msg)?;
     let db = open_db(&config).await?;
     let key = store::keys::load_or_create(&db)
         .await

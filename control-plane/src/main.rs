@@ -47,9 +47,13 @@ enum Command {
         /// Relay multiaddr handed to devices and used by the gateway (repeatable).
         #[arg(long = "relay")]
         relays: Vec<String>,
-        /// Secret relays present to fetch the allow-list.
+        /// Secret relays present to fetch the allow-list (at least 32 characters).
         #[arg(long, env = "MESH_RELAY_SECRET", hide_env_values = true)]
         relay_secret: Option<String>,
+        /// Token a metrics scraper presents for `/metrics` (at least 32 characters); without
+        /// one, `/metrics` is off.
+        #[arg(long, env = "MESH_METRICS_TOKEN", hide_env_values = true)]
+        metrics_token: Option<String>,
     },
     /// Create the first person and print their API token once (non-interactive bootstrap).
     Init {
@@ -79,6 +83,7 @@ async fn main() -> Result<()> {
             addr_file,
             relays,
             relay_secret,
+            metrics_token,
         } => {
             let mut config: Config = match config {
                 Some(path) => {
@@ -94,6 +99,9 @@ async fn main() -> Result<()> {
             }
             if relay_secret.is_some() {
                 config.relay_secret = relay_secret;
+            }
+            if metrics_token.is_some() {
+                config.metrics_token = metrics_token;
             }
             config.data_dir = cli.data_dir;
             if cli.database_url.is_some() {

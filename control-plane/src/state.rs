@@ -53,8 +53,11 @@ pub struct Config {
     /// Relay multiaddrs handed to devices (each ending in `/p2p/<relay peer id>`).
     pub relays: Vec<String>,
     /// Shared secret relays present (as a bearer token) to fetch the allow-list; unset
-    /// disables `/v1/relay/allow-list`. Env `MESH_RELAY_SECRET`.
+    /// disables `/v1/relay/allow-list`. At least 32 characters. Env `MESH_RELAY_SECRET`.
     pub relay_secret: Option<String>,
+    /// Bearer token a metrics scraper presents for `/metrics` (it shows every network's
+    /// counts); unset disables `/metrics`. At least 32 characters. Env `MESH_METRICS_TOKEN`.
+    pub metrics_token: Option<String>,
     /// Address the gateway's libp2p swarm listens on (default `/ip4/127.0.0.1/udp/0/quic-v1`).
     pub p2p_listen: Vec<String>,
     /// How long the gateway waits for an executor's answer (default 130 s).
@@ -74,6 +77,19 @@ pub struct Config {
     pub payload_retention: Duration,
 }
 
+impl Config {
+    /// Check what no default can vouch for: the shared secrets' strength.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(secret) = &self.relay_secret {
+            mesh_proto::api::check_shared_secret("relay secret", secret)?;
+        }
+        if let Some(token) = &self.metrics_token {
+            mesh_proto::api::check_shared_secret("metrics token", token)?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -90,6 +106,7 @@ impl Default for Config {
             max_clock_skew: Duration::from_secs(300),
             relays: Vec::new(),
             relay_secret: None,
+            metrics_token: None,
             p2p_listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
             gateway_timeout: Duration::from_secs(130),
             check_policy: CheckPolicy::default(),

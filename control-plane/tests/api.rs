@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use mesh_client::{Client, ClientError};
+use mesh_control_plane::Server;
 use mesh_proto::api::*;
 use mesh_proto::device::{DeviceCert, DeviceLoad};
 use mesh_proto::{Blake3Hash, NetworkId, RunReceipt, SignDomain, Signed, SigningKey};
@@ -1041,8 +1042,30 @@ async fn concurrent_spends_never_overdraw() {
 }
 
 #[tokio::test]
+async fn weak_shared_secrets_are_refused_at_start() {
+    for (relay, metrics) in [
+        (Some("x"), None),
+        (None, Some("short-token")),
+        (Some("has spaces in it 0123456789abcdef"), None),
+    ] {
+        let mut db = TestDb::new(Store::Sqlite).await;
+        db.config.relay_secret = relay.map(str::to_string);
+        db.config.metrics_token = metrics.map(str::to_string);
+        let error = match Server::spawn(db.config.clone()).await {
+            Ok(_) => panic!("{relay:?} {metrics:?} accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains("at least 32"), "{error}");
+    }
+}
+
+#[tokio::test]
 async fn errors_are_json_with_stable_codes_and_limits_hold() {
-    let plane = TestPlane::spawn(Store::Sqlite).await;
+    const METRICS_TOKEN: &str = "metrics-token-0123456789abcdef0123456789";
+    let plane = TestPlane::spawn_with(Store::Sqlite, |c| {
+        c.metrics_token = Some(METRICS_TOKEN.into())
+    })
+    .await;
     let http = reqwest::Client::new();
     let url = plane.server.url();
     let health: Health = http
@@ -1054,8 +1077,29 @@ async fn errors_are_json_with_stable_codes_and_limits_hold() {
         .await
         .unwrap();
     assert_eq!(health.status, "ok");
+    // `/metrics` counts every network: only for the scraper's token, not a person's.
+    let persons = plane
+        .admin
+        .create_token(&CreateTokenRequest {
+            label: "a person's".into(),
+            expires_in_s: None,
+        })
+        .await
+        .unwrap()
+        .token;
+    for token in [None, Some("wrong"), Some(persons.as_str())] {
+        let mut request = http.get(format!("{url}/metrics"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        assert_eq!(
+            request.send().await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
     let metrics = http
         .get(format!("{url}/metrics"))
+        .bearer_auth(METRICS_TOKEN)
         .send()
         .await
         .unwrap()
@@ -1990,5 +2034,25 @@ async fn two_owners_demoting_each_other_at_once_leave_one_owner() {
                     .unwrap();
             }
         }
+    }
+}
+
+/// The SQLite file holds the signing key and the VRF seed: it and its directory are the
+/// operator's alone from the moment they exist, whatever the umask.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_database_and_its_directory_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("state/mesh-data");
+    let plane = TestPlane::spawn_with(Store::Sqlite, |c| c.data_dir = data.clone()).await;
+    plane.network(NetworkPolicy::default()).await;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&root.path().join("state")), 0o700);
+    for file in ["mesh.db", "mesh.db-wal", "mesh.db-shm"] {
+        let path = data.join(file);
+        assert!(path.exists(), "{file}");
+        assert_eq!(mode(&path), 0o600, "{file}");
     }
 }

@@ -74,9 +74,9 @@ pub struct ComponentStore {
 }
 
 impl ComponentStore {
-    /// Open (creating if needed) the store in `dir`.
+    /// Open (creating if needed, 0700) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        fs::create_dir_all(dir).map_err(io("create", dir))?;
+        mesh_fs::create_private_dir_all(dir).map_err(io("create", dir))?;
         Ok(ComponentStore {
             dir: dir.to_path_buf(),
         })
@@ -148,7 +148,7 @@ impl CompiledCache {
     /// Open (creating if needed) the cache in `dir` for an engine with `engine_fingerprint`.
     /// The MAC key lives in `<dir>/host.key` (mode 0600), created on first use.
     pub fn open(dir: &Path, engine_fingerprint: String) -> Result<Self, StoreError> {
-        fs::create_dir_all(dir).map_err(io("create", dir))?;
+        mesh_fs::create_private_dir_all(dir).map_err(io("create", dir))?;
         let key_path = dir.join("host.key");
         let key = match fs::read(&key_path) {
             Ok(bytes) if bytes.len() == 32 => bytes.try_into().expect("32 bytes"),

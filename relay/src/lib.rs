@@ -265,6 +265,8 @@ impl Relay {
                     .into(),
             ));
         };
+        mesh_proto::api::check_shared_secret("relay secret", &secret)
+            .map_err(RelayError::Config)?;
         let key = load_or_create_key(&config.data_dir)?;
         let client = mesh_client::Client::new(&config.control_plane, Some(secret))
             .map_err(|e| RelayError::Config(format!("control plane URL: {e}")))?;

@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use mesh_proto::api::RelayAllowList;
 
 /// Whether `headers` carry `Authorization: Bearer <secret>`, compared in constant time.
-fn has_secret(headers: &HeaderMap, secret: &str) -> bool {
+pub fn has_secret(headers: &HeaderMap, secret: &str) -> bool {
     let Some(presented) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

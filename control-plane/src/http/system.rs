@@ -1,6 +1,6 @@
 //! Health, metrics, the OpenAPI document and the control plane's public key.
 
-use crate::http::error::responses::Unavailable;
+use crate::http::error::responses::{Reading, Unavailable};
 use crate::http::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::Json;
@@ -28,10 +28,23 @@ pub async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
     }))
 }
 
-/// Prometheus metrics in the text exposition format.
-#[utoipa::path(get, path = "/metrics", tag = "system",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
+/// Prometheus metrics in the text exposition format, for a scraper presenting the configured
+/// metrics token (they count every network's jobs and devices); 404 when none is configured.
+#[utoipa::path(get, path = "/metrics", tag = "system", security(("bearer" = [])),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"), Reading))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    let Some(token) = state.config.metrics_token.as_deref() else {
+        return Err(ApiError::no_route());
+    };
+    if !crate::http::relay::has_secret(&headers, token) {
+        return Err(ApiError::new_unauthenticated(
+            "unauthenticated",
+            "metrics scrapers authenticate with the metrics token",
+        ));
+    }
     let text = state.metrics.render(&state.db).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }

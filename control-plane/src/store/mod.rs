@@ -75,13 +75,23 @@ pub struct Db {
 }
 
 impl Db {
-    /// The default SQLite database in `data_dir` (`mesh.db`), created on first use.
+    /// The default SQLite database in `data_dir` (`mesh.db`), created on first use. It holds
+    /// the signing key and the VRF seed: the directory is created 0700 and the file 0600 in
+    /// the calls that create them (SQLite gives its `-wal` and `-shm` files the database's
+    /// mode).
     pub async fn open_sqlite(data_dir: &Path) -> Result<Db, DbError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| DbError::DataDir {
+        let failed = |source| DbError::DataDir {
             path: data_dir.display().to_string(),
             source,
-        })?;
-        let url = format!("sqlite://{}?mode=rwc", data_dir.join("mesh.db").display());
+        };
+        mesh_fs::create_private_dir_all(data_dir).map_err(failed)?;
+        let file = data_dir.join("mesh.db");
+        match mesh_fs::create_private_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(failed(e)),
+        }
+        let url = format!("sqlite://{}?mode=rwc", file.display());
         Db::connect(&url).await
     }
 

@@ -27,6 +27,16 @@ pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
     builder.create(dir)
 }
 
+/// Create an empty 0600 file at `path` (its parent must exist); fails with
+/// [`io::ErrorKind::AlreadyExists`] when there is one, which is left as it is.
+pub fn create_private_file(path: &Path) -> io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(PRIVATE_FILE_MODE);
+    options.open(path).map(drop)
+}
+
 /// Write `contents` to `path` as a 0600 file, atomically: a temporary file created 0600 next to
 /// it, synced, then renamed over `path`. The parent directory is created 0700 if missing.
 pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {

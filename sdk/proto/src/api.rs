@@ -14,6 +14,22 @@ use std::fmt;
 #[cfg(feature = "openapi")]
 use utoipa::ToSchema;
 
+/// Fewest characters a shared secret (the relays' secret, the metrics token) may have: 32
+/// characters of a random hex or base64 string carry at least 128 bits.
+pub const MIN_SHARED_SECRET_CHARS: usize = 32;
+
+/// Check a shared secret an operator configured (`what` names it in the error): at least
+/// [`MIN_SHARED_SECRET_CHARS`] printable ASCII characters, no whitespace.
+pub fn check_shared_secret(what: &str, secret: &str) -> Result<(), String> {
+    if secret.len() < MIN_SHARED_SECRET_CHARS || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "the {what} must be at least {MIN_SHARED_SECRET_CHARS} printable ASCII characters \
+             without spaces (e.g. `openssl rand -hex 32`)"
+        ));
+    }
+    Ok(())
+}
+
 /// A person's role in a network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]

@@ -356,7 +356,7 @@ impl Mesh {
         let server_ip = topology
             .as_ref()
             .map_or_else(|| "127.0.0.1".to_string(), |t| t.public_server.clone());
-        let relay_secret = "e2e-relay-secret".to_string();
+        let relay_secret = "e2e-relay-secret-0123456789abcdef0123".to_string();
         let relay_peer = String::from_utf8(
             Command::new(bin("mesh-relay"))
                 .args([

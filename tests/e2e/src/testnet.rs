@@ -24,7 +24,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 /// The relay secret of every test net.
-const RELAY_SECRET: &str = "testnet-relay-secret";
+const RELAY_SECRET: &str = "testnet-relay-secret-0123456789abcdef";
 
 /// A running in-process mesh.
 pub struct TestNet {
