@@ -49,6 +49,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         metrics: Arc::new(metrics::Metrics::default()),
         validator: Arc::new(validate::ComponentValidator::new()?),
         gateway: None,
+        certificate_pin: None,
     };
     state.gateway = workers::gateway::spawn(&state)
         .await
@@ -59,6 +60,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
 /// A running control plane; stops when dropped.
 pub struct Server {
     addr: SocketAddr,
+    https: bool,
     state: AppState,
     serve: JoinHandle<()>,
     sweeper: JoinHandle<()>,
@@ -69,7 +71,9 @@ impl Server {
     /// Bind `config.listen` (port 0 picks a free port), then serve until dropped.
     pub async fn spawn(config: Config) -> anyhow::Result<Server> {
         let listen = config.listen;
-        let state = build_state(config).await?;
+        let tls = http::listener::load(&config).context("setting up TLS")?;
+        let mut state = build_state(config).await?;
+        state.certificate_pin = tls.as_ref().and_then(|t| t.pin);
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
@@ -78,24 +82,30 @@ impl Server {
         // running several servers in one process can tell their logs apart (without a
         // span, as in the binary, this does nothing).
         let span = tracing::Span::current();
-        let app = http::router(state.clone()).layer(axum::middleware::from_fn(
-            move |request: axum::extract::Request, next: axum::middleware::Next| {
-                next.run(request).instrument(span.clone())
-            },
-        ));
+        let config = state.config.clone();
+        let app = http::router(state.clone())
+            .layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    next.run(request).instrument(span.clone())
+                },
+            ))
+            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+                config.body_timeout,
+            ))
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                config.request_timeout,
+            ));
+        let https = tls.is_some();
         let serve = tokio::spawn(
-            async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!("server stopped: {e}");
-                }
-            }
-            .in_current_span(),
+            http::listener::serve(listener, app, tls.map(|t| t.acceptor), config).in_current_span(),
         );
         let sweeper = tokio::spawn(workers::sweeper::run(state.clone()).in_current_span());
         let checker = tokio::spawn(workers::checker::run(state.clone()).in_current_span());
         tracing::info!(%addr, "control plane listening");
         Ok(Server {
             addr,
+            https,
             state,
             serve,
             sweeper,
@@ -108,9 +118,15 @@ impl Server {
         self.addr
     }
 
-    /// The base URL, `http://addr`.
+    /// The base URL: `https://addr` when serving TLS, else `http://addr`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The fingerprint of the TLS certificate invite codes pin, if they pin one.
+    pub fn certificate_pin(&self) -> Option<mesh_proto::pin::Fingerprint> {
+        self.state.certificate_pin
     }
 
     /// The shared state (for tests and tools in the same process).

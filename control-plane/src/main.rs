@@ -54,6 +54,13 @@ enum Command {
         /// one, `/metrics` is off.
         #[arg(long, env = "MESH_METRICS_TOKEN", hide_env_values = true)]
         metrics_token: Option<String>,
+        /// Serve HTTPS with this certificate chain (PEM); without it, the self-signed pair
+        /// `init --self-signed-tls` made is used if there is one.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of `--tls-cert`.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Create the first person and print their API token once (non-interactive bootstrap).
     Init {
@@ -63,6 +70,15 @@ enum Command {
         /// Write the token to this file (mode 0600) instead of printing it.
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// Make a self-signed TLS certificate in the data directory, which `serve` then
+        /// uses and invite codes pin (for a private network without a certificate
+        /// authority).
+        #[arg(long)]
+        self_signed_tls: bool,
+        /// A DNS name or IP address the certificate is for, besides localhost and 127.0.0.1
+        /// (repeatable).
+        #[arg(long = "tls-name", requires = "self_signed_tls")]
+        tls_names: Vec<String>,
     },
 }
 
@@ -84,6 +100,8 @@ async fn main() -> Result<()> {
             relays,
             relay_secret,
             metrics_token,
+            tls_cert,
+            tls_key,
         } => {
             let mut config: Config = match config {
                 Some(path) => {
@@ -103,6 +121,10 @@ async fn main() -> Result<()> {
             if metrics_token.is_some() {
                 config.metrics_token = metrics_token;
             }
+            if tls_cert.is_some() {
+                config.tls_cert = tls_cert;
+                config.tls_key = tls_key;
+            }
             config.data_dir = cli.data_dir;
             if cli.database_url.is_some() {
                 config.database_url = cli.database_url;
@@ -117,12 +139,28 @@ async fn main() -> Result<()> {
             eprintln!("shutting down");
             Ok(())
         }
-        Command::Init { name, token_file } => {
+        Command::Init {
+            name,
+            token_file,
+            self_signed_tls,
+            tls_names,
+        } => {
             let config = Config {
                 data_dir: cli.data_dir,
                 database_url: cli.database_url,
                 ..Config::default()
             };
+            if self_signed_tls {
+                let pin = mesh_control_plane::http::listener::generate_self_signed(
+                    &config.data_dir,
+                    &tls_names,
+                )?;
+                eprintln!(
+                    "made a self-signed TLS certificate in {}; its fingerprint is {pin} \
+                     (invite codes pin it; for `mesh login --token`, pass `--tls-pin {pin}`)",
+                    mesh_control_plane::http::listener::self_signed_dir(&config.data_dir).display()
+                );
+            }
             let token = mesh_control_plane::bootstrap_admin(&config, &name).await?;
             match token_file {
                 Some(path) => {

@@ -75,6 +75,29 @@ pub struct Config {
     /// verified result (default 7 days).
     #[serde(with = "secs")]
     pub payload_retention: Duration,
+    /// Serve HTTPS with this certificate chain (PEM) and `tls_key`. Without them, the
+    /// self-signed pair `init --self-signed-tls` made in `<data_dir>/tls/` is used if there
+    /// is one; otherwise plain HTTP (loopback and tests only).
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Pin the TLS certificate in invite codes (default: only for the self-signed pair of
+    /// `<data_dir>/tls/`; a certificate an authority signed is checked against the system's
+    /// roots instead).
+    pub tls_pin_certificate: Option<bool>,
+    /// Connections served at once; more wait in the kernel's backlog (default 1024).
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and the longest a kept-alive
+    /// connection may sit idle between requests (default 10 s).
+    #[serde(with = "secs")]
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body (default 60 s).
+    #[serde(with = "secs")]
+    pub body_timeout: Duration,
+    /// Time a request may take in all, waiting for a job included (default 300 s; more
+    /// than `gateway_timeout`).
+    #[serde(with = "secs")]
+    pub request_timeout: Duration,
 }
 
 impl Config {
@@ -113,6 +136,13 @@ impl Default for Config {
             ringers: RingerPolicy::default(),
             payload_quota: 1 << 30,
             payload_retention: Duration::from_secs(7 * 24 * 3600),
+            tls_cert: None,
+            tls_key: None,
+            tls_pin_certificate: None,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -150,4 +180,6 @@ pub struct AppState {
     pub presence: crate::store::presence::PresenceWriter,
     /// The gateway's libp2p node, when relays are configured.
     pub gateway: Option<mesh_net::Node>,
+    /// The TLS certificate invite codes pin, when it is pinned.
+    pub certificate_pin: Option<mesh_proto::pin::Fingerprint>,
 }

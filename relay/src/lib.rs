@@ -61,6 +61,10 @@ pub struct Config {
     pub external_addresses: Vec<String>,
     /// The control plane's URL.
     pub control_plane: String,
+    /// Fingerprint of the control plane's self-signed TLS certificate (`init
+    /// --self-signed-tls` prints it); without one, an authority the system trusts must vouch
+    /// for it.
+    pub control_plane_certificate: Option<mesh_proto::pin::Fingerprint>,
     /// The secret the control plane expects from relays (required to serve).
     pub relay_secret: Option<String>,
     /// Directory of the relay's identity key (`relay.key`, 0600).
@@ -81,6 +85,7 @@ impl Default for Config {
             ],
             external_addresses: Vec::new(),
             control_plane: "http://127.0.0.1:7420".into(),
+            control_plane_certificate: None,
             relay_secret: None,
             data_dir: PathBuf::from("mesh-relay-data"),
             allow_list_interval_secs: 5,
@@ -268,8 +273,12 @@ impl Relay {
         mesh_proto::api::check_shared_secret("relay secret", &secret)
             .map_err(RelayError::Config)?;
         let key = load_or_create_key(&config.data_dir)?;
-        let client = mesh_client::Client::new(&config.control_plane, Some(secret))
-            .map_err(|e| RelayError::Config(format!("control plane URL: {e}")))?;
+        let client = mesh_client::Client::pinned(
+            &config.control_plane,
+            Some(secret),
+            config.control_plane_certificate,
+        )
+        .map_err(|e| RelayError::Config(format!("control plane URL: {e}")))?;
         // The control plane may start after the relay (or be restarting): wait for it.
         let mut delay = Duration::from_millis(250);
         let control_plane = loop {

@@ -25,6 +25,9 @@ struct Cli {
     /// The control plane's URL.
     #[arg(long, env = "MESH_CONTROL_PLANE")]
     control_plane: Option<String>,
+    /// Fingerprint of the control plane's self-signed TLS certificate.
+    #[arg(long, env = "MESH_CONTROL_PLANE_PIN")]
+    control_plane_pin: Option<mesh_proto::pin::Fingerprint>,
     /// The secret the control plane expects from relays.
     #[arg(long, env = "MESH_RELAY_SECRET", hide_env_values = true)]
     relay_secret: Option<String>,
@@ -63,6 +66,9 @@ fn load_config(cli: &Cli) -> Result<Config> {
     }
     if cli.relay_secret.is_some() {
         config.relay_secret = cli.relay_secret.clone();
+    }
+    if cli.control_plane_pin.is_some() {
+        config.control_plane_certificate = cli.control_plane_pin;
     }
     if let Some(dir) = &cli.data_dir {
         config.data_dir = dir.clone();

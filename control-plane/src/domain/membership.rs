@@ -437,9 +437,18 @@ pub async fn create_invite(
     )
     .await?;
     tx.commit().await?;
+    // The code carries pins of this control plane's key (and of its certificate when no
+    // authority vouches for it), so whoever uses it can tell this control plane from a
+    // substitute (`mesh_proto::pin`).
+    let pins = mesh_proto::pin::Pins {
+        key: Some(mesh_proto::pin::Fingerprint::of_key(
+            &state.key.public_key(),
+        )),
+        certificate: state.certificate_pin,
+    };
     Ok(CreatedInvite {
         id,
-        code,
+        code: mesh_proto::pin::invite_code(&code, &pins),
         kind: request.kind,
         expires_at_ms,
     })

@@ -207,8 +207,32 @@ impl IntoResponse for ApiError {
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// Whether `error` (or what caused it) is the body timeout of the listener running out.
+fn body_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// The 408 of a client that did not send its body in time.
+fn body_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request body did not arrive in time",
+    )
+}
+
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
+        if body_timed_out(&rejection) {
+            return body_timeout();
+        }
         let status = rejection.status();
         let code = match status {
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
@@ -221,6 +245,9 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
 
 impl From<axum::extract::rejection::BytesRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::BytesRejection) -> Self {
+        if body_timed_out(&rejection) {
+            return body_timeout();
+        }
         let status = rejection.status();
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
             "payload_too_large"

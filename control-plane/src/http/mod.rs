@@ -8,6 +8,7 @@ pub mod devices;
 pub mod error;
 pub mod gateway;
 pub mod jobs;
+pub mod listener;
 pub mod networks;
 pub mod people;
 pub mod relay;

@@ -6,6 +6,13 @@ use mesh_proto::api::{InviteInfo, InviteKind, Role};
 use mesh_proto::{InviteId, NetworkId, PersonId};
 use sqlx::Row;
 
+/// The stored hash of an invite code: of its secret part only, so the pins appended to it
+/// ([`mesh_proto::pin`]) do not matter for finding it.
+fn code_hash(code: &str) -> String {
+    let secret = mesh_proto::pin::split_invite_code(code).map_or(code, |(secret, _)| secret);
+    secret_hash(secret)
+}
+
 fn kind_text(kind: InviteKind) -> &'static str {
     match kind {
         InviteKind::Person => "person",
@@ -40,7 +47,7 @@ pub async fn insert(tx: &mut Tx, invite: &NewInvite<'_>, now: i64) -> Result<(),
     )
     .bind(invite.id.to_string())
     .bind(invite.network.to_string())
-    .bind(secret_hash(invite.code))
+    .bind(code_hash(invite.code))
     .bind(kind_text(invite.kind))
     .bind(invite.role.as_str())
     .bind(invite.created_by.to_string())
@@ -97,7 +104,7 @@ pub async fn by_code(
         "SELECT network_id, kind, role, created_by, expires_at, used_at, revoked_at FROM invites \
          WHERE code_hash = $1",
     )
-    .bind(secret_hash(code))
+    .bind(code_hash(code))
     .fetch_optional(db)
     .await?;
     let Some(row) = row else { return Ok(None) };
@@ -209,7 +216,7 @@ pub async fn mark_used(tx: &mut Tx, code: &str, now: i64) -> Result<bool, StoreE
     let changed =
         sqlx::query("UPDATE invites SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL")
             .bind(now)
-            .bind(secret_hash(code))
+            .bind(code_hash(code))
             .execute(&mut **tx)
             .await?
             .rows_affected();
@@ -220,7 +227,7 @@ pub async fn mark_used(tx: &mut Tx, code: &str, now: i64) -> Result<bool, StoreE
 pub async fn set_used_by(tx: &mut Tx, code: &str, person: &PersonId) -> Result<(), StoreError> {
     sqlx::query("UPDATE invites SET used_by = $1 WHERE code_hash = $2")
         .bind(person.to_string())
-        .bind(secret_hash(code))
+        .bind(code_hash(code))
         .execute(&mut **tx)
         .await?;
     Ok(())

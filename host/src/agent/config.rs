@@ -24,8 +24,13 @@ pub struct HostConfig {
     pub token: String,
     /// The device's Ed25519 key (multibase seed), also its libp2p identity.
     pub key: String,
-    /// The control plane's public key, learnt at registration.
+    /// The control plane's public key, learnt at registration (and checked against the
+    /// invite code's pin).
     pub control_plane_key: PublicKey,
+    /// The fingerprint of the control plane's self-signed TLS certificate, from the invite
+    /// code: every connection to the control plane must present exactly it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane_certificate: Option<mesh_proto::pin::Fingerprint>,
     /// Relays to reserve a slot on (refreshed from the control plane at start).
     #[serde(default)]
     pub relays: Vec<String>,
@@ -72,6 +77,15 @@ fn default_variant() -> String {
 }
 
 impl HostConfig {
+    /// A client of the control plane as this device (its token, the pinned certificate).
+    pub fn client(&self) -> Result<mesh_client::Client> {
+        Ok(mesh_client::Client::pinned(
+            &self.control_plane,
+            Some(self.token.clone()),
+            self.control_plane_certificate,
+        )?)
+    }
+
     /// The default path: `$MESH_HOST_CONFIG`, else `$XDG_CONFIG_HOME/mesh/host.toml`, else
     /// `~/.config/mesh/host.toml`.
     pub fn default_path() -> PathBuf {

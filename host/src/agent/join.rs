@@ -125,7 +125,19 @@ pub async fn join(options: JoinOptions, backend_config: &BackendConfig) -> Resul
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).context("generating the device key")?;
     let key = SigningKey::from_seed(seed);
-    let client = mesh_client::Client::new(&options.control_plane, None)?;
+    // The code pins the control plane that made it: its certificate (when self-signed) and
+    // its key. Both are checked before the invite itself is sent anywhere.
+    let (_, pins) = mesh_proto::pin::split_invite_code(&options.invite)?;
+    let client = mesh_client::Client::pinned(&options.control_plane, None, pins.certificate)?;
+    let control_plane = client
+        .pinned_control_plane_key(pins.key)
+        .await
+        .context("checking the control plane against the invite code")?;
+    if pins.key.is_none() {
+        tracing::warn!(
+            "the invite code pins no control-plane key (made by an older control plane)"
+        );
+    }
     let challenge = client
         .challenge(&options.invite)
         .await
@@ -146,11 +158,10 @@ pub async fn join(options: JoinOptions, backend_config: &BackendConfig) -> Resul
         })
         .await
         .context("registering the device")?;
-    let relays = client
-        .control_plane_key()
-        .await
-        .map(|k| k.relays)
-        .unwrap_or_default();
+    if registered.control_plane_key != control_plane.public_key {
+        bail!("the control plane registered this device under another key than it showed");
+    }
+    let relays = control_plane.relays;
     let t = options.template;
     let config = HostConfig {
         control_plane: options.control_plane,
@@ -159,6 +170,7 @@ pub async fn join(options: JoinOptions, backend_config: &BackendConfig) -> Resul
         token: registered.token,
         key: key.to_multibase(),
         control_plane_key: registered.control_plane_key,
+        control_plane_certificate: pins.certificate,
         relays,
         listen: if t.listen.is_empty() {
             super::config::default_listen()

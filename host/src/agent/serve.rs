@@ -224,7 +224,7 @@ async fn spawn_agent(
     #[cfg(feature = "fault-injection")] fault: Option<super::fault::Injector>,
 ) -> Result<AgentHandle> {
     let key = config.signing_key()?;
-    let client = Client::new(&config.control_plane, Some(config.token.clone()))?;
+    let client = config.client()?;
     // The control plane's relay list wins over the one saved at join time.
     let mut relays = config.relays.clone();
     match client.control_plane_key().await {

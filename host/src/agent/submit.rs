@@ -68,7 +68,7 @@ pub async fn submit(
         timeout,
     } = options;
     let key = config.signing_key()?;
-    let client = Client::new(&config.control_plane, Some(config.token.clone()))?;
+    let client = config.client()?;
     let cert = client
         .certificate(&config.device)
         .await

@@ -23,6 +23,10 @@ pub struct Config {
     pub token: Option<String>,
     /// Network used when `--network` is not given.
     pub network: Option<String>,
+    /// Fingerprint of the control plane's self-signed TLS certificate (from the invite code
+    /// or `login --tls-pin`): every connection must present exactly it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_pin: Option<mesh_proto::pin::Fingerprint>,
 }
 
 /// Where the configuration lives.

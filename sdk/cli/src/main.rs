@@ -77,6 +77,10 @@ struct LoginArgs {
     /// Your name, when joining with an invite.
     #[arg(long, default_value = "me")]
     name: String,
+    /// Fingerprint of the control plane's self-signed TLS certificate (`init
+    /// --self-signed-tls` prints it), when logging in with a token; invite codes carry it.
+    #[arg(long)]
+    tls_pin: Option<mesh_proto::pin::Fingerprint>,
 }
 
 #[derive(Subcommand)]
@@ -300,7 +304,7 @@ async fn run(cli: Cli) -> Result<()> {
     let server = config.server.clone().ok_or_else(|| {
         anyhow!("no server: pass --server, set MESH_SERVER, or run `mesh login --server URL`")
     })?;
-    let client = Client::new(&server, config.token.clone())?;
+    let client = Client::pinned(&server, config.token.clone(), config.tls_pin)?;
     let ctx = Ctx {
         client,
         config,
@@ -390,9 +394,25 @@ async fn embed(ctx: Ctx, texts: Vec<String>) -> Result<()> {
 }
 
 async fn login(mut ctx: Ctx, args: LoginArgs) -> Result<()> {
+    let server = ctx.client.base().to_string();
     let (token, network) = match (args.token, args.invite) {
-        (Some(token), _) => (token, None),
+        (Some(token), _) => {
+            if args.tls_pin.is_some() {
+                ctx.config.tls_pin = args.tls_pin;
+                ctx.client = Client::pinned(&server, None, args.tls_pin)?;
+            }
+            (token, None)
+        }
         (None, Some(invite)) => {
+            // The code pins the control plane that made it: its certificate (when
+            // self-signed) and its key, both checked before the code is sent.
+            let (_, pins) = mesh_proto::pin::split_invite_code(&invite)?;
+            ctx.config.tls_pin = pins.certificate;
+            ctx.client = Client::pinned(&server, None, pins.certificate)?;
+            ctx.client
+                .pinned_control_plane_key(pins.key)
+                .await
+                .context("checking the control plane against the invite code")?;
             let accepted = ctx
                 .client
                 .with_token(None)

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 /// Time a request may take before it fails.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+mod tls;
+
 /// Timeout of calls that wait for a job to run (`run_job`).
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -34,6 +36,17 @@ pub enum ClientError {
     /// The answer was not what the API promises.
     #[error("unexpected response: {0}")]
     Decode(String),
+    /// The control plane is not the one an invite code or the configuration pins: a
+    /// substitute, or a man in the middle.
+    #[error("the control plane's {what} is {found}, not the pinned {pinned}: refusing it")]
+    PinMismatch {
+        /// What was pinned (`key`).
+        what: &'static str,
+        /// The pin.
+        pinned: mesh_proto::pin::Fingerprint,
+        /// What the server presented.
+        found: mesh_proto::pin::Fingerprint,
+    },
 }
 
 impl ClientError {
@@ -66,10 +79,24 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for the control plane at `base` (e.g. `http://127.0.0.1:7420`).
+    /// A client for the control plane at `base` (e.g. `https://mesh.example:7420`), whose
+    /// certificate a certificate authority the system trusts vouches for (or plain `http://`
+    /// on loopback).
     pub fn new(base: &str, token: Option<String>) -> Result<Self> {
+        Client::pinned(base, token, None)
+    }
+
+    /// A client for the control plane at `base` whose TLS certificate is the one `pin` names
+    /// (a self-signed certificate, pinned by invite codes); without a pin, like [`Client::new`].
+    /// A certificate that is not the pinned one fails every call with a transport error.
+    pub fn pinned(
+        base: &str,
+        token: Option<String>,
+        pin: Option<mesh_proto::pin::Fingerprint>,
+    ) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
+            .use_preconfigured_tls(tls::config(pin))
             .build()
             .map_err(ClientError::Transport)?;
         Ok(Client {
@@ -148,6 +175,26 @@ impl Client {
     /// `GET /v1/control-plane/key`.
     pub async fn control_plane_key(&self) -> Result<ControlPlaneKey> {
         self.get("/v1/control-plane/key").await
+    }
+
+    /// The control plane's key, refused unless it is the one `pin` names (when given): what
+    /// `join` and `login` check before trusting anything else the control plane says.
+    pub async fn pinned_control_plane_key(
+        &self,
+        pin: Option<mesh_proto::pin::Fingerprint>,
+    ) -> Result<ControlPlaneKey> {
+        let key = self.control_plane_key().await?;
+        if let Some(pinned) = pin {
+            let found = mesh_proto::pin::Fingerprint::of_key(&key.public_key);
+            if found != pinned {
+                return Err(ClientError::PinMismatch {
+                    what: "key",
+                    pinned,
+                    found,
+                });
+            }
+        }
+        Ok(key)
     }
 
     // --- people ---

@@ -13,6 +13,7 @@ mod hash;
 pub mod identity;
 mod ids;
 pub mod p2p;
+pub mod pin;
 pub mod receipt;
 pub mod signed;
 pub mod verification;

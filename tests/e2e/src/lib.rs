@@ -315,6 +315,9 @@ pub struct MeshOptions {
     pub host_specs: Vec<HostSpec>,
     /// Extra lines for the control plane's TOML config.
     pub control_plane_config: String,
+    /// Serve the control plane over TLS with a self-signed certificate (in a [`TestNet`]):
+    /// every client pins it, hosts from their invite codes.
+    pub tls: bool,
 }
 
 impl MeshOptions {
@@ -336,6 +339,7 @@ impl Default for MeshOptions {
             transport: Transport::Quic,
             host_specs: Vec::new(),
             control_plane_config: String::new(),
+            tls: false,
         }
     }
 }
@@ -472,7 +476,7 @@ impl Mesh {
             &[("MESH_RELAY_SECRET", &relay_secret)],
         );
         relay.wait_for_log("allow-list loaded", Duration::from_secs(30));
-        let net = Network::create(&url, relay_addr, token, options.people()).await;
+        let net = Network::create(&url, None, relay_addr, token, options.people()).await;
         let mut mesh = Mesh {
             dir,
             net,
@@ -682,11 +686,12 @@ impl Network {
     /// `admin_token`, and `people` further people, each an admin of it.
     pub async fn create(
         url: &str,
+        pin: Option<mesh_proto::pin::Fingerprint>,
         relay_addr: String,
         admin_token: String,
         people: usize,
     ) -> Network {
-        let admin = Client::new(url, Some(admin_token.clone())).unwrap();
+        let admin = Client::pinned(url, Some(admin_token.clone()), pin).unwrap();
         let network = admin
             .create_network(&mesh_proto::api::CreateNetworkRequest {
                 name: "e2e".into(),
@@ -710,15 +715,15 @@ impl Network {
                 )
                 .await
                 .unwrap();
-            let accepted = Client::new(url, None)
-                .unwrap()
+            let accepted = admin
+                .with_token(None)
                 .accept_invite(&mesh_proto::api::AcceptInviteRequest {
                     code: invite.code,
                     name: Some(format!("owner{i}")),
                 })
                 .await
                 .unwrap();
-            owners.push(Client::new(url, accepted.token).unwrap());
+            owners.push(admin.with_token(accepted.token));
         }
         Network {
             url: url.to_string(),

@@ -163,6 +163,10 @@ impl TestNet {
         );
         let config: mesh_control_plane::Config = toml::from_str(&config_text)
             .unwrap_or_else(|e| panic!("control plane config: {e}\n{config_text}"));
+        // Over TLS, the self-signed certificate `init --self-signed-tls` would make.
+        let pin = options.tls.then(|| {
+            mesh_control_plane::http::listener::generate_self_signed(&config.data_dir, &[]).unwrap()
+        });
         let token = mesh_control_plane::bootstrap_admin(&config, "owner")
             .await
             .unwrap()
@@ -178,6 +182,7 @@ impl TestNet {
             listen: vec![relay_quic, relay_tcp],
             external_addresses: Vec::new(),
             control_plane: url.clone(),
+            control_plane_certificate: pin,
             relay_secret: Some(RELAY_SECRET.into()),
             data_dir: relay_dir,
             allow_list_interval_secs: 1,
@@ -187,7 +192,7 @@ impl TestNet {
         .await
         .unwrap();
 
-        let net = Network::create(&url, relay_addr, token, options.people()).await;
+        let net = Network::create(&url, pin, relay_addr, token, options.people()).await;
         let mut testnet = TestNet {
             hosts: Vec::new(),
             net,

@@ -470,6 +470,27 @@ async fn settled_checks(
     }
 }
 
+/// How many of `jobs` run by `executor` the VRF selected for re-execution.
+async fn selected_of(
+    mesh: &TestNet,
+    jobs: &[(mesh_proto::JobId, mesh_proto::DeviceId)],
+    executor: mesh_proto::DeviceId,
+) -> usize {
+    let mut n = 0;
+    for (job, by) in jobs {
+        if *by == executor
+            && mesh
+                .admin
+                .job_check(&mesh.network_id(), job)
+                .await
+                .is_ok_and(|c| c.selection.selected)
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// How many entries of `kind` are in `client`'s credit history.
 async fn entries(
     client: &mesh_client::Client,
@@ -516,8 +537,9 @@ async fn a_requester_and_an_accomplice_cannot_outvote_an_honest_executor() {
     );
     let requester = mesh.owners[1].clone();
     let corpus = reference(101);
+    // Rounds until some of the honest device's results were selected, at most 30.
     let mut jobs = Vec::new();
-    for round in 0..10 {
+    for round in 0..30 {
         jobs.extend(
             run_round(
                 &mesh,
@@ -529,6 +551,9 @@ async fn a_requester_and_an_accomplice_cannot_outvote_an_honest_executor() {
             )
             .await,
         );
+        if round >= 4 && selected_of(&mesh, &jobs, honest).await >= 2 {
+            break;
+        }
     }
     let checks = settled_checks(&mesh, &jobs).await;
     let devices = mesh.admin.devices(&network).await.unwrap();
@@ -600,9 +625,13 @@ async fn two_owners_a_liar_loses_its_pay_and_nobody_profits() {
     let (own, liar) = (mesh.hosts[0].device, mesh.hosts[1].device);
     let requester = mesh.owners[1].clone();
     let corpus = reference(101);
+    // Rounds until some of the liar's results were selected (each is, at 50%), at most 30.
     let mut jobs = Vec::new();
-    for round in 0..10 {
+    for round in 0..30 {
         jobs.extend(run_round(&mesh, &requester, workload, &[liar], &corpus, round).await);
+        if round >= 4 && selected_of(&mesh, &jobs, liar).await >= 2 {
+            break;
+        }
     }
     let checks = settled_checks(&mesh, &jobs).await;
     let devices = mesh.admin.devices(&network).await.unwrap();
@@ -610,8 +639,13 @@ async fn two_owners_a_liar_loses_its_pay_and_nobody_profits() {
     let mut caught = 0;
     for check in &checks {
         eprintln!(
-            "check {} of {}: {:?} verifier {:?}: {:?}",
-            check.job, check.executor, check.state, check.verifier, check.detail
+            "check {} of {} (rate {}): {:?} verifier {:?}: {:?}",
+            check.job,
+            check.executor,
+            check.selection.rate_ppm,
+            check.state,
+            check.verifier,
+            check.detail
         );
         if check.executor == own {
             assert_eq!(check.state, CheckState::NotSelected);
