@@ -16,6 +16,22 @@ const METADATA_TIME: Duration = Duration::from_secs(2);
 const METADATA_MEMORY_BYTES: usize = 64 << 20;
 /// Epoch ticks per second of the validator's ticker.
 const TICKS_PER_SECOND: u64 = 100;
+/// Elements a table may have while the component describes itself (as on hosts).
+const METADATA_TABLE_ELEMENTS: usize = 100_000;
+/// Instances, tables and memories a component may create while describing itself.
+const METADATA_INSTANCES: usize = 64;
+/// Tables, likewise.
+const METADATA_TABLES: usize = 64;
+/// Memories, likewise.
+const METADATA_MEMORIES: usize = 16;
+/// Uploads validated at once: compiling is CPU- and memory-heavy, and cannot be stopped
+/// halfway, so more uploads wait (up to [`QUEUE_WAIT`]) rather than pile up.
+pub const CONCURRENT_VALIDATIONS: usize = 2;
+/// How long an upload waits for a validation slot before it is answered 503.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(10);
+/// How long an upload waits for its validation before it is answered 422 (the compilation
+/// finishes in the background, holding its slot).
+pub const VALIDATION_TIME: Duration = Duration::from_secs(30);
 
 /// Why a component was refused.
 #[derive(Debug, thiserror::Error)]
@@ -58,13 +74,20 @@ pub struct ComponentValidator {
     engine: Engine,
     linker: Linker<ValidatorState>,
     verdicts: Mutex<HashMap<Blake3Hash, WorkloadMetadata>>,
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl ComponentValidator {
-    /// An engine with epoch interruption and a ticker thread.
+    /// An engine with epoch interruption and a ticker thread. It compiles without
+    /// optimisation and on one thread: the validator only runs `metadata`, so a large
+    /// component (an unused core module appended, say) costs as little as it can.
     pub fn new() -> anyhow::Result<Self> {
         let mut config = Config::new();
-        config.wasm_component_model(true).epoch_interruption(true);
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .cranelift_opt_level(wasmtime::OptLevel::None)
+            .parallel_compilation(false);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
@@ -83,7 +106,25 @@ impl ComponentValidator {
             engine,
             linker,
             verdicts: Mutex::new(HashMap::new()),
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_VALIDATIONS)),
         })
+    }
+
+    /// A validation slot, waiting up to [`QUEUE_WAIT`]; `None` when all stayed taken. Hold it
+    /// for as long as the validation runs.
+    pub async fn slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::time::timeout(QUEUE_WAIT, self.slots.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Whether `bytes` were validated before (no slot needed).
+    pub fn known(&self, bytes: &[u8]) -> bool {
+        self.verdicts
+            .lock()
+            .expect("verdicts lock")
+            .contains_key(&Blake3Hash::of(bytes))
     }
 
     /// Validate `bytes` and return what the component says about itself. CPU-heavy (it
@@ -128,6 +169,10 @@ impl ComponentValidator {
                 table: ResourceTable::new(),
                 limits: StoreLimitsBuilder::new()
                     .memory_size(METADATA_MEMORY_BYTES)
+                    .table_elements(METADATA_TABLE_ELEMENTS)
+                    .instances(METADATA_INSTANCES)
+                    .tables(METADATA_TABLES)
+                    .memories(METADATA_MEMORIES)
                     .trap_on_grow_failure(true)
                     .build(),
             },

@@ -2056,3 +2056,166 @@ async fn the_database_and_its_directory_are_private() {
         assert_eq!(mode(&path), 0o600, "{file}");
     }
 }
+
+#[tokio::test]
+async fn component_chunks_are_read_one_at_a_time() {
+    for store in stores() {
+        let plane = TestPlane::spawn(store).await;
+        let network = plane.network(NetworkPolicy::default()).await;
+        let bytes = std::fs::read(mesh_test_artifacts::ECHO).unwrap();
+        let workload = plane
+            .admin
+            .publish_workload(&network.id, bytes.clone())
+            .await
+            .unwrap();
+        let pool = &plane.server.state().db.pool;
+        let total = bytes.len() as u64;
+        for (offset, length) in [
+            (0u64, 1000u32),
+            (total / 2, 4096),
+            (total - 10, 1000),
+            (total, 10),
+        ] {
+            let (got_total, chunk) = mesh_control_plane::store::workloads::component_chunk(
+                pool,
+                &workload.hash,
+                offset,
+                length,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            assert_eq!(got_total, total, "{store:?}");
+            let end = (offset as usize + length as usize).min(bytes.len());
+            assert_eq!(chunk, bytes[offset as usize..end], "{store:?} at {offset}");
+        }
+        assert!(
+            mesh_control_plane::store::workloads::component_chunk(
+                pool,
+                &Blake3Hash::of(b"none"),
+                0,
+                10
+            )
+            .await
+            .unwrap()
+            .is_none()
+        );
+    }
+}
+
+/// `component` with one more core module, instantiated at the end: a table of `elements`
+/// funcrefs, or (for `functions > 0`) that many never-called functions (a big module nobody
+/// uses, which still has to be compiled).
+fn with_extra_module(component: &[u8], elements: u64, functions: u32) -> Vec<u8> {
+    use wasm_encoder::{
+        CodeSection, Function, FunctionSection, Instruction, Module, RefType, TableSection,
+        TableType, TypeSection,
+    };
+    // Core modules of the top-level component (nested ones have their own index spaces).
+    let (mut depth, mut modules) = (0u32, 0u32);
+    for payload in wasmparser::Parser::new(0).parse_all(component) {
+        match payload.unwrap() {
+            wasmparser::Payload::ModuleSection { .. } => {
+                if depth == 0 {
+                    modules += 1;
+                }
+                depth += 1;
+            }
+            wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) if depth > 0 => depth -= 1,
+            _ => {}
+        }
+    }
+    let mut module = Module::new();
+    if functions > 0 {
+        let mut types = TypeSection::new();
+        types.ty().function([], [wasm_encoder::ValType::I32]);
+        module.section(&types);
+        let mut funcs = FunctionSection::new();
+        let mut code = CodeSection::new();
+        for i in 0..functions {
+            funcs.function(0);
+            let mut f = Function::new([]);
+            for k in 0..200 {
+                f.instruction(&Instruction::I32Const((i as i32).wrapping_mul(k)));
+                f.instruction(&Instruction::Drop);
+            }
+            f.instruction(&Instruction::I32Const(i as i32));
+            f.instruction(&Instruction::End);
+            code.function(&f);
+        }
+        module.section(&funcs);
+        module.section(&code);
+    } else {
+        let mut tables = TableSection::new();
+        tables.table(TableType {
+            element_type: RefType::FUNCREF,
+            minimum: elements,
+            maximum: None,
+            table64: false,
+            shared: false,
+        });
+        module.section(&tables);
+    }
+    let module = module.finish();
+    let mut out = component.to_vec();
+    let mut section = |id: u8, data: &[u8]| {
+        out.push(id);
+        let mut len = data.len() as u64;
+        loop {
+            let byte = (len & 0x7f) as u8;
+            len >>= 7;
+            out.push(if len == 0 { byte } else { byte | 0x80 });
+            if len == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(data);
+    };
+    // Component section 1: a core module; section 2: core instances (one: instantiate it).
+    section(1, &module);
+    let mut instances = wasm_encoder::InstanceSection::new();
+    instances.instantiate(modules, Vec::<(&str, wasm_encoder::ModuleArg)>::new());
+    let mut encoded = Vec::new();
+    wasm_encoder::Encode::encode(&instances, &mut encoded);
+    // `encode` writes the section's contents with its length prefix: strip it.
+    let mut prefix = 0;
+    while encoded[prefix] & 0x80 != 0 {
+        prefix += 1;
+    }
+    section(2, &encoded[prefix + 1..]);
+    out
+}
+
+#[tokio::test]
+async fn uploads_are_validated_within_bounds() {
+    let plane = TestPlane::spawn(Store::Sqlite).await;
+    let network = plane.network(NetworkPolicy::default()).await;
+    let echo = std::fs::read(mesh_test_artifacts::ECHO).unwrap();
+    // The construction itself is sound: a small table is fine.
+    let small = with_extra_module(&echo, 10, 0);
+    plane
+        .admin
+        .publish_workload(&network.id, small)
+        .await
+        .unwrap();
+    // A component that declares a 50-million-element table is refused when it describes
+    // itself (it would take 400 MB on every host).
+    let huge = with_extra_module(&echo, 50_000_000, 0);
+    let refused = plane.admin.publish_workload(&network.id, huge).await;
+    assert_eq!(
+        refused.as_ref().err().and_then(ClientError::code),
+        Some("invalid_component"),
+        "{refused:?}"
+    );
+    // A big module nobody calls still compiles, but without optimisation: print how long.
+    let big = with_extra_module(&echo, 0, 20_000);
+    let started = std::time::Instant::now();
+    let result = plane.admin.publish_workload(&network.id, big.clone()).await;
+    eprintln!(
+        "a component with 20,000 unused functions ({} MB): {:?} in {:?}",
+        big.len() >> 20,
+        result.as_ref().map(|w| &w.name),
+        started.elapsed()
+    );
+}

@@ -55,14 +55,40 @@ pub async fn publish(
         return Ok((Published::Again, existing));
     }
     let validator = state.validator.clone();
+    // At most `CONCURRENT_VALIDATIONS` compile at once; the slot goes with the compilation
+    // (which cannot be stopped halfway), so a client that gives up frees nothing early but
+    // cannot make the control plane compile more at once either.
+    let slot = if validator.known(body) {
+        None
+    } else {
+        Some(validator.slot().await.ok_or_else(|| {
+            DomainError::unavailable(
+                "validator_busy",
+                "other uploads are being validated; try again shortly",
+            )
+        })?)
+    };
     let bytes = body.to_vec();
-    let metadata = tokio::task::spawn_blocking({
+    let validation = tokio::task::spawn_blocking({
         let span = tracing::Span::current();
-        move || span.in_scope(|| validator.inspect(&bytes))
-    })
-    .await
-    .map_err(DomainError::internal)?
-    .map_err(|e| DomainError::unprocessable("invalid_component", e.to_string()))?;
+        move || {
+            let _slot = slot;
+            span.in_scope(|| validator.inspect(&bytes))
+        }
+    });
+    let metadata = tokio::time::timeout(crate::validate::VALIDATION_TIME, validation)
+        .await
+        .map_err(|_| {
+            DomainError::unprocessable(
+                "validation_timeout",
+                format!(
+                    "validating the component took longer than {} s",
+                    crate::validate::VALIDATION_TIME.as_secs()
+                ),
+            )
+        })?
+        .map_err(DomainError::internal)?
+        .map_err(|e| DomainError::unprocessable("invalid_component", e.to_string()))?;
 
     let mut tx = state.db.pool.begin().await?;
     let inserted = store::publish(&mut tx, network, person, body, &metadata, now_ms())

@@ -146,6 +146,26 @@ pub async fn yank(
     Ok(changed == 1)
 }
 
+/// Up to `length` bytes of the component `hash` from `offset`, and its total size: only that
+/// chunk is read (whoever assembles the chunks checks the whole against the hash).
+pub async fn component_chunk(
+    db: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    hash: &Blake3Hash,
+    offset: u64,
+    length: u32,
+) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    let row: Option<(i64, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT CAST(length(bytes) AS BIGINT), substr(bytes, CAST($1 AS INTEGER), CAST($2 AS INTEGER)) \
+         FROM components WHERE hash = $3",
+    )
+    .bind(i64::try_from(offset).unwrap_or(i64::MAX).saturating_add(1))
+    .bind(i64::from(length))
+    .bind(hash.to_string())
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(total, chunk)| (total.max(0) as u64, chunk.unwrap_or_default())))
+}
+
 /// A component's bytes, checked against their hash.
 pub async fn component(
     db: impl sqlx::Executor<'_, Database = sqlx::Any>,

@@ -104,14 +104,30 @@ async fn serve_blob(
     if ticket.workload != request.hash {
         return BlobResponse::Refused("the ticket does not cover this blob".into());
     }
-    let bytes = match crate::store::workloads::component(&state.db.pool, &request.hash).await {
-        Ok(b) => b,
-        Err(e) => return BlobResponse::Refused(format!("storage error: {e}")),
-    };
-    let Some(bytes) = bytes else {
-        return BlobResponse::NotFound;
-    };
-    mesh_net::blob_chunk(&bytes, request.offset, request.length)
+    // Only the chunk asked for is read, never the whole component per chunk.
+    let length = request
+        .length
+        .min(mesh_proto::p2p::MAX_BLOB_CHUNK_BYTES as u32);
+    let chunk = crate::store::workloads::component_chunk(
+        &state.db.pool,
+        &request.hash,
+        request.offset,
+        length,
+    )
+    .await;
+    match chunk {
+        Err(e) => BlobResponse::Refused(format!("storage error: {e}")),
+        Ok(None) => BlobResponse::NotFound,
+        Ok(Some((total, _))) if request.offset > total => BlobResponse::Refused(format!(
+            "offset {} is past the end ({total} bytes)",
+            request.offset
+        )),
+        Ok(Some((total, data))) => BlobResponse::Chunk {
+            total,
+            offset: request.offset,
+            data,
+        },
+    }
 }
 
 /// Wait until the job has a ticket (or is no longer queued), up to [`QUEUE_WAIT`].
