@@ -2219,3 +2219,97 @@ async fn uploads_are_validated_within_bounds() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn the_audit_log_pages_and_an_executor_cannot_flood_it() {
+    for store in stores() {
+        let plane = TestPlane::spawn(store).await;
+        let (network, workload, device) = network_with_anothers_device(&plane).await;
+        for _ in 0..25 {
+            invite(&plane.admin, &network.id, InviteKind::Person, None).await;
+        }
+        // Pages of 7, following the cursor, give what one big page gives.
+        let all = plane
+            .admin
+            .audit_page(&network.id, None, Some(500))
+            .await
+            .unwrap();
+        assert!(all.len() >= 25, "{store:?}: {}", all.len());
+        let mut paged = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = plane
+                .admin
+                .audit_page(&network.id, cursor.as_deref(), Some(7))
+                .await
+                .unwrap();
+            assert!(page.len() <= 7);
+            let Some(last) = page.last() else { break };
+            cursor = Some(last.cursor());
+            paged.extend(page);
+        }
+        assert_eq!(paged, all, "{store:?}");
+        assert!(
+            all.windows(2)
+                .all(|w| (w[0].at_ms, &w[0].id) > (w[1].at_ms, &w[1].id))
+        );
+        assert_eq!(
+            status(
+                plane
+                    .admin
+                    .audit_page(&network.id, Some("nonsense"), None)
+                    .await
+            ),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(plane.admin.audit_page(&network.id, None, Some(501)).await),
+            StatusCode::BAD_REQUEST
+        );
+
+        // An executor that reports other receipts for its job again and again is refused
+        // each time and recorded once.
+        let input = b"flood".to_vec();
+        let job = plane
+            .admin
+            .submit_job(
+                &network.id,
+                &SubmitJobRequest {
+                    workload: workload.hash,
+                    input: Blake3Hash::of(&input),
+                    input_size: input.len() as u64,
+                    idempotency_key: None,
+                },
+            )
+            .await
+            .unwrap()
+            .job;
+        device
+            .client
+            .complete_job(
+                &job.id,
+                &CompleteJobRequest {
+                    receipt: receipt(&device, &job, b"first"),
+                },
+            )
+            .await
+            .unwrap();
+        for i in 0..20 {
+            let other = receipt(&device, &job, format!("other {i}").as_bytes());
+            let refused = device
+                .client
+                .complete_job(&job.id, &CompleteJobRequest { receipt: other })
+                .await;
+            assert_eq!(code_of(&refused), Some("conflicting_receipt"));
+        }
+        let conflicts = plane
+            .admin
+            .audit_page(&network.id, None, Some(500))
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.action == "conflicting_receipt")
+            .count();
+        assert_eq!(conflicts, 1, "{store:?}");
+    }
+}

@@ -70,6 +70,22 @@ impl AuditAction {
     }
 }
 
+/// Like [`record`], but once per `key` and action: for what a caller can provoke again and
+/// again (a conflicting receipt for one job), which would otherwise flood the log.
+pub async fn record_once(
+    tx: &mut Tx,
+    key: &str,
+    network: Option<&NetworkId>,
+    actor: &str,
+    action: AuditAction,
+    detail: &str,
+) -> DomainResult<()> {
+    let id = format!("audit_{}_{key}", action.as_str());
+    crate::store::audit::append_with_id(tx, &id, network, actor, action.as_str(), detail, now_ms())
+        .await?;
+    Ok(())
+}
+
 /// Append an entry to `network`'s audit log (or the control plane's, for `None`) inside `tx`.
 pub async fn record(
     tx: &mut Tx,

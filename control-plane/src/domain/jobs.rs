@@ -251,8 +251,11 @@ pub async fn settle_receipt(
                 return Ok(current);
             }
             let mut tx = state.db.pool.begin().await?;
-            crate::domain::audit::record(
+            // Once per job: an executor reporting other receipts again and again cannot push
+            // older entries out of sight.
+            crate::domain::audit::record_once(
                 &mut tx,
+                &info.id.to_string(),
                 Some(&info.network),
                 &executor.to_string(),
                 AuditAction::ConflictingReceipt,

@@ -10,8 +10,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mesh_proto::api::{
-    AuditEntry, CreateInviteRequest, CreateNetworkRequest, CreatedInvite, InviteInfo, MemberInfo,
-    NetworkInfo, NetworkPolicy, UpdateMemberRequest,
+    AuditEntry, AuditQuery, CreateInviteRequest, CreateNetworkRequest, CreatedInvite, InviteInfo,
+    MemberInfo, NetworkInfo, NetworkPolicy, UpdateMemberRequest,
 };
 use mesh_proto::{InviteId, NetworkId, PersonId};
 
@@ -98,18 +98,29 @@ pub async fn list_members(
 
 /// The network's audit log, newest first (admins): admin actions, failed checks, quarantines.
 #[utoipa::path(get, path = "/v1/networks/{network}/audit", tag = "networks", security(("bearer" = [])),
-    params(("network" = String, Path, description = "Network id")),
-    responses((status = 200, body = Vec<AuditEntry>), Managing))]
+    params(("network" = String, Path, description = "Network id"), AuditQuery),
+    responses((status = 200, body = Vec<AuditEntry>), Managing, BadRequest))]
 pub async fn audit_log(
     State(state): State<AppState>,
-    Admin {
-        principal: _,
-        network,
-        ..
-    }: Admin,
+    Admin { network, .. }: Admin,
+    axum::extract::Query(query): axum::extract::Query<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be 1..=500"));
+    }
+    let before = match &query.before {
+        None => None,
+        Some(cursor) => {
+            let (at, id) = cursor
+                .split_once(':')
+                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id)))
+                .ok_or_else(|| ApiError::bad_request("before must be <at_ms>:<id>"))?;
+            Some((at, id))
+        }
+    };
     Ok(Json(
-        crate::store::audit::newest(&state.db.pool, &network, 500).await?,
+        crate::store::audit::page(&state.db.pool, &network, before, i64::from(limit)).await?,
     ))
 }
 

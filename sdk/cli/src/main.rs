@@ -128,7 +128,14 @@ enum NetworkCommand {
     /// Members of the network.
     Members,
     /// The audit log, newest first (admins): admin actions, failed checks, quarantines.
-    Audit,
+    Audit {
+        /// Entries older than this cursor (printed after each page).
+        #[arg(long)]
+        before: Option<String>,
+        /// Entries per page (1-500).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Remove a member (their devices are revoked).
     RemoveMember {
         /// Person id.
@@ -560,8 +567,17 @@ async fn network(mut ctx: Ctx, command: NetworkCommand) -> Result<()> {
                     .join("\n")
             })
         }
-        NetworkCommand::Audit => {
-            let entries = ctx.client.audit_log(&ctx.network()?).await?;
+        NetworkCommand::Audit { before, limit } => {
+            let entries = ctx
+                .client
+                .audit_page(&ctx.network()?, before.as_deref(), Some(limit))
+                .await?;
+            if !ctx.json
+                && entries.len() == limit as usize
+                && let Some(last) = entries.last()
+            {
+                eprintln!("more: mesh network audit --before {}", last.cursor());
+            }
             print(ctx.json, &entries, |es| {
                 es.iter()
                     .map(|e| format!("{}  {:<20} {:<40} {}", e.at_ms, e.action, e.actor, e.detail))

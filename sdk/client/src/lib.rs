@@ -577,9 +577,33 @@ impl Client {
         Self::send(builder).await
     }
 
-    /// `GET /v1/networks/{network}/audit` (admins).
+    /// `GET /v1/networks/{network}/audit` (admins): the newest page (100 entries).
     pub async fn audit_log(&self, network: &NetworkId) -> Result<Vec<mesh_proto::api::AuditEntry>> {
-        self.get(&format!("/v1/networks/{network}/audit")).await
+        self.audit_page(network, None, None).await
+    }
+
+    /// `GET /v1/networks/{network}/audit?before=…&limit=…` (admins): entries older than
+    /// the cursor ([`mesh_proto::api::AuditEntry::cursor`] of the last one seen).
+    pub async fn audit_page(
+        &self,
+        network: &NetworkId,
+        before: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Vec<mesh_proto::api::AuditEntry>> {
+        let mut query = Vec::new();
+        if let Some(before) = before {
+            query.push(format!("before={before}"));
+        }
+        if let Some(limit) = limit {
+            query.push(format!("limit={limit}"));
+        }
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", query.join("&"))
+        };
+        self.get(&format!("/v1/networks/{network}/audit{query}"))
+            .await
     }
 
     // --- verification ---

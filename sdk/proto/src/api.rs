@@ -196,6 +196,9 @@ pub struct NetworkInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct AuditEntry {
+    /// The entry's id: with `at_ms`, the cursor of the next page (`?before=<at_ms>:<id>`).
+    #[serde(default)]
+    pub id: String,
     /// Who or what acted (a person, a device, the control plane).
     pub actor: String,
     /// What happened (e.g. `device.revoked`, `check_failed`, `device_quarantined`).
@@ -204,6 +207,30 @@ pub struct AuditEntry {
     pub detail: String,
     /// When.
     pub at_ms: i64,
+}
+
+/// Which page of the audit log: entries older than `before` (`<at_ms>:<id>` of the last entry
+/// of the previous page; the newest when absent), at most `limit` (1-500, default 100).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(ToSchema, utoipa::IntoParams),
+    into_params(parameter_in = Query)
+)]
+pub struct AuditQuery {
+    /// The cursor: `<at_ms>:<id>` of the last entry already seen.
+    #[serde(default)]
+    pub before: Option<String>,
+    /// Entries per page.
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+impl AuditEntry {
+    /// The cursor for the page after this entry.
+    pub fn cursor(&self) -> String {
+        format!("{}:{}", self.at_ms, self.id)
+    }
 }
 
 /// A member of a network.
