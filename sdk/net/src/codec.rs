@@ -3,6 +3,13 @@
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of CBOR. An oversized
 //! length or malformed CBOR fails the stream with `InvalidData` and a message saying which.
+//!
+//! Inbound requests come from any peer before their ticket is checked, so what they can make
+//! a node hold is bounded twice: each frame within its cap, and all frames being read at
+//! once within the codec's [`InboundBudget`] (a frame reserves its announced size before its
+//! body is read, and must arrive within [`FRAME_READ_TIME`], or its reservation is freed).
+//! Peers that announce large frames and trickle them queue for the budget instead of
+//! growing the node's memory.
 
 use futures::prelude::*;
 use libp2p::StreamProtocol;
@@ -11,29 +18,84 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::io;
 use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Bytes of inbound requests a node reads at once, all peers together.
+pub const INBOUND_BUDGET_BYTES: usize = 64 << 20;
+/// How long an announced request frame may take to arrive (or to wait for the budget).
+pub const FRAME_READ_TIME: Duration = Duration::from_secs(30);
+/// Frames up to this size are read without a reservation, so small requests never queue
+/// behind large ones (what they can hold is bounded by the streams a connection may open).
+pub const UNBUDGETED_FRAME_BYTES: usize = 64 << 10;
+
+/// The bytes of inbound request frames being read at once, shared by the streams of one
+/// codec (one protocol of one node), in KiB permits.
+#[derive(Debug, Clone)]
+pub struct InboundBudget {
+    permits: Arc<Semaphore>,
+    total_kib: usize,
+    read_time: Duration,
+}
+
+impl InboundBudget {
+    /// A budget of `bytes` (rounded up to KiB), frames arriving within `read_time`.
+    pub fn new(bytes: usize, read_time: Duration) -> Self {
+        let total_kib = bytes.div_ceil(1024).max(1);
+        InboundBudget {
+            permits: Arc::new(Semaphore::new(total_kib)),
+            total_kib,
+            read_time,
+        }
+    }
+
+    /// Bytes reserved by frames being read now.
+    pub fn reserved_bytes(&self) -> usize {
+        (self.total_kib - self.permits.available_permits()) * 1024
+    }
+}
+
+impl Default for InboundBudget {
+    fn default() -> Self {
+        InboundBudget::new(INBOUND_BUDGET_BYTES, FRAME_READ_TIME)
+    }
+}
 
 /// A request-response codec for `Req`/`Resp` with frame caps.
 pub struct FramedCbor<Req, Resp> {
     max_request: usize,
     max_response: usize,
+    budget: InboundBudget,
     _types: PhantomData<fn() -> (Req, Resp)>,
 }
 
 impl<Req, Resp> FramedCbor<Req, Resp> {
     /// A codec accepting requests up to `max_request` and responses up to `max_response`
-    /// bytes.
+    /// bytes, reading inbound requests within the default [`InboundBudget`].
     pub fn new(max_request: usize, max_response: usize) -> Self {
+        FramedCbor::with_budget(max_request, max_response, InboundBudget::default())
+    }
+
+    /// Like [`FramedCbor::new`], with `budget`.
+    pub fn with_budget(max_request: usize, max_response: usize, budget: InboundBudget) -> Self {
         FramedCbor {
             max_request,
             max_response,
+            budget,
             _types: PhantomData,
         }
+    }
+
+    /// The codec's budget (shared by its clones).
+    pub fn budget(&self) -> &InboundBudget {
+        &self.budget
     }
 }
 
 impl<Req, Resp> Clone for FramedCbor<Req, Resp> {
     fn clone(&self) -> Self {
-        FramedCbor::new(self.max_request, self.max_response)
+        FramedCbor::with_budget(self.max_request, self.max_response, self.budget.clone())
     }
 }
 
@@ -50,6 +112,52 @@ pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, cap: usize) -> io::Res
     }
     let mut buf = vec![0u8; len];
     io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Read one request frame of at most `cap` bytes within `budget`: its size is reserved before
+/// its body is read, and it must arrive (after waiting for the budget) within the budget's
+/// read time.
+pub async fn read_budgeted_frame<T: AsyncRead + Unpin>(
+    io: &mut T,
+    cap: usize,
+    budget: &InboundBudget,
+) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > cap {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the cap of {cap} bytes"),
+        ));
+    }
+    let timed_out = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "a frame of {len} bytes did not arrive within {:?}",
+                budget.read_time
+            ),
+        )
+    };
+    let deadline = tokio::time::Instant::now() + budget.read_time;
+    let _reserved = if len > UNBUDGETED_FRAME_BYTES {
+        let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
+        let permits = budget.permits.clone().acquire_many_owned(kib);
+        Some(
+            tokio::time::timeout_at(deadline, permits)
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|_| io::Error::other("the inbound budget is closed"))?,
+        )
+    } else {
+        None
+    };
+    let mut buf = vec![0u8; len];
+    tokio::time::timeout_at(deadline, io.read_exact(&mut buf))
+        .await
+        .map_err(|_| timed_out())??;
     Ok(buf)
 }
 
@@ -109,7 +217,7 @@ where
     {
         // libp2p drops a request that fails to read without telling the behaviour: say why
         // here, so a refused peer is visible.
-        let request = match read_frame(io, self.max_request).await {
+        let request = match read_budgeted_frame(io, self.max_request, &self.budget).await {
             Ok(frame) => decode(&frame, self.max_request),
             Err(e) => Err(e),
         };
@@ -150,6 +258,81 @@ where
 mod tests {
     use super::*;
     use futures::io::Cursor;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A peer that announces a frame, sends its length prefix and then nothing.
+    struct Stalled(Cursor<Vec<u8>>);
+
+    impl AsyncRead for Stalled {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            match Pin::new(&mut self.0).poll_read(cx, buf) {
+                Poll::Ready(Ok(0)) => Poll::Pending,
+                other => other,
+            }
+        }
+    }
+
+    fn frame(len: usize) -> Vec<u8> {
+        let mut bytes = (len as u32).to_be_bytes().to_vec();
+        bytes.extend(std::iter::repeat_n(7u8, len));
+        bytes
+    }
+
+    #[tokio::test]
+    async fn frames_wait_for_the_budget_and_stalled_ones_free_it() {
+        let budget = InboundBudget::new(1 << 20, Duration::from_millis(400));
+        // A stalled peer reserves its announced 600 KiB and sends nothing more.
+        let stalled = tokio::spawn({
+            let budget = budget.clone();
+            async move {
+                let mut io = Stalled(Cursor::new((600u32 << 10).to_be_bytes().to_vec()));
+                read_budgeted_frame(&mut io, 8 << 20, &budget).await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(budget.reserved_bytes(), 600 << 10);
+        // Another 600 KiB frame does not fit: it waits (and is not read) until the stalled
+        // one's time is up.
+        let started = tokio::time::Instant::now();
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move {
+                read_budgeted_frame(&mut Cursor::new(frame(600 << 10)), 8 << 20, &budget).await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "read beyond the budget");
+        // (The waiter holds what is left of the budget while it waits: never more than all.)
+        assert!(budget.reserved_bytes() <= 1 << 20);
+        let err = stalled.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        let body = waiting.await.unwrap().unwrap();
+        assert_eq!(body.len(), 600 << 10);
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        assert_eq!(budget.reserved_bytes(), 0, "reservations are freed");
+        // Small frames need no reservation: they pass while the budget is taken.
+        let _hog = budget
+            .permits
+            .clone()
+            .acquire_many_owned(1024)
+            .await
+            .unwrap();
+        let small = read_budgeted_frame(&mut Cursor::new(frame(1000)), 8 << 20, &budget)
+            .await
+            .unwrap();
+        assert_eq!(small.len(), 1000);
+        drop(_hog);
+        // A frame larger than the whole budget can never be read: it times out.
+        let err = read_budgeted_frame(&mut Cursor::new(frame(2 << 20)), 8 << 20, &budget)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
 
     #[test]
     fn frames_round_trip_and_caps_hold() {
