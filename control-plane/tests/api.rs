@@ -452,6 +452,24 @@ async fn network_with_device(
     plane: &TestPlane,
     policy: NetworkPolicy,
 ) -> (NetworkInfo, WorkloadInfo, TestDevice) {
+    network_with_device_of(plane, policy, false).await
+}
+
+/// Like [`network_with_device`], but the device belongs to another person (an admin, so it
+/// could invite it), so the admin's jobs on it are checked.
+async fn network_with_anothers_device(
+    plane: &TestPlane,
+) -> (NetworkInfo, WorkloadInfo, TestDevice) {
+    network_with_device_of(plane, NetworkPolicy::default(), true).await
+}
+
+/// A network (devices join without approval) with the echo workload and one device, the
+/// admin's or (`anothers`) another admin's.
+async fn network_with_device_of(
+    plane: &TestPlane,
+    policy: NetworkPolicy,
+    anothers: bool,
+) -> (NetworkInfo, WorkloadInfo, TestDevice) {
     let network = plane
         .network(NetworkPolicy {
             require_device_approval: false,
@@ -466,38 +484,13 @@ async fn network_with_device(
         )
         .await
         .unwrap();
-    let mut device = register_device(&plane.admin, &network.id, 11, embedding_capabilities()).await;
-    device
-        .heartbeat(DeviceLoad {
-            running: 0,
-            queued: 0,
-            slots: 4,
-        })
-        .await;
-    (network, workload, device)
-}
-
-/// Like [`network_with_device`], but the device belongs to another person (an admin, so it
-/// could invite it), so the admin's jobs on it are checked.
-async fn network_with_anothers_device(
-    plane: &TestPlane,
-) -> (NetworkInfo, WorkloadInfo, TestDevice) {
-    let network = plane
-        .network(NetworkPolicy {
-            require_device_approval: false,
-            ..NetworkPolicy::default()
-        })
-        .await;
-    let workload = plane
-        .admin
-        .publish_workload(
-            &network.id,
-            std::fs::read(mesh_test_artifacts::ECHO).unwrap(),
-        )
-        .await
-        .unwrap();
-    let (owner, _) = plane.person(&network.id, Role::Admin, "host owner").await;
-    let mut device = register_device(&owner, &network.id, 13, embedding_capabilities()).await;
+    let owner = if anothers {
+        plane.person(&network.id, Role::Admin, "host owner").await.0
+    } else {
+        plane.admin.clone()
+    };
+    let seed = if anothers { 13 } else { 11 };
+    let mut device = register_device(&owner, &network.id, seed, embedding_capabilities()).await;
     device
         .heartbeat(DeviceLoad {
             running: 0,
