@@ -102,6 +102,11 @@ const EXPECTATIONS: &[(&str, &str, [u16; 6])] = &[
         [401, 404, 200, 200, 200, 403],
     ),
     (
+        "get",
+        "/v1/networks/{network}/peers",
+        [401, 404, 200, 200, 200, 403],
+    ),
+    (
         "post",
         "/v1/networks/{network}/devices/{device}/approve",
         [401, 404, 403, 403, 200, 403],

@@ -188,6 +188,34 @@ pub async fn change_status(
         .ok_or_else(|| DomainError::not_found("device"))
 }
 
+/// Peer ids of `network`'s approved devices and of the gateway: whom its hosts let connect
+/// (quarantined devices stay in: they may still ask for work, they are only given none).
+pub async fn network_peers(
+    state: &AppState,
+    network: &NetworkId,
+) -> DomainResult<mesh_proto::api::NetworkPeers> {
+    let peers = devices::list(&state.db.pool, network)
+        .await?
+        .into_iter()
+        .filter(|d| d.status == DeviceStatus::Approved)
+        .map(|d| d.public_key.peer_id())
+        .collect();
+    Ok(mesh_proto::api::NetworkPeers {
+        issued_at_ms: now_ms(),
+        gateway_peer: crate::domain::scheduling::gateway_peer(state),
+        peers,
+    })
+}
+
+/// Peer ids of the approved devices of every network: whom the gateway lets connect.
+pub async fn approved_peers(state: &AppState) -> DomainResult<Vec<String>> {
+    Ok(devices::approved(&state.db.pool)
+        .await?
+        .into_iter()
+        .map(|d| d.public_key.peer_id())
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mesh_proto::api::{
     CertificateResponse, Challenge, ChallengeRequest, DeviceInfo, DeviceStatus, HeartbeatResponse,
-    InviteKind, RegisterDeviceRequest, RegisteredDevice,
+    InviteKind, NetworkPeers, RegisterDeviceRequest, RegisteredDevice,
 };
 use mesh_proto::device::Heartbeat;
 use mesh_proto::{DeviceId, SignDomain, Signed};
@@ -81,6 +81,22 @@ pub async fn list_devices(
     }: Reader,
 ) -> ApiResult<Json<Vec<DeviceInfo>>> {
     Ok(Json(devices::list(&state.db.pool, &network).await?))
+}
+
+/// Peer ids of the network's approved devices and of the gateway: whom its hosts let connect.
+#[utoipa::path(get, path = "/v1/networks/{network}/peers", tag = "devices", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id")),
+    responses((status = 200, body = NetworkPeers), Reading))]
+pub async fn network_peers(
+    State(state): State<AppState>,
+    Reader {
+        principal: _,
+        network,
+    }: Reader,
+) -> ApiResult<Json<NetworkPeers>> {
+    Ok(Json(
+        crate::domain::devices::network_peers(&state, &network).await?,
+    ))
 }
 
 async fn set_status(

@@ -72,6 +72,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(devices::challenge))
         .routes(routes!(devices::register))
         .routes(routes!(devices::list_devices))
+        .routes(routes!(devices::network_peers))
         .routes(routes!(devices::approve_device))
         .routes(routes!(devices::revoke_device))
         .routes(routes!(devices::certificate))

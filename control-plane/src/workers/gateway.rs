@@ -43,12 +43,42 @@ pub async fn spawn(state: &AppState) -> anyhow::Result<Option<Node>> {
             .collect::<Result<_, _>>()?,
         reserve: false,
         job_timeout: state.config.gateway_timeout,
+        // Approved devices only, as on the relays.
+        gate: mesh_net::Gate::only([]),
         ..NodeConfig::default()
     };
+    let gate = config.gate.clone();
+    if let Err(e) = admit_devices(state, &gate).await {
+        tracing::warn!("listing the approved devices for the gateway's gate: {e}");
+    }
     let (node, inbound) = Node::spawn(&state.key, config).await?;
     tracing::info!(peer = %node.peer_id(), "gateway node started");
     tokio::spawn(serve_inbound(state.clone(), inbound).in_current_span());
+    tokio::spawn(keep_gate(state.clone(), gate).in_current_span());
     Ok(Some(node))
+}
+
+/// How often the gateway's gate is brought up to date with the approved devices (and at
+/// once, at most every [`GATE_MIN_REFRESH`], after an unknown peer was refused).
+const GATE_REFRESH: Duration = Duration::from_secs(10);
+/// The shortest time between two refreshes of the gate.
+const GATE_MIN_REFRESH: Duration = Duration::from_secs(1);
+
+async fn keep_gate(state: AppState, gate: mesh_net::Gate) {
+    loop {
+        let _ = tokio::time::timeout(GATE_REFRESH, gate.denied()).await;
+        if let Err(e) = admit_devices(&state, &gate).await {
+            tracing::warn!("refreshing the gateway's gate (keeping the last list): {e}");
+        }
+        tokio::time::sleep(GATE_MIN_REFRESH).await;
+    }
+}
+
+/// Let every approved device of every network connect to the gateway, and nobody else.
+async fn admit_devices(state: &AppState, gate: &mesh_net::Gate) -> DomainResult<()> {
+    let peers = crate::domain::devices::approved_peers(state).await?;
+    gate.allow_only(peers.iter().filter_map(|p| p.parse().ok()));
+    Ok(())
 }
 
 async fn serve_inbound(state: AppState, mut inbound: tokio::sync::mpsc::Receiver<Inbound>) {

@@ -7,7 +7,7 @@ use crate::limits::MAX_COMPONENT_BYTES;
 use crate::{CancelToken, ExecError, Executor};
 use anyhow::{Context, Result};
 use mesh_client::{Client, ClientError};
-use mesh_net::{Inbound, Node, NodeConfig, PeerId};
+use mesh_net::{Gate, Inbound, Node, NodeConfig, PeerId};
 use mesh_proto::api::{CompleteJobRequest, DeviceStatus, FailJobRequest, JobTicket};
 use mesh_proto::device::{DeviceCert, DeviceLoad, Heartbeat};
 use mesh_proto::p2p::{
@@ -46,6 +46,9 @@ const RESERVATION_WAIT: Duration = Duration::from_secs(20);
 const MAX_MODEL_BYTES: u64 = 4 << 30;
 /// Certificates are refreshed this often.
 const CERT_REFRESH: Duration = Duration::from_secs(3600);
+/// The shortest time between two fetches of the list of peers allowed to connect (it is
+/// fetched once per heartbeat interval, and soon after an unknown peer was refused).
+const PEERS_MIN_REFRESH: Duration = Duration::from_secs(1);
 /// How long a finished job's receipt waits before it is reported, so the receipts of a burst
 /// of short jobs go out after the burst (off its answers' path), one call at a time.
 const REPORT_DELAY: Duration = Duration::from_millis(200);
@@ -89,6 +92,8 @@ pub struct Agent {
     receipts: mpsc::Sender<(JobId, Signed<mesh_proto::RunReceipt>)>,
     /// Receipts handed to [`report_receipts`] and not yet reported.
     unreported: AtomicU32,
+    /// Woken after each heartbeat the control plane accepted (the peer list follows it).
+    heartbeat_done: tokio::sync::Notify,
     queued: AtomicU32,
     running: AtomicU32,
     slots: u32,
@@ -243,8 +248,11 @@ async fn spawn_agent(
             .map(|a| a.parse().with_context(|| format!("relay address {a}")))
             .collect::<Result<_>>()?,
         reserve: true,
+        // Only the gateway until the network's list of devices arrives.
+        gate: Gate::only(config.control_plane_key.peer_id().parse::<PeerId>().ok()),
         ..NodeConfig::default()
     };
+    let gate = node_config.gate.clone();
     let (node, inbound) = Node::spawn(&key, node_config).await?;
     let slots = config.effective_slots();
     let (queue, queue_rx) = mpsc::channel(config.queue_capacity.max(1));
@@ -261,6 +269,7 @@ async fn spawn_agent(
         queue,
         receipts,
         unreported: AtomicU32::new(0),
+        heartbeat_done: tokio::sync::Notify::new(),
         queued: AtomicU32::new(0),
         running: AtomicU32::new(0),
         slots: slots as u32,
@@ -293,8 +302,12 @@ async fn spawn_agent(
             "no relay reservation after {RESERVATION_WAIT:?}; announcing the device anyway"
         );
     }
+    if let Err(e) = refresh_peers(&agent, &gate).await {
+        tracing::info!("no list of the network's devices yet ({e}); only the gateway may connect");
+    }
     let (revoked_tx, revoked_rx) = mpsc::channel::<()>(1);
     let mut tasks = vec![
+        tokio::spawn(peers(agent.clone(), gate).in_current_span()),
         tokio::spawn(heartbeats(agent.clone(), config.device, revoked_tx).in_current_span()),
         tokio::spawn(certificates(agent.clone(), config.device).in_current_span()),
         tokio::spawn(report_receipts(agent.clone(), receipts_rx).in_current_span()),
@@ -347,6 +360,7 @@ async fn heartbeats(agent: Arc<Agent>, device: mesh_proto::DeviceId, revoked: mp
                     let _ = revoked.send(()).await;
                     return;
                 }
+                agent.heartbeat_done.notify_one();
                 tokio::time::sleep(Duration::from_secs(answer.interval_s.clamp(1, 300))).await;
             }
             // The device's token no longer works: it was revoked (or removed with its owner).
@@ -361,6 +375,33 @@ async fn heartbeats(agent: Arc<Agent>, device: mesh_proto::DeviceId, revoked: mp
             }
         }
     }
+}
+
+/// Keep `gate` to the network's approved devices and the gateway: fetched after every
+/// heartbeat, and soon after a peer not on the list was refused (it may be a device approved
+/// a moment ago).
+async fn peers(agent: Arc<Agent>, gate: Gate) {
+    loop {
+        tokio::select! {
+            _ = agent.heartbeat_done.notified() => {}
+            _ = gate.denied() => {}
+        }
+        if let Err(e) = refresh_peers(&agent, &gate).await {
+            tracing::info!("fetching the network's devices failed (keeping the last list): {e}");
+        }
+        tokio::time::sleep(PEERS_MIN_REFRESH).await;
+    }
+}
+
+async fn refresh_peers(agent: &Agent, gate: &Gate) -> Result<()> {
+    let list = agent.client.network_peers(&agent.network).await?;
+    let peers: Vec<PeerId> = std::iter::once(&list.gateway_peer)
+        .chain(&list.peers)
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    tracing::debug!(peers = peers.len(), "peers allowed to connect");
+    gate.allow_only(peers);
+    Ok(())
 }
 
 async fn certificates(agent: Arc<Agent>, device: mesh_proto::DeviceId) {

@@ -335,6 +335,14 @@ impl Client {
         self.get(&format!("/v1/networks/{network}/devices")).await
     }
 
+    /// `GET /v1/networks/{network}/peers`: whom the network's hosts let connect.
+    pub async fn network_peers(
+        &self,
+        network: &NetworkId,
+    ) -> Result<mesh_proto::api::NetworkPeers> {
+        self.get(&format!("/v1/networks/{network}/peers")).await
+    }
+
     /// `POST /v1/networks/{network}/devices/{device}/approve`.
     pub async fn approve_device(
         &self,

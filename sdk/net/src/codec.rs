@@ -4,12 +4,12 @@
 //! A frame is a 4-byte big-endian length followed by that many bytes of CBOR. An oversized
 //! length or malformed CBOR fails the stream with `InvalidData` and a message saying which.
 //!
-//! Inbound requests come from any peer before their ticket is checked, so what they can make
-//! a node hold is bounded twice: each frame within its cap, and all frames being read at
-//! once within the codec's [`InboundBudget`] (a frame reserves its announced size before its
-//! body is read, and must arrive within [`FRAME_READ_TIME`], or its reservation is freed).
-//! Peers that announce large frames and trickle them queue for the budget instead of
-//! growing the node's memory.
+//! Inbound requests arrive before their ticket is checked, so what they can make a node hold
+//! is bounded twice: each frame within its cap, and all frames being read at once within the
+//! codec's [`InboundBudget`] (a frame reserves its announced size before its body is read,
+//! and must arrive within [`FRAME_READ_TIME`], or its reservation is freed). Peers that
+//! announce frames and trickle them queue for the budget instead of growing the node's
+//! memory. Small frames draw on a pool of their own, so they never queue behind large ones.
 
 use futures::prelude::*;
 use libp2p::StreamProtocol;
@@ -22,43 +22,75 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-/// Bytes of inbound requests a node reads at once, all peers together.
+/// Bytes of large inbound request frames a node reads at once, all peers together.
 pub const INBOUND_BUDGET_BYTES: usize = 64 << 20;
+/// Bytes of small inbound request frames (up to [`SMALL_FRAME_BYTES`]) read at once.
+pub const SMALL_FRAMES_BUDGET_BYTES: usize = 16 << 20;
 /// How long an announced request frame may take to arrive (or to wait for the budget).
 pub const FRAME_READ_TIME: Duration = Duration::from_secs(30);
-/// Frames up to this size are read without a reservation, so small requests never queue
-/// behind large ones (what they can hold is bounded by the streams a connection may open).
-pub const UNBUDGETED_FRAME_BYTES: usize = 64 << 10;
+/// Frames up to this size reserve from the small frames' pool, larger ones from the main one.
+pub const SMALL_FRAME_BYTES: usize = 64 << 10;
 
 /// The bytes of inbound request frames being read at once, shared by the streams of one
-/// codec (one protocol of one node), in KiB permits.
+/// codec (one protocol of one node), in KiB permits: one pool for large frames, one for
+/// small ones.
 #[derive(Debug, Clone)]
 pub struct InboundBudget {
-    permits: Arc<Semaphore>,
-    total_kib: usize,
+    large: Pool,
+    small: Pool,
     read_time: Duration,
 }
 
-impl InboundBudget {
-    /// A budget of `bytes` (rounded up to KiB), frames arriving within `read_time`.
-    pub fn new(bytes: usize, read_time: Duration) -> Self {
+/// KiB permits and how many there are.
+#[derive(Debug, Clone)]
+struct Pool {
+    permits: Arc<Semaphore>,
+    total_kib: usize,
+}
+
+impl Pool {
+    fn new(bytes: usize) -> Self {
         let total_kib = bytes.div_ceil(1024).max(1);
-        InboundBudget {
+        Pool {
             permits: Arc::new(Semaphore::new(total_kib)),
             total_kib,
+        }
+    }
+
+    fn reserved_bytes(&self) -> usize {
+        (self.total_kib - self.permits.available_permits()) * 1024
+    }
+}
+
+impl InboundBudget {
+    /// A budget of `bytes` for large frames and `small_bytes` for small ones (rounded up to
+    /// KiB), frames arriving within `read_time`.
+    pub fn new(bytes: usize, small_bytes: usize, read_time: Duration) -> Self {
+        InboundBudget {
+            large: Pool::new(bytes),
+            small: Pool::new(small_bytes),
             read_time,
         }
     }
 
-    /// Bytes reserved by frames being read now.
+    /// Bytes reserved by large frames being read now.
     pub fn reserved_bytes(&self) -> usize {
-        (self.total_kib - self.permits.available_permits()) * 1024
+        self.large.reserved_bytes()
+    }
+
+    /// Bytes reserved by small frames being read now.
+    pub fn reserved_small_bytes(&self) -> usize {
+        self.small.reserved_bytes()
     }
 }
 
 impl Default for InboundBudget {
     fn default() -> Self {
-        InboundBudget::new(INBOUND_BUDGET_BYTES, FRAME_READ_TIME)
+        InboundBudget::new(
+            INBOUND_BUDGET_BYTES,
+            SMALL_FRAMES_BUDGET_BYTES,
+            FRAME_READ_TIME,
+        )
     }
 }
 
@@ -142,18 +174,17 @@ pub async fn read_budgeted_frame<T: AsyncRead + Unpin>(
         )
     };
     let deadline = tokio::time::Instant::now() + budget.read_time;
-    let _reserved = if len > UNBUDGETED_FRAME_BYTES {
-        let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
-        let permits = budget.permits.clone().acquire_many_owned(kib);
-        Some(
-            tokio::time::timeout_at(deadline, permits)
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(|_| io::Error::other("the inbound budget is closed"))?,
-        )
+    let pool = if len > SMALL_FRAME_BYTES {
+        &budget.large
     } else {
-        None
+        &budget.small
     };
+    let kib = u32::try_from(len.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    let permits = pool.permits.clone().acquire_many_owned(kib);
+    let _reserved = tokio::time::timeout_at(deadline, permits)
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|_| io::Error::other("the inbound budget is closed"))?;
     let mut buf = vec![0u8; len];
     tokio::time::timeout_at(deadline, io.read_exact(&mut buf))
         .await
@@ -285,7 +316,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_wait_for_the_budget_and_stalled_ones_free_it() {
-        let budget = InboundBudget::new(1 << 20, Duration::from_millis(400));
+        let budget = InboundBudget::new(1 << 20, 128 << 10, Duration::from_millis(400));
         // A stalled peer reserves its announced 600 KiB and sends nothing more.
         let stalled = tokio::spawn({
             let budget = budget.clone();
@@ -315,8 +346,9 @@ mod tests {
         assert_eq!(body.len(), 600 << 10);
         assert!(started.elapsed() >= Duration::from_millis(250));
         assert_eq!(budget.reserved_bytes(), 0, "reservations are freed");
-        // Small frames need no reservation: they pass while the budget is taken.
+        // Small frames draw on their own pool: they pass while the large one is taken.
         let _hog = budget
+            .large
             .permits
             .clone()
             .acquire_many_owned(1024)
@@ -327,6 +359,33 @@ mod tests {
             .unwrap();
         assert_eq!(small.len(), 1000);
         drop(_hog);
+        // ... but within it: two stalled 64 KiB frames take the small pool, and a third
+        // small frame waits for one of them to time out.
+        let stalled_small: Vec<_> = (0..2)
+            .map(|_| {
+                let budget = budget.clone();
+                tokio::spawn(async move {
+                    let mut io = Stalled(Cursor::new((64u32 << 10).to_be_bytes().to_vec()));
+                    read_budgeted_frame(&mut io, 8 << 20, &budget).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(budget.reserved_small_bytes(), 128 << 10);
+        let started = tokio::time::Instant::now();
+        let small = read_budgeted_frame(&mut Cursor::new(frame(1000)), 8 << 20, &budget)
+            .await
+            .unwrap();
+        assert_eq!(small.len(), 1000);
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "read beyond the pool"
+        );
+        for stalled in stalled_small {
+            let err = stalled.await.unwrap().unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        }
+        assert_eq!(budget.reserved_small_bytes(), 0);
         // A frame larger than the whole budget can never be read: it times out.
         let err = read_budgeted_frame(&mut Cursor::new(frame(2 << 20)), 8 << 20, &budget)
             .await

@@ -7,9 +7,11 @@
 mod candidates;
 pub mod codec;
 pub mod dispatch;
+pub mod gate;
 mod node;
 pub mod verify;
 
+pub use gate::Gate;
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{
     ConnectionInfo, DEFAULT_BLOB_TIMEOUT, DEFAULT_JOB_TIMEOUT, IDENTIFY_PROTOCOL, Inbound,

@@ -518,6 +518,19 @@ pub struct ControlPlaneKey {
     pub relays: Vec<String>,
 }
 
+/// Who may connect to a network's hosts: its approved devices and the gateway, as libp2p
+/// peer ids. Hosts poll it and refuse connections from anyone else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct NetworkPeers {
+    /// When the list was made, milliseconds since the Unix epoch.
+    pub issued_at_ms: i64,
+    /// The control plane's libp2p peer id (the gateway).
+    pub gateway_peer: String,
+    /// Peer ids of the network's approved devices.
+    pub peers: Vec<String>,
+}
+
 /// What relays poll to learn whom to serve: a fresh certificate of every approved device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]

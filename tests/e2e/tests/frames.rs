@@ -1,7 +1,7 @@
 //! Hostile frames on `/mesh/job/1`: a device of the network (so the relay lets it through)
 //! speaks the protocol with a raw codec and sends malformed CBOR and a frame announcing
 //! 2 GiB. The host refuses each on that stream alone (the oversized one before allocating)
-//! and keeps serving.
+//! and keeps serving. A peer that is not a device of the network gets no connection at all.
 
 use futures::prelude::*;
 use libp2p::request_response::{self, ProtocolSupport};
@@ -35,6 +35,20 @@ async fn send_raw(
     host: PeerId,
     bytes: Vec<u8>,
 ) -> Result<Vec<u8>, String> {
+    let circuit = relay
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2pCircuit)
+        .with(libp2p::multiaddr::Protocol::P2p(host));
+    send_raw_to(key, circuit, host, bytes).await
+}
+
+/// Send `bytes` raw on `/mesh/job/1` to `host` at `address`.
+async fn send_raw_to(
+    key: &SigningKey,
+    address: Multiaddr,
+    host: PeerId,
+    bytes: Vec<u8>,
+) -> Result<Vec<u8>, String> {
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(mesh_net::keypair(key))
         .with_tokio()
         .with_quic_config(mesh_net::quic_config)
@@ -53,14 +67,10 @@ async fn send_raw(
         })
         .unwrap()
         .build();
-    let circuit = relay
-        .clone()
-        .with(libp2p::multiaddr::Protocol::P2pCircuit)
-        .with(libp2p::multiaddr::Protocol::P2p(host));
     swarm
         .behaviour_mut()
         .job
-        .send_request_with_addresses(&host, bytes, vec![circuit]);
+        .send_request_with_addresses(&host, bytes, vec![address]);
     loop {
         match tokio::time::timeout(Duration::from_secs(30), swarm.select_next_some()).await {
             Err(_) => return Err("no outcome".into()),
@@ -125,4 +135,70 @@ async fn malformed_and_oversized_frames_are_refused() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", mesh.logs()));
     assert_eq!(result.job.state, JobState::Done);
+}
+
+/// The host's direct QUIC address on loopback, from its log.
+fn direct_address(log: &str) -> Multiaddr {
+    let needle = "listening address=/ip4/127.0.0.1/udp/";
+    let start =
+        log.find(needle).expect("the host logs its listen address") + "listening address=".len();
+    let end = log[start..]
+        .find(|c: char| c.is_whitespace())
+        .map_or(log.len(), |e| start + e);
+    log[start..end].parse().expect("a multiaddr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outsiders_get_no_connection_and_members_reach_the_codec() {
+    let mesh = TestNet::spawn(MeshOptions {
+        hosts: 1,
+        ..MeshOptions::default()
+    })
+    .await;
+    let host: PeerId = mesh.hosts[0].peer.parse().unwrap();
+    let address = direct_address(&mesh.hosts[0].log.text());
+    let mut malformed = 3u32.to_be_bytes().to_vec();
+    malformed.extend_from_slice(&[0xff, 0x00, 0x13]);
+    // A frame announcing 60 KiB that never arrives: what a flood of them would cost the host
+    // is what an outsider could hold, if it got in.
+    let mut stalled = (60u32 << 10).to_be_bytes().to_vec();
+    stalled.extend_from_slice(&[0u8; 1024]);
+
+    // An outsider reaches the host's own address directly (no relay to stop it): the host
+    // refuses the connection as soon as it knows the peer's key, before any protocol runs.
+    let outsider = mesh_e2e::fresh_key();
+    for bytes in [malformed.clone(), stalled] {
+        let err = send_raw_to(&outsider, address.clone(), host, bytes)
+            .await
+            .unwrap_err();
+        // (The outsider sees its new connection close or its dial fail, as the race goes.)
+        eprintln!("outsider: {err}");
+    }
+    mesh.hosts[0]
+        .log
+        .wait_for(
+            "refused a connection from a peer that is not a known device",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(mesh.hosts[0].log.count("malformed CBOR"), 0);
+    assert_eq!(mesh.hosts[0].log.count("refused an inbound request"), 0);
+
+    // Once it is a device of the network, the same peer gets in (the host fetches the new
+    // list soon after refusing it) and its bytes reach the codec, which refuses them.
+    mesh.register_device(&outsider).await;
+    let mut reached = false;
+    for _ in 0..10 {
+        let _ = send_raw_to(&outsider, address.clone(), host, malformed.clone()).await;
+        if mesh.hosts[0].log.count("malformed CBOR") > 0 {
+            reached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        reached,
+        "an approved device never got through\n{}",
+        mesh.logs()
+    );
 }

@@ -53,6 +53,7 @@ pub(super) enum Command {
 /// The behaviours a Mesh node runs.
 #[derive(NetworkBehaviour)]
 pub struct MeshBehaviour {
+    pub(super) gate: crate::gate::GateBehaviour,
     pub(super) limits: connection_limits::Behaviour,
     pub(super) observed: crate::candidates::ObservedAddresses,
     pub(super) relay_client: relay::client::Behaviour,
@@ -94,9 +95,12 @@ impl Node {
         // to observe the port peers can reach.
         let bound = async {
             while !listeners.is_empty() {
-                if let SwarmEvent::NewListenAddr { listener_id, .. } =
-                    swarm.select_next_some().await
+                if let SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } = swarm.select_next_some().await
                 {
+                    tracing::info!(%address, "listening");
                     listeners.remove(&listener_id);
                 }
             }
@@ -245,6 +249,7 @@ fn build_swarm(
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| NodeError::Transport(e.to_string()))?
         .with_behaviour(|keypair, relay_client| MeshBehaviour {
+            gate: crate::gate::GateBehaviour(config.gate.clone()),
             limits: connection_limits::Behaviour::new(limits),
             observed: Default::default(),
             relay_client,

@@ -97,6 +97,9 @@ pub struct NodeConfig {
     /// Upgrade relayed connections by hole punching (DCUtR). Off only to measure or force the
     /// relayed path.
     pub hole_punching: bool,
+    /// Who may open connections to this node ([`Gate::open`] by default; hosts and the
+    /// gateway keep it to their control plane's list of devices).
+    pub gate: crate::Gate,
 }
 
 impl Default for NodeConfig {
@@ -113,6 +116,7 @@ impl Default for NodeConfig {
             max_connections_per_peer: 8,
             max_connections: 1024,
             hole_punching: true,
+            gate: crate::Gate::open(),
         }
     }
 }
