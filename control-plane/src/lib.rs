@@ -50,6 +50,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         validator: Arc::new(validate::ComponentValidator::new()?),
         gateway: None,
         certificate_pin: None,
+        batch_runners: Default::default(),
     };
     state.gateway = workers::gateway::spawn(&state)
         .await
@@ -102,6 +103,9 @@ impl Server {
         );
         let sweeper = tokio::spawn(workers::sweeper::run(state.clone()).in_current_span());
         let checker = tokio::spawn(workers::checker::run(state.clone()).in_current_span());
+        if let Err(e) = workers::batches::resume(&state).await {
+            tracing::warn!("resuming the running batches: {e}");
+        }
         tracing::info!(%addr, "control plane listening");
         Ok(Server {
             addr,
@@ -140,6 +144,7 @@ impl Drop for Server {
         self.serve.abort();
         self.sweeper.abort();
         self.checker.abort();
+        self.state.batch_runners.stop_all();
     }
 }
 

@@ -98,6 +98,10 @@ pub struct Config {
     /// than `gateway_timeout`).
     #[serde(with = "secs")]
     pub request_timeout: Duration,
+    /// Items one batch may hold (default 1,000,000).
+    pub max_batch_items: u64,
+    /// Bytes of input one batch may upload (default 1 GiB).
+    pub max_batch_bytes: u64,
 }
 
 impl Config {
@@ -143,6 +147,8 @@ impl Default for Config {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(300),
+            max_batch_items: 1_000_000,
+            max_batch_bytes: 1 << 30,
         }
     }
 }
@@ -182,4 +188,24 @@ pub struct AppState {
     pub gateway: Option<mesh_net::Node>,
     /// The TLS certificate invite codes pin, when it is pinned.
     pub certificate_pin: Option<mesh_proto::pin::Fingerprint>,
+    /// The batch runners of this process (one per running batch).
+    pub batch_runners: BatchRunners,
+}
+
+/// The batch runners of this process, one per running batch (`workers::batches` starts
+/// them).
+#[derive(Debug, Clone, Default)]
+pub struct BatchRunners(
+    pub(crate)  Arc<
+        std::sync::Mutex<std::collections::HashMap<mesh_proto::BatchId, tokio::task::AbortHandle>>,
+    >,
+);
+
+impl BatchRunners {
+    /// Stop every runner (the control plane stops; the batches resume at its next start).
+    pub fn stop_all(&self) {
+        for (_, runner) in self.0.lock().expect("runners").drain() {
+            runner.abort();
+        }
+    }
 }

@@ -43,6 +43,8 @@ pub enum AuditAction {
     CheckInconclusive,
     /// An executor reported a receipt that contradicts the one on record.
     ConflictingReceipt,
+    /// A batch was cancelled.
+    BatchCancelled,
 }
 
 impl AuditAction {
@@ -66,6 +68,7 @@ impl AuditAction {
             AuditAction::CheckFailed => "check_failed",
             AuditAction::CheckInconclusive => "check_inconclusive",
             AuditAction::ConflictingReceipt => "conflicting_receipt",
+            AuditAction::BatchCancelled => "batch.cancel",
         }
     }
 }

@@ -256,8 +256,20 @@ async fn record_verdict_in(
             &format!("job {}: {reason}", job.id),
         )
         .await?;
-        // Only the executor of the job itself was paid for it.
-        if job.executor == Some(*device) && job.price > 0 {
+        // Only the executor of the job itself was paid for it: its price, or (a batch's
+        // run) what the batch paid for the pieces it won, which are open again while the
+        // batch runs.
+        let (paid, back_to) = match job.executor == Some(*device) {
+            true => {
+                let requester = Account::Person(job.requester);
+                match crate::domain::batches::result_rejected(tx, job, reason, requester).await? {
+                    Some(rejected) => rejected,
+                    None => (job.price, requester),
+                }
+            }
+            false => (0, Account::Person(job.requester)),
+        };
+        if paid > 0 {
             ledger::transfer(
                 tx,
                 &ledger::Transfer {
@@ -267,12 +279,15 @@ async fn record_verdict_in(
                     memo: &format!("failed check: {reason}"),
                     job: Some(job.id),
                     from: Account::Person(owner),
-                    to: Account::Person(job.requester),
-                    amount: job.price,
+                    to: back_to,
+                    amount: paid,
                 },
             )
             .await?;
         }
+    }
+    if !passed {
+        crate::domain::batches::distrust(tx, &job.network, device, owner, &job.id).await?;
     }
     if quarantine {
         crate::domain::audit::record(
@@ -425,7 +440,24 @@ pub async fn apply(
     for payment in &decision.payments {
         pay_in(&mut tx, job, &parties.device(payment.to)?, payment.round).await?;
     }
-    if decision.forfeit && job.price > 0 {
+    // An unconfirmed result's pay goes to the network (a batch's run: its pieces run again
+    // while the batch runs, and the pay returns to its escrow).
+    let (forfeit, forfeit_to) = if decision.forfeit {
+        match crate::domain::batches::result_rejected(
+            &mut tx,
+            job,
+            decision.detail,
+            Account::Issuer,
+        )
+        .await?
+        {
+            Some(rejected) => rejected,
+            None => (job.price, Account::Issuer),
+        }
+    } else {
+        (0, Account::Issuer)
+    };
+    if forfeit > 0 {
         let owner = devices::get(&mut *tx, &parties.executor)
             .await?
             .ok_or_else(|| DomainError::not_found("device"))?
@@ -439,8 +471,8 @@ pub async fn apply(
                 memo: &format!("unconfirmed result: {}", decision.detail),
                 job: Some(job.id),
                 from: Account::Person(owner),
-                to: Account::Issuer,
-                amount: job.price,
+                to: forfeit_to,
+                amount: forfeit,
             },
         )
         .await?;

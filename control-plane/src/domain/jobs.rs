@@ -54,6 +54,18 @@ pub async fn assignment(state: &AppState, job: &JobId) -> DomainResult<JobAssign
     })
 }
 
+/// Where a job may run and what it costs, when not the network's defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Placement<'a> {
+    /// Devices to try only when nobody else can take it.
+    pub avoid: &'a [DeviceId],
+    /// The only device that may run it (it waits for that one).
+    pub only: Option<DeviceId>,
+    /// Its price instead of the network's job price (a batch's runs cost 0: the batch pays
+    /// for the pieces they win).
+    pub price: Option<i64>,
+}
+
 /// Create (or find, by idempotency key) a job of `requester`, reserve its price and try to
 /// assign it (devices in `avoid` only when nobody else can). Shared by the REST submit and the
 /// gateway.
@@ -63,7 +75,7 @@ pub async fn submit_job(
     requester: mesh_proto::PersonId,
     requester_peer: Option<String>,
     request: &SubmitJobRequest,
-    avoid: &[DeviceId],
+    placement: Placement<'_>,
 ) -> DomainResult<(Submitted, JobAssignment)> {
     let (state, network) = (state.clone(), *network);
     let workload = crate::store::workloads::get(&state.db.pool, &network, &request.workload)
@@ -105,10 +117,15 @@ pub async fn submit_job(
         }
         return Ok((Submitted::Existing, assignment(&state, &id).await?));
     }
-    let price = crate::store::networks::policy(&state.db.pool, &network)
-        .await?
-        .ok_or_else(|| DomainError::not_found("network"))?
-        .job_price;
+    let price = match placement.price {
+        Some(price) => price,
+        None => {
+            crate::store::networks::policy(&state.db.pool, &network)
+                .await?
+                .ok_or_else(|| DomainError::not_found("network"))?
+                .job_price
+        }
+    };
     let job: JobId = random_id(JobId::from_bytes);
     let now = now_ms();
     let mut tx = state.db.pool.begin().await?;
@@ -124,7 +141,8 @@ pub async fn submit_job(
         requester_peer: requester_peer.as_deref(),
         purpose: JobPurpose::Job,
         verifies: None,
-        avoid,
+        avoid: placement.avoid,
+        only_device: placement.only,
     };
     jobs::insert(&mut tx, &new, now)
         .await

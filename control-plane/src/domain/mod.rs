@@ -4,6 +4,7 @@
 //! [`verification`]) read nothing and are applied by the module that owns the state.
 
 pub mod audit;
+pub mod batches;
 pub mod checks;
 pub mod devices;
 pub mod error;

@@ -32,6 +32,10 @@ pub struct Candidate {
     pub trust: f64,
     /// Its owner.
     pub owner: PersonId,
+    /// Jobs it runs at once.
+    pub slots: u32,
+    /// Jobs of its network it holds now (assigned or running).
+    pub holding: u32,
 }
 
 /// Devices of `network` able to run a workload needing `models`: approved, online, with an
@@ -62,6 +66,8 @@ pub async fn candidates(
             load: (holding.max(f64::from(d.load.running)) + reported) / slots,
             trust: d.trust,
             owner: d.owner,
+            slots: d.load.slots.max(1),
+            holding: holding as u32,
         });
     }
     let mut random = vec![0u8; 8 * out.len()];
@@ -172,6 +178,10 @@ pub async fn try_assign(state: &AppState, job: &JobId) -> DomainResult<Option<(D
         let original = job_record(state, verifies).await?.info;
         let excluded = excluded_judges(state, &original, row.purpose).await?;
         candidates.retain(|c| !excluded.contains(&c.owner));
+    }
+    // A job sized for one device (a batch's run) goes to that device or waits.
+    if let Some(only) = &record.only_device {
+        candidates.retain(|c| &c.device == only);
     }
     let tried = jobs::tried_devices(&state.db.pool, job).await?;
     candidates.sort_by_key(|c| tried.contains(&c.device));
@@ -305,6 +315,8 @@ mod tests {
             load,
             trust,
             owner: PersonId::from_bytes([n; 16]),
+            slots: 1,
+            holding: 0,
         }
     }
 

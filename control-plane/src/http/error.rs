@@ -14,13 +14,22 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-/// Code and message of an error.
+/// Code and message of an error, in the shape OpenAI's API uses too (so its clients show
+/// the message of an error from the OpenAI-compatible routes).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `not_found`, `insufficient_credits`.
     pub code: String,
     /// Human-readable explanation.
     pub message: String,
+    /// The class of error, as OpenAI names them: `invalid_request_error`,
+    /// `authentication_error`, `permission_error`, `not_found_error`, `insufficient_quota`,
+    /// `server_error`.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// The request field at fault, when one is.
+    #[serde(default)]
+    pub param: Option<String>,
 }
 
 /// An API error.
@@ -29,6 +38,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    param: Option<&'static str>,
 }
 
 impl ApiError {
@@ -37,6 +47,26 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            param: None,
+        }
+    }
+
+    /// The same error, naming the request field at fault.
+    pub fn with_param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
+        self
+    }
+
+    /// OpenAI's name for this error's class.
+    fn kind(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 => "authentication_error",
+            402 => "insufficient_quota",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            500.. => "server_error",
+            _ => "invalid_request_error",
         }
     }
 
@@ -197,7 +227,9 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_string(),
+                kind: self.kind().to_string(),
                 message: self.message,
+                param: self.param.map(str::to_string),
             },
         };
         (self.status, Json(body)).into_response()

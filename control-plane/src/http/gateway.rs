@@ -46,7 +46,8 @@ pub async fn run(
     .map_err(ApiError::from)
 }
 
-/// Text to embed: one string or several.
+/// Text to embed: one string or several. Token arrays (OpenAI also takes those) are
+/// recognised so they can be refused with a message that says what to send instead.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingInput {
@@ -54,7 +55,21 @@ pub enum EmbeddingInput {
     One(String),
     /// Several texts.
     Many(Vec<String>),
+    /// Token ids of one text (refused).
+    Tokens(Vec<i64>),
+    /// Token ids of several texts (refused).
+    TokenLists(Vec<Vec<i64>>),
 }
+
+/// Why token arrays are refused, and how LangChain (which sends them by default) is told to
+/// send strings.
+pub const TOKEN_ARRAYS_REFUSED: &str = "input must be text (a string or an array of strings): \
+    this endpoint tokenizes on the device that runs the model and does not take token arrays. \
+    LangChain's OpenAIEmbeddings sends token arrays by default; create it with \
+    check_embedding_ctx_length=False so it sends strings.";
+
+/// Requests with more texts than this run as a batch, split across the network's devices.
+pub const SPLIT_ABOVE: usize = 2 * mesh_proto::batch::PIECE_ITEMS;
 
 /// An OpenAI embeddings request.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -175,6 +190,9 @@ pub async fn embeddings(
     let texts = match request.input {
         EmbeddingInput::One(text) => vec![text],
         EmbeddingInput::Many(texts) => texts,
+        EmbeddingInput::Tokens(_) | EmbeddingInput::TokenLists(_) => {
+            return Err(ApiError::bad_request(TOKEN_ARRAYS_REFUSED).with_param("input"));
+        }
     };
     if texts.is_empty() || texts.len() > 2048 {
         return Err(ApiError::bad_request("input must hold 1 to 2048 texts"));
@@ -189,31 +207,56 @@ pub async fn embeddings(
         }
     };
     let workload = workload_for_model(&state, &network, &request.model).await?;
-    let input =
-        serde_json::to_vec(&serde_json::json!({ "texts": texts })).map_err(ApiError::internal)?;
-    let result =
-        crate::workers::gateway::run_job(&state, &network, person, workload.hash, input, None)
-            .await?;
-    let vectors = result.output["embeddings"]
-        .as_array()
-        .filter(|v| v.len() == texts.len())
-        .ok_or_else(|| {
-            ApiError::internal("the workload's output has no embeddings for every input")
-        })?;
+    let (vectors, tokens) = if texts.len() > SPLIT_ABOVE {
+        // Many texts: a batch, across every device that can take its pieces.
+        let done =
+            crate::workers::batches::run_to_end(&state, &network, person, workload.hash, &texts)
+                .await?;
+        let dimensions = done.dimensions.unwrap_or(0).max(1) as usize;
+        let bytes = crate::domain::batches::vectors(&state, &done).await?;
+        let vectors: Vec<Vec<f32>> = bytes
+            .chunks_exact(4 * dimensions)
+            .map(|v| {
+                v.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                    .collect()
+            })
+            .collect();
+        (vectors, done.tokens)
+    } else {
+        let input = serde_json::to_vec(&serde_json::json!({ "texts": texts }))
+            .map_err(ApiError::internal)?;
+        let result =
+            crate::workers::gateway::run_job(&state, &network, person, workload.hash, input, None)
+                .await?;
+        let vectors: Vec<Vec<f32>> = result.output["embeddings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|x| x.as_f64().unwrap_or(0.0) as f32)
+                    .collect()
+            })
+            .collect();
+        (vectors, result.output["tokens"].as_u64().unwrap_or(0))
+    };
+    if vectors.len() != texts.len() {
+        return Err(ApiError::internal(
+            "the workload's output has no embeddings for every input",
+        ));
+    }
     let data = vectors
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(index, vector)| {
             let embedding = if base64 {
-                let floats: Vec<u8> = vector
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|x| (x.as_f64().unwrap_or(0.0) as f32).to_le_bytes())
-                    .collect();
+                let floats: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
                 serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(floats))
             } else {
-                vector.clone()
+                serde_json::json!(vector)
             };
             EmbeddingData {
                 object: "embedding",
@@ -222,7 +265,6 @@ pub async fn embeddings(
             }
         })
         .collect();
-    let tokens = result.output["tokens"].as_u64().unwrap_or(0);
     Ok(Json(EmbeddingsResponse {
         object: "list",
         data,
@@ -231,5 +273,63 @@ pub async fn embeddings(
             prompt_tokens: tokens,
             total_tokens: tokens,
         },
+    }))
+}
+
+/// One model, in OpenAI's shape.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelEntry {
+    /// The name to pass as `model` (a model a live workload declares).
+    pub id: String,
+    /// Always `model`.
+    pub object: &'static str,
+    /// When the newest workload serving it was published (seconds since the Unix epoch).
+    pub created: i64,
+    /// The network that serves it.
+    pub owned_by: String,
+}
+
+/// The models of a network, in OpenAI's shape.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// The models.
+    pub data: Vec<ModelEntry>,
+}
+
+/// The network's models (member), OpenAI-compatible: every model a live workload declares.
+/// The network is the caller's only one, or the one named by the `Mesh-Network` header.
+#[utoipa::path(get, path = "/v1/models", tag = "openai", security(("bearer" = [])),
+    responses((status = 200, body = ModelList), Managing, BadRequest))]
+pub async fn models(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    headers: HeaderMap,
+) -> ApiResult<Json<ModelList>> {
+    let person = principal.person()?;
+    let network = caller_network(&state, &headers, &person).await?;
+    require_role(&state, &principal, &network, Role::Member).await?;
+    let mut newest: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for workload in crate::domain::workloads::list(&state, &network).await? {
+        if workload.yanked {
+            continue;
+        }
+        for model in &workload.models {
+            let at = newest.entry(model.clone()).or_insert(0);
+            *at = (*at).max(workload.published_at_ms / 1000);
+        }
+    }
+    Ok(Json(ModelList {
+        object: "list",
+        data: newest
+            .into_iter()
+            .map(|(id, created)| ModelEntry {
+                id,
+                object: "model",
+                created,
+                owned_by: network.to_string(),
+            })
+            .collect(),
     }))
 }

@@ -49,8 +49,15 @@ pub async fn submit(
             (person, None)
         }
     };
-    let (submitted, assignment) =
-        submit_job(&state, &network, requester, requester_peer, &request, &[]).await?;
+    let (submitted, assignment) = submit_job(
+        &state,
+        &network,
+        requester,
+        requester_peer,
+        &request,
+        Default::default(),
+    )
+    .await?;
     let status = match submitted {
         Submitted::Created => StatusCode::CREATED,
         Submitted::Existing => StatusCode::OK,

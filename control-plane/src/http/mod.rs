@@ -2,6 +2,7 @@
 //! by utoipa, so the document and the router cannot disagree), and shared middleware.
 
 pub mod auth;
+pub mod batches;
 pub mod checks;
 pub mod credits;
 pub mod devices;
@@ -73,6 +74,10 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(devices::register))
         .routes(routes!(devices::list_devices))
         .routes(routes!(devices::network_peers))
+        .routes(routes!(batches::create, batches::list))
+        .routes(routes!(batches::show))
+        .routes(routes!(batches::cancel))
+        .routes(routes!(batches::results))
         .routes(routes!(devices::approve_device))
         .routes(routes!(devices::revoke_device))
         .routes(routes!(devices::certificate))
@@ -89,6 +94,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::report_receipt))
         .routes(routes!(gateway::run))
         .routes(routes!(gateway::embeddings))
+        .routes(routes!(gateway::models))
         .routes(routes!(jobs::start))
         .routes(routes!(jobs::complete))
         .routes(routes!(jobs::fail))

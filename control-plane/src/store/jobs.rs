@@ -14,7 +14,7 @@ use std::collections::HashMap;
 /// Columns of a [`JobRecord`], in the order [`record`] reads them.
 const COLUMNS: &str = "id, network_id, requester_id, workload_hash, input_hash, input_size, price, state, \
      executor_id, attempts, lease_expires_at, receipt, error, created_at, updated_at, purpose, verifies, \
-     requester_peer, idempotency_key";
+     requester_peer, idempotency_key, only_device";
 
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +25,8 @@ pub struct JobRecord {
     pub requester_peer: Option<String>,
     /// The requester's idempotency key.
     pub idempotency_key: String,
+    /// The only device that may run it (a batch's run, sized for that device).
+    pub only_device: Option<DeviceId>,
 }
 
 /// A job to create, queued.
@@ -54,6 +56,8 @@ pub struct NewJob<'a> {
     pub verifies: Option<JobId>,
     /// Devices to try only when nobody else can take it, as if they had had a go.
     pub avoid: &'a [DeviceId],
+    /// The only device that may run it.
+    pub only_device: Option<DeviceId>,
 }
 
 /// Which holder a change of an assigned or running job expects.
@@ -112,6 +116,9 @@ fn record(row: &AnyRow) -> Result<JobRecord, StoreError> {
         info,
         requester_peer: opt("requester_peer")?,
         idempotency_key: text("idempotency_key")?,
+        only_device: opt("only_device")?
+            .map(|d| parse_column("jobs.only_device", &d))
+            .transpose()?,
     })
 }
 
@@ -120,8 +127,8 @@ fn record(row: &AnyRow) -> Result<JobRecord, StoreError> {
 pub async fn insert(tx: &mut Tx, job: &NewJob<'_>, now: i64) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO jobs (id, network_id, requester_id, workload_hash, input_hash, input_size, price, state, \
-         idempotency_key, requester_peer, purpose, verifies, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+         idempotency_key, requester_peer, purpose, verifies, only_device, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)",
     )
     .bind(job.id.to_string())
     .bind(job.network.to_string())
@@ -135,6 +142,7 @@ pub async fn insert(tx: &mut Tx, job: &NewJob<'_>, now: i64) -> Result<(), Store
     .bind(job.requester_peer)
     .bind(job.purpose.as_str())
     .bind(job.verifies.map(|v| v.to_string()))
+    .bind(job.only_device.map(|d| d.to_string()))
     .bind(now)
     .execute(&mut **tx)
     .await

@@ -8,6 +8,7 @@
 //! lock.
 
 pub mod audit;
+pub mod batches;
 pub mod checks;
 pub mod devices;
 pub mod invites;

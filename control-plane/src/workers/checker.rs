@@ -21,6 +21,8 @@ const PAYLOAD_WAIT: Duration = Duration::from_secs(600);
 /// How long a check may take in all (waiting for a device of another owner included) before
 /// it is given up as unverifiable.
 const CHECK_DEADLINE: Duration = Duration::from_secs(1800);
+/// Devices a re-execution is offered to at most, per try of the check.
+const MAX_CHECK_ATTEMPTS: u32 = 4;
 /// Longest pause between two attempts at a check.
 const MAX_BACKOFF_MS: i64 = 60_000;
 
@@ -286,6 +288,7 @@ async fn reexecute(
                 purpose,
                 verifies: Some(job.id),
                 avoid: &[],
+                only_device: None,
             };
             let mut tx = state.db.pool.begin().await?;
             jobs::insert(&mut tx, &new, now_ms()).await?;
@@ -312,8 +315,14 @@ async fn reexecute(
         });
     }
     crate::domain::scheduling::try_assign(state, &check_job).await?;
-    let completed =
-        crate::workers::gateway::dispatch_submitted(state, node, check_job, input).await?;
+    let completed = crate::workers::gateway::dispatch_submitted(
+        state,
+        node,
+        check_job,
+        input,
+        MAX_CHECK_ATTEMPTS,
+    )
+    .await?;
     let claims = completed.ticket.peek().map_err(DomainError::internal)?;
     store_payload(state, &job.id, &completed.output).await?;
     let info = find_job(state, None, &check_job).await?;

@@ -232,19 +232,57 @@ async fn run_once(
     idempotency_key: Option<String>,
     avoid: &[DeviceId],
 ) -> DomainResult<Result<RunJobResponse, (JobId, DeviceId)>> {
-    let Some(node) = state.gateway.clone() else {
+    let placement = jobs::Placement {
+        avoid,
+        ..Default::default()
+    };
+    let submitted = submit(
+        state,
+        network,
+        person,
+        workload,
+        input.to_vec(),
+        idempotency_key,
+        placement,
+    )
+    .await?;
+    complete(state, network, workload, submitted, MAX_ATTEMPTS).await
+}
+
+/// A gateway job, submitted, with the input it will be sent (ringers mixed in when it was
+/// assigned at once).
+pub struct Submitted {
+    /// The job.
+    pub job: JobId,
+    /// Its state when submitted.
+    pub state: JobState,
+    input: Vec<u8>,
+    planted: Vec<crate::domain::ringers::Planted>,
+}
+
+/// Submit a gateway job of `person` and mix ringers into its input.
+async fn submit(
+    state: &AppState,
+    network: &NetworkId,
+    person: PersonId,
+    workload: Blake3Hash,
+    input: Vec<u8>,
+    idempotency_key: Option<String>,
+    placement: jobs::Placement<'_>,
+) -> DomainResult<Submitted> {
+    if state.gateway.is_none() {
         return Err(DomainError::unavailable(
             "no_gateway",
             "this control plane has no relays configured, so it cannot dispatch jobs",
         ));
-    };
+    }
     let request = SubmitJobRequest {
         workload,
-        input: Blake3Hash::of(input),
+        input: Blake3Hash::of(&input),
         input_size: input.len() as u64,
         idempotency_key,
     };
-    let (_, submitted) = submit_job(state, network, person, None, &request, avoid).await?;
+    let (_, submitted) = submit_job(state, network, person, None, &request, placement).await?;
     let job = submitted.job.id;
     if submitted.job.state == JobState::Done || submitted.job.state == JobState::Failed {
         return Err(DomainError::conflict(
@@ -257,7 +295,7 @@ async fn run_once(
     }
     // Ringers are chosen for the device the job was assigned to (never one it has seen), and
     // the job's input hash is updated before its ticket is first handed out.
-    let mut input = input.to_vec();
+    let mut input = input;
     let mut planted = Vec::new();
     if let (JobState::Assigned, Some(executor)) = (submitted.job.state, submitted.job.executor)
         && let Some((mixed, ringers)) =
@@ -274,7 +312,71 @@ async fn run_once(
             planted = ringers;
         }
     }
-    let completed = dispatch_submitted(state, &node, job, &input).await?;
+    Ok(Submitted {
+        job,
+        state: submitted.job.state,
+        input,
+        planted,
+    })
+}
+
+/// Submit a gateway job of `person` that only `device` may run, at price 0 (a batch's run:
+/// the batch pays for what it wins). `None`, and the job is failed, when the device could
+/// not take it at once.
+pub async fn submit_pinned(
+    state: &AppState,
+    network: &NetworkId,
+    person: PersonId,
+    workload: Blake3Hash,
+    input: Vec<u8>,
+    idempotency_key: String,
+    device: DeviceId,
+) -> DomainResult<Option<Submitted>> {
+    let placement = jobs::Placement {
+        only: Some(device),
+        price: Some(0),
+        ..Default::default()
+    };
+    let submitted = submit(
+        state,
+        network,
+        person,
+        workload,
+        input,
+        Some(idempotency_key),
+        placement,
+    )
+    .await?;
+    if submitted.state != JobState::Assigned {
+        scheduling::fail_queued(state, &submitted.job, "its device could not take it").await?;
+        return Ok(None);
+    }
+    Ok(Some(submitted))
+}
+
+/// Send a submitted gateway job to its executor (trying at most `max_attempts` devices),
+/// settle it, keep its payloads when it was selected for a check and check its ringers.
+/// The inner error names the job and executor when a ringer failed.
+pub async fn complete(
+    state: &AppState,
+    network: &NetworkId,
+    workload: Blake3Hash,
+    submitted: Submitted,
+    max_attempts: u32,
+) -> DomainResult<Result<RunJobResponse, (JobId, DeviceId)>> {
+    let Some(node) = state.gateway.clone() else {
+        return Err(DomainError::unavailable(
+            "no_gateway",
+            "this control plane has no relays configured, so it cannot dispatch jobs",
+        ));
+    };
+    let Submitted {
+        job,
+        input,
+        planted,
+        ..
+    } = submitted;
+    let completed = dispatch_submitted(state, &node, job, &input, max_attempts).await?;
     let claims = completed.ticket.peek().map_err(DomainError::internal)?;
     let info = find_job(state, None, &job).await?;
     // The executor reports too; whichever arrives first settles, the other is a no-op.
@@ -327,6 +429,7 @@ pub(crate) async fn dispatch_submitted(
     node: &Node,
     job: JobId,
     input: &[u8],
+    max_attempts: u32,
 ) -> DomainResult<dispatch::Completed> {
     let first = wait_for_ticket(state, &job).await?;
     let Some(first) = to_dispatch(&first) else {
@@ -367,7 +470,7 @@ pub(crate) async fn dispatch_submitted(
         }
     };
     let completed =
-        match dispatch::dispatch(node, first, input, None, MAX_ATTEMPTS, None, reassign).await {
+        match dispatch::dispatch(node, first, input, None, max_attempts, None, reassign).await {
             Ok(c) => c,
             Err(e) => {
                 if let DispatchError::NoExecutor(_) = e {

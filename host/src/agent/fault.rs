@@ -45,6 +45,8 @@ pub enum Fault {
     Noise(f64),
     /// The receipt names this variant's model file instead of the one that ran.
     Claim(&'static str),
+    /// Honest results, each answered this many milliseconds late (a straggler).
+    Slow(u64),
 }
 
 impl std::str::FromStr for Fault {
@@ -65,9 +67,13 @@ impl std::str::FromStr for Fault {
             Some(("noise", c)) => Ok(Fault::Noise(probability(c)?)),
             Some(("claim", "fp32")) => Ok(Fault::Claim("fp32")),
             Some(("claim", "int8")) => Ok(Fault::Claim("int8")),
+            Some(("slow", ms)) => ms
+                .parse()
+                .map(Fault::Slow)
+                .map_err(|_| format!("not milliseconds: {ms}")),
             _ => Err(format!(
-                "MESH_FAULT must be wrong:<p>, items:<p>, zero, replay, collude, noise:<c> or \
-                 claim:fp32|int8, not {s:?}"
+                "MESH_FAULT must be wrong:<p>, items:<p>, zero, replay, collude, noise:<c>, \
+                 claim:fp32|int8 or slow:<ms>, not {s:?}"
             )),
         }
     }
@@ -174,7 +180,7 @@ impl Injector {
         tracing::warn!(
             ?fault,
             honest_jobs,
-            "FAULT INJECTION: this host returns wrong results on purpose"
+            "FAULT INJECTION: this host misbehaves on purpose"
         );
         Ok(Injector {
             fault,
@@ -182,6 +188,14 @@ impl Injector {
             jobs: AtomicU64::new(0),
             previous: Mutex::new(None),
         })
+    }
+
+    /// How late a straggler answers.
+    pub fn delay(&self) -> Option<std::time::Duration> {
+        match self.fault {
+            Fault::Slow(ms) => Some(std::time::Duration::from_millis(ms)),
+            _ => None,
+        }
     }
 
     /// Apply the fault to a finished run: change its output and re-pin the receipt to it, or
@@ -198,6 +212,7 @@ impl Injector {
         let honest = run.output.clone();
         let lie = match self.fault {
             Fault::Replay => self.previous.lock().expect("not poisoned").replace(honest),
+            Fault::Slow(_) => None,
             Fault::Claim(variant) => {
                 for binding in &mut run.receipt.models {
                     if let Ok(entry) = models.select(&binding.name, variant, backend) {

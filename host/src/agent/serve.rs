@@ -942,6 +942,10 @@ impl Agent {
             Err(e) => Err((("internal", true), format!("the executor task failed: {e}"))),
         };
         #[cfg(feature = "fault-injection")]
+        if let Some(delay) = self.fault.as_ref().and_then(|f| f.delay()) {
+            tokio::time::sleep(delay).await;
+        }
+        #[cfg(feature = "fault-injection")]
         let result = match (&self.fault, result) {
             (Some(fault), Ok(run)) => {
                 Ok(fault.tamper(run, self.executor.models(), self.executor.backend()))

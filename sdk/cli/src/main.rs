@@ -4,6 +4,7 @@
 //! 5 not found; 6 conflict (already exists, wrong state, insufficient credits); 7 the server
 //! could not be reached.
 
+mod batch;
 mod config;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -58,11 +59,55 @@ enum Command {
     /// Jobs.
     #[command(subcommand)]
     Job(JobCommand),
-    /// Embed texts with the network's embeddings workload (all-MiniLM-L6-v2) on the mesh.
+    /// Embed texts with the network's embeddings workload (all-MiniLM-L6-v2) on the mesh: a
+    /// few given here, or a whole file as a batch across every device (`--file`, `--out`).
     Embed {
         /// The texts.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
         texts: Vec<String>,
+        /// A file of texts: one a line, or JSON Lines (`.jsonl`: strings or `{"text": …}`).
+        #[arg(long, requires = "out")]
+        file: Option<std::path::PathBuf>,
+        /// Where the vectors go: `.npy` (float32, items × dimensions) or JSON Lines.
+        #[arg(long, requires = "file")]
+        out: Option<std::path::PathBuf>,
+        /// Read `--file` as JSON Lines (`jsonl`) or one text a line (`lines`), whatever its
+        /// extension says.
+        #[arg(long, value_parser = ["lines", "jsonl"])]
+        format: Option<String>,
+        /// The workload (name or hash).
+        #[arg(long, default_value = "all-minilm-l6-v2")]
+        workload: String,
+        /// Pick up the batch an interrupted `mesh embed --file … --out …` started.
+        #[arg(long, requires = "file")]
+        resume: bool,
+    },
+    /// Batches: large inputs split across the network's devices.
+    #[command(subcommand)]
+    Batch(BatchCommand),
+}
+
+#[derive(Subcommand)]
+enum BatchCommand {
+    /// The network's batches, newest first.
+    List,
+    /// A batch's progress: items, speed, ETA, devices, failures.
+    Show {
+        /// Batch id.
+        batch: mesh_proto::BatchId,
+    },
+    /// Cancel a running batch; what it did not spend is refunded.
+    Cancel {
+        /// Batch id.
+        batch: mesh_proto::BatchId,
+    },
+    /// Write a batch's results (in input order) to a file.
+    Results {
+        /// Batch id.
+        batch: mesh_proto::BatchId,
+        /// `.npy` (float32) or JSON Lines (anything else).
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
 }
 
@@ -325,7 +370,34 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Workload(command) => workload(ctx, command).await,
         Command::Credits(command) => credits(ctx, command).await,
         Command::Job(command) => job(ctx, command).await,
-        Command::Embed { texts } => embed(ctx, texts).await,
+        Command::Embed {
+            texts,
+            file: Some(file),
+            out: Some(out),
+            format,
+            workload,
+            resume,
+        } => {
+            let network = ctx.network()?;
+            let format = format.map(|f| match f.as_str() {
+                "jsonl" => mesh_proto::batch::InputFormat::Jsonl,
+                _ => mesh_proto::batch::InputFormat::Lines,
+            });
+            let _ = texts;
+            batch::embed_file(
+                &ctx.client,
+                &network,
+                &workload,
+                &file,
+                format,
+                &out,
+                resume,
+                ctx.json,
+            )
+            .await
+        }
+        Command::Embed { texts, .. } => embed(ctx, texts).await,
+        Command::Batch(command) => batches(ctx, command).await,
     }
 }
 
@@ -398,6 +470,62 @@ async fn embed(ctx: Ctx, texts: Vec<String>) -> Result<()> {
     }
     println!("{}", run_summary(&result));
     Ok(())
+}
+
+async fn batches(ctx: Ctx, command: BatchCommand) -> Result<()> {
+    let network = ctx.network()?;
+    match command {
+        BatchCommand::List => {
+            let list = ctx.client.batches(&network).await?;
+            print(ctx.json, &list, |list| {
+                list.iter()
+                    .map(batch::summary)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        BatchCommand::Show { batch: id } => {
+            let info = ctx.client.batch(&network, &id).await?;
+            print(ctx.json, &info, |info| {
+                let mut lines = vec![batch::summary(info)];
+                if let (Some(speed), Some(eta)) = (info.items_per_s, info.eta_s) {
+                    lines.push(format!("  {speed:.0} items/s, about {eta:.0}s to go"));
+                }
+                for d in &info.devices {
+                    lines.push(format!(
+                        "  {}  {} items  {}  {} running  {} failed",
+                        d.device,
+                        d.items,
+                        d.items_per_s
+                            .map_or_else(|| "-".to_string(), |s| format!("{s:.0} items/s")),
+                        d.running,
+                        d.failed
+                    ));
+                }
+                for failure in &info.failures {
+                    lines.push(format!("  failed: {failure}"));
+                }
+                lines.join("\n")
+            })
+        }
+        BatchCommand::Cancel { batch: id } => {
+            let info = ctx.client.cancel_batch(&network, &id).await?;
+            print(ctx.json, &info, batch::summary)
+        }
+        BatchCommand::Results { batch: id, out } => {
+            let info = ctx.client.batch(&network, &id).await?;
+            batch::write_results(
+                &ctx.client,
+                &network,
+                &info,
+                &out,
+                batch::result_format(&out),
+            )
+            .await?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+    }
 }
 
 async fn login(mut ctx: Ctx, args: LoginArgs) -> Result<()> {

@@ -13,6 +13,9 @@ use std::time::Duration;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 mod tls;
 
+/// Timeout of calls that move a large body (a batch's input or results).
+pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Timeout of calls that wait for a job to run (`run_job`).
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -382,6 +385,103 @@ impl Client {
     ) -> Result<HeartbeatResponse> {
         self.post(&format!("/v1/devices/{device}/heartbeat"), heartbeat)
             .await
+    }
+
+    // --- batches ---
+
+    /// `POST /v1/networks/{network}/batches`: create a batch of `workload` (hash or name)
+    /// whose input is `body`, streamed (one text a line, or JSON Lines).
+    pub async fn create_batch(
+        &self,
+        network: &NetworkId,
+        workload: &str,
+        format: mesh_proto::batch::InputFormat,
+        idempotency_key: Option<&str>,
+        body: reqwest::Body,
+    ) -> Result<mesh_proto::batch::BatchInfo> {
+        let format = match format {
+            mesh_proto::batch::InputFormat::Lines => "lines",
+            mesh_proto::batch::InputFormat::Jsonl => "jsonl",
+        };
+        let mut query = vec![("workload", workload), ("format", format)];
+        if let Some(key) = idempotency_key {
+            query.push(("idempotency_key", key));
+        }
+        Self::send(
+            self.request(Method::POST, &format!("/v1/networks/{network}/batches"))
+                .query(&query)
+                .header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .timeout(TRANSFER_TIMEOUT)
+                .body(body),
+        )
+        .await
+    }
+
+    /// `GET /v1/networks/{network}/batches`.
+    pub async fn batches(&self, network: &NetworkId) -> Result<Vec<mesh_proto::batch::BatchInfo>> {
+        self.get(&format!("/v1/networks/{network}/batches")).await
+    }
+
+    /// `GET /v1/networks/{network}/batches/{batch}`.
+    pub async fn batch(
+        &self,
+        network: &NetworkId,
+        batch: &mesh_proto::BatchId,
+    ) -> Result<mesh_proto::batch::BatchInfo> {
+        self.get(&format!("/v1/networks/{network}/batches/{batch}"))
+            .await
+    }
+
+    /// `POST /v1/networks/{network}/batches/{batch}/cancel`.
+    pub async fn cancel_batch(
+        &self,
+        network: &NetworkId,
+        batch: &mesh_proto::BatchId,
+    ) -> Result<mesh_proto::batch::BatchInfo> {
+        self.post(
+            &format!("/v1/networks/{network}/batches/{batch}/cancel"),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// `GET /v1/networks/{network}/batches/{batch}/results`: the response, to be read as it
+    /// streams (`chunk()`), once the status said yes.
+    pub async fn batch_results(
+        &self,
+        network: &NetworkId,
+        batch: &mesh_proto::BatchId,
+        format: mesh_proto::batch::ResultFormat,
+    ) -> Result<reqwest::Response> {
+        let format = match format {
+            mesh_proto::batch::ResultFormat::Jsonl => "jsonl",
+            mesh_proto::batch::ResultFormat::Npy => "npy",
+        };
+        let response = self
+            .request(
+                Method::GET,
+                &format!("/v1/networks/{network}/batches/{batch}/results"),
+            )
+            .query(&[("format", format)])
+            .timeout(TRANSFER_TIMEOUT)
+            .send()
+            .await
+            .map_err(ClientError::Transport)?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        // The error body, decoded as any other.
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(ClientError::Transport)?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        Err(ClientError::Api {
+            status,
+            code: value["error"]["code"]
+                .as_str()
+                .unwrap_or("unknown")
+                .to_string(),
+            message: value["error"]["message"].as_str().unwrap_or("").to_string(),
+        })
     }
 
     // --- workloads ---

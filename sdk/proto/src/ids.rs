@@ -148,6 +148,10 @@ id_type!(
     /// An invite (the id, not the code).
     InviteId, "inv", "invite"
 );
+id_type!(
+    /// A batch: a large input split into many jobs across the network's devices.
+    BatchId, "bat", "batch"
+);
 
 #[cfg(test)]
 mod tests {

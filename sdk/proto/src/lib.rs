@@ -5,6 +5,7 @@
 //! limits; JSON is used at the REST and CLI edges.
 
 pub mod api;
+pub mod batch;
 pub mod cbor;
 pub mod compare;
 pub mod device;
@@ -23,7 +24,7 @@ pub mod workload;
 pub use compare::{Comparison, Mismatch};
 pub use hash::{Blake3Hash, ParseHashError};
 pub use identity::{PublicKey, SignDomain, Signature, SignatureError, SigningKey};
-pub use ids::{DeviceId, InviteId, JobId, NetworkId, ParseIdError, PersonId, TokenId};
+pub use ids::{BatchId, DeviceId, InviteId, JobId, NetworkId, ParseIdError, PersonId, TokenId};
 pub use receipt::{ModelBinding, RunReceipt, RunTimings};
 pub use signed::{Signed, SignedError};
 pub use workload::WorkloadMetadata;

@@ -256,6 +256,8 @@ pub struct HostSpec {
     /// Which person owns it: 0 is the network's admin; other numbers are further people (each
     /// made an admin, so they can invite their own devices).
     pub owner: usize,
+    /// Inference threads of a host process (`Mesh` only; default: one per core).
+    pub threads: Option<usize>,
     /// Inference backend (default: [`MeshOptions::backend`]).
     pub backend: Option<String>,
     /// Inject this fault (a `MESH_FAULT` value, see the host's fault injection): in process in
@@ -566,6 +568,11 @@ impl Mesh {
                 spec.model_variant
                     .iter()
                     .flat_map(|v| ["--model-variant", v.as_str()]),
+            )
+            .args(
+                spec.threads
+                    .iter()
+                    .flat_map(|t| ["--threads".to_string(), t.to_string()]),
             )
             .output()
             .unwrap();

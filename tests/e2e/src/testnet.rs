@@ -39,6 +39,8 @@ pub struct TestNet {
     pub control_plane_log: NodeLog,
     relay: Option<mesh_relay::Relay>,
     control_plane: Option<mesh_control_plane::Server>,
+    control_plane_config: mesh_control_plane::Config,
+    control_plane_span: tracing::Span,
     /// Scratch directory (removed on drop, last).
     pub dir: tempfile::TempDir,
 }
@@ -171,8 +173,8 @@ impl TestNet {
             .await
             .unwrap()
             .token;
-        let control_plane = mesh_control_plane::Server::spawn(config)
-            .instrument(cp_span)
+        let control_plane = mesh_control_plane::Server::spawn(config.clone())
+            .instrument(cp_span.clone())
             .await
             .unwrap();
         let url = control_plane.url();
@@ -199,7 +201,12 @@ impl TestNet {
             relay_log,
             control_plane_log,
             relay: Some(relay),
+            control_plane_config: mesh_control_plane::Config {
+                listen: control_plane.addr(),
+                ..config
+            },
             control_plane: Some(control_plane),
+            control_plane_span: cp_span,
             dir,
         };
         for i in 0..options.hosts {
@@ -296,6 +303,17 @@ impl TestNet {
             span,
             agent: Some(agent),
         }
+    }
+
+    /// Stop the control plane, as a crash would, and start it again on the same address and
+    /// data (its libp2p node comes back with the same key).
+    pub async fn restart_control_plane(&mut self) {
+        drop(self.control_plane.take());
+        let server = mesh_control_plane::Server::spawn(self.control_plane_config.clone())
+            .instrument(self.control_plane_span.clone())
+            .await
+            .unwrap();
+        self.control_plane = Some(server);
     }
 
     /// The control plane in this process (its state, for assertions on the database).
