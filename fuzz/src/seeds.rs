@@ -83,6 +83,10 @@ pub fn ticket() -> JobTicket {
         input: Blake3Hash::of(b"input"),
         price: 3,
         expires_at_ms: (NOW_MS + 60_000) as i64,
+        // (The terms' fields are left out, so the committed corpus still holds this ticket.)
+        workload_name: None,
+        publisher: None,
+        requester_role: None,
     }
 }
 

@@ -41,7 +41,7 @@ pub async fn assignment(state: &AppState, job: &JobId) -> DomainResult<JobAssign
         (JobState::Assigned | JobState::Running, Some(executor)) => {
             let peer = scheduling::device(state, &executor).await?.peer_id;
             (
-                Some(scheduling::ticket(state, &record, &executor, &peer)?),
+                Some(scheduling::ticket(state, &record, &executor, &peer).await?),
                 Some(peer),
             )
         }

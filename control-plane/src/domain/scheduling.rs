@@ -107,14 +107,19 @@ pub fn gateway_peer(state: &AppState) -> String {
 }
 
 /// Sign a ticket letting `executor` (with libp2p peer id `executor_peer`) run `job`, until the
-/// job's lease expires.
-pub fn ticket(
+/// job's lease expires. It names the workload's name and publisher and the requester's role,
+/// which the executor's terms may ask about.
+pub async fn ticket(
     state: &AppState,
     record: &JobRecord,
     executor: &DeviceId,
     executor_peer: &str,
 ) -> DomainResult<Signed<JobTicket>> {
     let job = &record.info;
+    let workload =
+        crate::store::workloads::get(&state.db.pool, &job.network, &job.workload).await?;
+    let requester_role =
+        crate::store::networks::role_of(&state.db.pool, &job.network, &job.requester).await?;
     let ticket = JobTicket {
         job: job.id,
         network: job.network,
@@ -133,6 +138,9 @@ pub fn ticket(
         expires_at_ms: job
             .lease_expires_at_ms
             .unwrap_or_else(|| now_ms() + state.config.job_lease.as_millis() as i64),
+        workload_name: workload.as_ref().map(|w| w.name.clone()),
+        publisher: workload.as_ref().map(|w| w.publisher),
+        requester_role,
     };
     Signed::sign(&ticket, &state.key, SignDomain::JobTicket, &job.network)
         .map_err(DomainError::internal)

@@ -109,7 +109,13 @@ struct InFlight {
 struct RunEnd {
     job: JobId,
     won: bool,
+    /// It failed (its device refused it, broke or lied), rather than won or lost a race.
+    failed: bool,
 }
+
+/// How long a device whose run failed gets no new run of the batch (its terms may refuse
+/// them for a while, or it may be going away).
+const FAILED_DEVICE_PAUSE: Duration = Duration::from_secs(5);
 
 async fn run(state: &AppState, id: BatchId) -> DomainResult<()> {
     let Some(mut batch) = first_look(state, &id).await? else {
@@ -136,6 +142,7 @@ async fn run(state: &AppState, id: BatchId) -> DomainResult<()> {
     let (ended_tx, mut ended_rx) = mpsc::channel::<RunEnd>(64);
     let mut runs_in_flight = InFlightRuns::default();
     let in_flight = &mut runs_in_flight.0;
+    let mut paused: HashMap<DeviceId, Instant> = HashMap::new();
     loop {
         batch = batches::get(state, &batch.network, &id).await?;
         if batch.state != BatchState::Running {
@@ -180,7 +187,11 @@ async fn run(state: &AppState, id: BatchId) -> DomainResult<()> {
             .collect();
         let candidates =
             crate::domain::scheduling::candidates(state, &batch.network, &models).await?;
+        paused.retain(|_, until| *until > Instant::now());
         for candidate in candidates {
+            if paused.contains_key(&candidate.device) {
+                continue;
+            }
             let mut free = (candidate.slots + QUEUED_AHEAD).saturating_sub(candidate.holding);
             while free > 0 {
                 let started = if !pending.is_empty() {
@@ -243,6 +254,9 @@ async fn run(state: &AppState, id: BatchId) -> DomainResult<()> {
             let Some(run) = in_flight.remove(&end.job) else {
                 continue;
             };
+            if end.failed {
+                paused.insert(run.device, Instant::now() + FAILED_DEVICE_PAUSE);
+            }
             if !end.won {
                 continue;
             }
@@ -470,8 +484,8 @@ async fn start_run(
     let task = tokio::spawn({
         let (state, batch, ended) = (state.clone(), batch.clone(), ended.clone());
         async move {
-            let won = match finish_run(&state, &batch, first, pieces, submitted).await {
-                Ok(won) => won,
+            let (won, failed) = match finish_run(&state, &batch, first, pieces, submitted).await {
+                Ok(won) => (won, false),
                 Err(e) => {
                     tracing::info!(batch = %batch.id, %job, "run failed: {e}");
                     let _ = store::end_run(
@@ -482,10 +496,10 @@ async fn start_run(
                         now_ms(),
                     )
                     .await;
-                    false
+                    (false, true)
                 }
             };
-            let _ = ended.send(RunEnd { job, won }).await;
+            let _ = ended.send(RunEnd { job, won, failed }).await;
         }
         .in_current_span()
     });
@@ -519,15 +533,10 @@ async fn finish_run(
     let response = match done {
         Ok(response) => response,
         Err((_, executor)) => {
-            store::end_run(
-                &state.db.pool,
-                &job,
-                RunState::Failed,
-                Some(&format!("{executor} got a known-answer check wrong")),
-                now_ms(),
-            )
-            .await?;
-            return Ok(false);
+            return Err(crate::domain::DomainError::unprocessable(
+                "ringer_failed",
+                format!("{executor} got a known-answer check wrong"),
+            ));
         }
     };
     let exec_us = response.receipt.timings.run_us;

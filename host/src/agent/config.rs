@@ -58,6 +58,10 @@ pub struct HostConfig {
     /// Directory of the model store (default `<cache>/models`).
     #[serde(default)]
     pub model_dir: Option<PathBuf>,
+    /// The owner's terms: which workloads this device runs, for whom, when and how much. The
+    /// agent refuses any job they do not allow, whatever its ticket says.
+    #[serde(default)]
+    pub terms: mesh_proto::terms::DeviceTerms,
 }
 
 /// QUIC and TCP on every interface, ports chosen by the system.
@@ -156,16 +160,92 @@ impl HostConfig {
         if backend_config.threads == 0 {
             backend_config.threads = self.threads;
         }
+        self.terms
+            .check()
+            .map_err(|e| anyhow::anyhow!("terms: {e}"))?;
+        // The terms' share of the cores caps inference threads; their memory ceiling caps a
+        // job's memory.
+        if let Some(share) = self.terms.cpu_share {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let allowed = ((cores as f64 * share).ceil() as usize).max(1);
+            backend_config.threads = match backend_config.threads {
+                0 => allowed,
+                threads => threads.min(allowed),
+            };
+        }
+        let mut limits = crate::Limits::default();
+        if let Some(mb) = self.terms.memory_mb {
+            limits.memory_bytes = limits
+                .memory_bytes
+                .min(usize::try_from(mb << 20).unwrap_or(usize::MAX));
+        }
         Ok(ExecutorConfig {
             backend,
             backend_config,
+            limits,
             model_variant: self.model_variant.clone(),
             model_dir: self
                 .model_dir
                 .clone()
                 .unwrap_or_else(ModelStore::default_dir),
             data_dir: self.data_dir(),
-            ..ExecutorConfig::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_proto::terms::DeviceTerms;
+
+    fn config(terms: DeviceTerms) -> HostConfig {
+        let key = mesh_proto::SigningKey::from_seed([3; 32]);
+        HostConfig {
+            control_plane: "http://127.0.0.1:1".into(),
+            network: NetworkId::from_bytes([1; 16]),
+            device: DeviceId::from_bytes([2; 16]),
+            token: "t".into(),
+            key: key.to_multibase(),
+            control_plane_key: key.public_key(),
+            control_plane_certificate: None,
+            relays: Vec::new(),
+            listen: default_listen(),
+            queue_capacity: 64,
+            slots: 1,
+            backend: None,
+            model_variant: "fp32".into(),
+            threads: 0,
+            data_dir: None,
+            model_dir: None,
+            terms,
+        }
+    }
+
+    #[test]
+    fn terms_cap_threads_and_memory_and_bad_terms_are_refused() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let half = config(DeviceTerms {
+            cpu_share: Some(0.5),
+            memory_mb: Some(64),
+            ..DeviceTerms::default()
+        })
+        .executor_config(None, BackendConfig::default())
+        .unwrap();
+        assert_eq!(half.backend_config.threads, cores.div_ceil(2).max(1));
+        assert_eq!(half.limits.memory_bytes, 64 << 20);
+        let open = config(DeviceTerms::default())
+            .executor_config(None, BackendConfig::default())
+            .unwrap();
+        assert_eq!(open.backend_config.threads, 0, "one per core");
+        assert_eq!(
+            open.limits.memory_bytes,
+            crate::Limits::default().memory_bytes
+        );
+        let bad = config(DeviceTerms {
+            cpu_share: Some(0.0),
+            ..DeviceTerms::default()
+        })
+        .executor_config(None, BackendConfig::default());
+        assert!(bad.unwrap_err().to_string().contains("cpu_share"));
     }
 }

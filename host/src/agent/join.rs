@@ -184,6 +184,7 @@ pub async fn join(options: JoinOptions, backend_config: &BackendConfig) -> Resul
         threads: t.threads,
         data_dir: t.data_dir,
         model_dir: t.model_dir,
+        terms: Default::default(),
     };
     config.save(&options.config_path)?;
     eprintln!(

@@ -3,6 +3,7 @@
 pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+pub mod idle;
 pub mod join;
 pub mod serve;
 pub mod submit;

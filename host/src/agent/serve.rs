@@ -14,10 +14,11 @@ use mesh_proto::p2p::{
     BlobRequest, BlobResponse, CancelResponse, JobRefusal, JobRequest, JobResponse,
     MAX_BLOB_CHUNK_BYTES,
 };
+use mesh_proto::terms::{DeviceTerms, TermsQuery, TermsRefusal, When};
 use mesh_proto::{Blake3Hash, JobId, NetworkId, PublicKey, SignDomain, Signed, SigningKey};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -94,6 +95,13 @@ pub struct Agent {
     unreported: AtomicU32,
     /// Woken after each heartbeat the control plane accepted (the peer list follows it).
     heartbeat_done: tokio::sync::Notify,
+    /// The owner's terms (from the host's own config: no control plane can loosen them).
+    terms: DeviceTerms,
+    /// Percent of the CPU other processes used in the last sample (f64 bits; NaN: unknown).
+    others_busy: AtomicU64,
+    /// Jobs handed back because the device's owner needs it: their cancellation is a
+    /// retryable failure, so they run elsewhere.
+    handed_back: Mutex<std::collections::HashSet<JobId>>,
     queued: AtomicU32,
     running: AtomicU32,
     slots: u32,
@@ -270,6 +278,9 @@ async fn spawn_agent(
         receipts,
         unreported: AtomicU32::new(0),
         heartbeat_done: tokio::sync::Notify::new(),
+        terms: config.terms.clone(),
+        others_busy: AtomicU64::new(f64::NAN.to_bits()),
+        handed_back: Mutex::new(Default::default()),
         queued: AtomicU32::new(0),
         running: AtomicU32::new(0),
         slots: slots as u32,
@@ -309,6 +320,7 @@ async fn spawn_agent(
     let mut tasks = vec![
         tokio::spawn(peers(agent.clone(), gate).in_current_span()),
         tokio::spawn(heartbeats(agent.clone(), config.device, revoked_tx).in_current_span()),
+        tokio::spawn(watch_owner(agent.clone()).in_current_span()),
         tokio::spawn(certificates(agent.clone(), config.device).in_current_span()),
         tokio::spawn(report_receipts(agent.clone(), receipts_rx).in_current_span()),
     ];
@@ -402,6 +414,32 @@ async fn refresh_peers(agent: &Agent, gate: &Gate) -> Result<()> {
     tracing::debug!(peers = peers.len(), "peers allowed to connect");
     gate.allow_only(peers);
     Ok(())
+}
+
+/// With terms that take jobs only while the device is otherwise idle: sample the CPU every
+/// second and, while its own user's processes keep it busier than the terms allow, refuse
+/// new jobs and hand the running ones back (their requesters run them elsewhere). Where the
+/// CPU cannot be measured, the device counts as busy.
+async fn watch_owner(agent: Arc<Agent>) {
+    let When::Idle { max_busy_percent } = agent.terms.when else {
+        return;
+    };
+    let mut last = super::idle::sample();
+    loop {
+        tokio::time::sleep(super::idle::SAMPLE_EVERY).await;
+        let now = super::idle::sample();
+        let busy = match (&last, &now) {
+            (Some(before), Some(after)) => super::idle::others_busy_percent(before, after),
+            _ => None,
+        };
+        last = now;
+        agent
+            .others_busy
+            .store(busy.unwrap_or(f64::NAN).to_bits(), Ordering::Relaxed);
+        if busy.is_none_or(|b| b > f64::from(max_busy_percent)) {
+            agent.hand_back_all();
+        }
+    }
 }
 
 async fn certificates(agent: Arc<Agent>, device: mesh_proto::DeviceId) {
@@ -531,6 +569,10 @@ impl Agent {
                 }
                 None => {}
             }
+            // A new job: the owner's terms first, whatever the ticket says.
+            if let Err(refusal) = self.terms_admit(&ticket, now) {
+                return Err((reply, JobRefusal::Terms(refusal)));
+            }
             seen.insert(
                 ticket.job,
                 Seen::Running {
@@ -563,6 +605,35 @@ impl Agent {
                 ))
             }
         }
+    }
+
+    /// Hand every queued or running job back: cancelled, answered as a retryable failure.
+    fn hand_back_all(&self) {
+        let seen = self.seen.lock().expect("seen lock");
+        let mut handed_back = self.handed_back.lock().expect("handed back");
+        for (job, state) in seen.iter() {
+            if let Seen::Running { cancel, .. } = state
+                && handed_back.insert(*job)
+            {
+                tracing::info!(%job, "the device's owner is using it: handing the job back");
+                cancel.cancel();
+            }
+        }
+    }
+
+    /// Whether the owner's terms let this device take the job `ticket` is for, now.
+    fn terms_admit(&self, ticket: &JobTicket, now_ms: u64) -> Result<(), TermsRefusal> {
+        let busy = f64::from_bits(self.others_busy.load(Ordering::Relaxed));
+        self.terms.admits(&TermsQuery {
+            workload: &ticket.workload,
+            workload_name: ticket.workload_name.as_deref(),
+            publisher: ticket.publisher.as_ref(),
+            requester: &ticket.requester,
+            requester_role: ticket.requester_role,
+            now_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
+            others_busy_percent: (!busy.is_nan()).then_some(busy),
+            running: self.running.load(Ordering::SeqCst) + self.queued.load(Ordering::SeqCst),
+        })
     }
 
     /// Check a requester's certificate: issued by the control plane to `peer` in this network
@@ -936,8 +1007,13 @@ impl Agent {
         started: Instant,
     ) {
         let result = finished;
+        let handed_back = self.handed_back.lock().expect("handed back").remove(&id);
         let result = match result {
             Ok(Ok(run)) => Ok(run),
+            Ok(Err(ExecError::Cancelled)) if handed_back => Err((
+                ("owner_busy", true),
+                "handed back: this device's owner is using it".to_string(),
+            )),
             Ok(Err(e)) => Err((classify(&e), e.to_string())),
             Err(e) => Err((("internal", true), format!("the executor task failed: {e}"))),
         };

@@ -950,6 +950,15 @@ pub struct JobTicket {
     pub price: i64,
     /// Until when the ticket is valid.
     pub expires_at_ms: i64,
+    /// The workload's name in the registry (for the executor's terms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_name: Option<String>,
+    /// Who published the workload (for the executor's terms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<PersonId>,
+    /// The requester's role in the network (for the executor's terms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester_role: Option<Role>,
 }
 
 /// A scheduled job and, when a device was assigned, the ticket to present to it.

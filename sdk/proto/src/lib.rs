@@ -17,6 +17,7 @@ pub mod p2p;
 pub mod pin;
 pub mod receipt;
 pub mod signed;
+pub mod terms;
 pub mod verification;
 pub mod vrf;
 pub mod workload;

@@ -103,6 +103,9 @@ pub enum JobRefusal {
     /// The executor is shutting down.
     #[error("executor is shutting down")]
     ShuttingDown,
+    /// The device's owner's terms do not allow this job (another device may take it).
+    #[error("refused by the device's terms: {0}")]
+    Terms(crate::terms::TermsRefusal),
 }
 
 impl JobRefusal {
@@ -111,6 +114,7 @@ impl JobRefusal {
         match self {
             JobRefusal::Busy { .. }
             | JobRefusal::ShuttingDown
+            | JobRefusal::Terms(_)
             | JobRefusal::ComponentUnavailable(_) => true,
             JobRefusal::Failed { retryable, .. } => *retryable,
             _ => false,

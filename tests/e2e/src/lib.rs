@@ -258,6 +258,8 @@ pub struct HostSpec {
     pub owner: usize,
     /// Inference threads of a host process (`Mesh` only; default: one per core).
     pub threads: Option<usize>,
+    /// The owner's terms in its config (`TestNet` only).
+    pub terms: Option<mesh_proto::terms::DeviceTerms>,
     /// Inference backend (default: [`MeshOptions::backend`]).
     pub backend: Option<String>,
     /// Inject this fault (a `MESH_FAULT` value, see the host's fault injection): in process in

@@ -271,6 +271,10 @@ impl TestNet {
         .instrument(span.clone())
         .await
         .unwrap_or_else(|e| panic!("{name} could not join: {e:#}"));
+        let mut config = config;
+        if let Some(terms) = &spec.terms {
+            config.terms = terms.clone();
+        }
         let kind: BackendKind = backend.parse().unwrap();
         let executor = Executor::new(
             config
