@@ -146,32 +146,12 @@ async fn run(state: &AppState, id: BatchId) -> DomainResult<()> {
     loop {
         batch = batches::get(state, &batch.network, &id).await?;
         if batch.state != BatchState::Running {
-            for (job, run) in in_flight.drain() {
-                run.task.abort();
-                let _ = store::end_run(
-                    &state.db.pool,
-                    &job,
-                    RunState::Lost,
-                    Some("the batch ended"),
-                    now_ms(),
-                )
-                .await;
-            }
+            stop_runs(state, in_flight, "the batch ended").await;
             return Ok(());
         }
         let open = store::open_pieces(&state.db.pool, &id).await?;
         if open.is_empty() && store::open_checks(&state.db.pool, &id).await? == 0 {
-            for (job, run) in in_flight.drain() {
-                run.task.abort();
-                let _ = store::end_run(
-                    &state.db.pool,
-                    &job,
-                    RunState::Lost,
-                    Some("another run won its pieces"),
-                    now_ms(),
-                )
-                .await;
-            }
+            stop_runs(state, in_flight, "another run won its pieces").await;
             batches::finish(state, &batch, BatchState::Done, None).await?;
             return Ok(());
         }
@@ -347,6 +327,14 @@ pub async fn run_to_end(
             return Ok(record);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stop every run in flight (unpaid: they lost) with `reason`.
+async fn stop_runs(state: &AppState, in_flight: &mut HashMap<JobId, InFlight>, reason: &str) {
+    for (job, run) in in_flight.drain() {
+        run.task.abort();
+        let _ = store::end_run(&state.db.pool, &job, RunState::Lost, Some(reason), now_ms()).await;
     }
 }
 
