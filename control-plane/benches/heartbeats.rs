@@ -194,7 +194,9 @@ async fn bench(
                     running: 1,
                     queued: 0,
                     slots: 4,
+                    others_busy_percent: None,
                 },
+                terms: Default::default(),
             };
             (
                 d.token.clone(),

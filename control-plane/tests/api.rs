@@ -245,6 +245,7 @@ async fn device_registration_certificates_and_heartbeats() {
             running: 1,
             queued: 2,
             slots: 4,
+            others_busy_percent: None,
         };
         let response = device.heartbeat(load).await;
         assert_eq!(response.status, DeviceStatus::Approved);
@@ -496,6 +497,7 @@ async fn network_with_device_of(
             running: 0,
             queued: 0,
             slots: 4,
+            others_busy_percent: None,
         })
         .await;
     (network, workload, device)
@@ -744,6 +746,7 @@ async fn expired_leases_are_reassigned_and_refunded_exactly_once() {
                     running: 0,
                     queued: 0,
                     slots: 4,
+                    others_busy_percent: None,
                 })
                 .await;
             let current = plane.admin.job(&network.id, &job.id).await.unwrap().job;
@@ -1274,6 +1277,7 @@ async fn concurrent_heartbeats_keep_the_newest_and_refuse_replays() {
                     running: i,
                     queued: 0,
                     slots: 32,
+                    others_busy_percent: None,
                 })
             })
             .collect();
@@ -1302,6 +1306,7 @@ async fn concurrent_heartbeats_keep_the_newest_and_refuse_replays() {
                 running: 0,
                 queued: 0,
                 slots: 32,
+                others_busy_percent: None,
             })
             .await;
         assert_eq!(
@@ -1503,6 +1508,7 @@ async fn every_settled_job_gets_a_verifiable_selection_and_payloads_are_checked(
                 running: 0,
                 queued: 0,
                 slots: 4,
+                others_busy_percent: None,
             })
             .await;
         let forged = mallory

@@ -145,6 +145,11 @@ const EXPECTATIONS: &[(&str, &str, [u16; 6])] = &[
         [401, 404, 403, 403, 200, 403],
     ),
     (
+        "put",
+        "/v1/networks/{network}/devices/{device}/terms",
+        [401, 404, 403, 403, 200, 403],
+    ),
+    (
         "get",
         "/v1/devices/{device}/certificate",
         [401, 403, 200, 403, 403, 403],
@@ -303,6 +308,7 @@ async fn fixture(plane: &TestPlane) -> Fixture {
             running: 0,
             queued: 0,
             slots: 8,
+            others_busy_percent: None,
         })
         .await;
     let pending_device =
@@ -451,6 +457,9 @@ async fn body(
             json(serde_json::json!({"receipt": signed}))
         }
         ("post", "/v1/embeddings") => json(serde_json::json!({"model": "echo", "input": "hi"})),
+        ("put", "/v1/networks/{network}/devices/{device}/terms") => {
+            json(serde_json::json!({"terms": {}}))
+        }
         ("post", "/v1/jobs/{job}/fail") => {
             json(serde_json::json!({"reason": "walked", "retryable": true}))
         }

@@ -162,6 +162,7 @@ async fn run_sequence(store: Store, seed: u64, steps: usize) -> HashMap<String, 
                 running: 0,
                 queued: 0,
                 slots: 8,
+                others_busy_percent: None,
             })
             .await;
         devices.insert(device.id, device);
@@ -296,6 +297,7 @@ async fn run_sequence(store: Store, seed: u64, steps: usize) -> HashMap<String, 
                             running: 0,
                             queued: 0,
                             slots: 8,
+                            others_busy_percent: None,
                         })
                         .await;
                 }

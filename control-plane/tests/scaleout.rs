@@ -59,6 +59,7 @@ async fn two_processes_share_one_postgres() {
                 running: 0,
                 queued: 0,
                 slots: 100,
+                others_busy_percent: None,
             })
             .await;
         devices.push(device);

@@ -50,7 +50,9 @@ pub fn heartbeat() -> Heartbeat {
             running: 1,
             queued: 2,
             slots: 4,
+            others_busy_percent: None,
         },
+        terms: Default::default(),
     }
 }
 

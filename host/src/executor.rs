@@ -377,6 +377,9 @@ pub struct Executor {
     prepared: Mutex<HashMap<Blake3Hash, Arc<Prepared>>>,
     loaded_models: Mutex<HashMap<Blake3Hash, Arc<dyn LoadedModel>>>,
     slots: Slots,
+    /// Memory a job may use from now on: at most `limits.memory_bytes`, lower while the
+    /// device's terms in its network say so.
+    job_memory_bytes: std::sync::atomic::AtomicUsize,
 }
 
 impl Executor {
@@ -428,7 +431,24 @@ impl Executor {
                 free: Mutex::new(limits.concurrent_instances.max(1)),
                 released: Condvar::new(),
             },
+            job_memory_bytes: std::sync::atomic::AtomicUsize::new(limits.memory_bytes),
         })
+    }
+
+    /// Lower the memory jobs that start from now on may use to `ceiling` bytes (never above
+    /// the executor's limit); `None` goes back to the limit.
+    pub fn set_job_memory_ceiling(&self, ceiling: Option<usize>) {
+        let bytes = ceiling.map_or(self.limits.memory_bytes, |c| {
+            c.min(self.limits.memory_bytes)
+        });
+        self.job_memory_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The memory a job that starts now may use, in bytes.
+    pub fn job_memory_bytes(&self) -> usize {
+        self.job_memory_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The inference backend in use.
@@ -646,7 +666,7 @@ impl Executor {
             table: ResourceTable::new(),
             nn: WasiNnCtx::new([], Registry::from(registry)),
             limiter: JobLimiter {
-                memory_bytes: self.limits.memory_bytes,
+                memory_bytes: self.job_memory_bytes(),
                 table_elements: self.limits.table_elements,
             },
             started,

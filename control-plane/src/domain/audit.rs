@@ -31,6 +31,8 @@ pub enum AuditAction {
     DeviceRevoke,
     /// A device failed enough checks to get no more jobs.
     DeviceQuarantine,
+    /// A device's terms were set in the network.
+    DeviceTerms,
     /// An admin granted credits.
     CreditsGrant,
     /// A workload was published.
@@ -62,6 +64,7 @@ impl AuditAction {
             AuditAction::DeviceApprove => "device.approved",
             AuditAction::DeviceRevoke => "device.revoked",
             AuditAction::DeviceQuarantine => "device_quarantined",
+            AuditAction::DeviceTerms => "device.terms",
             AuditAction::CreditsGrant => "credits.grant",
             AuditAction::WorkloadPublish => "workload.publish",
             AuditAction::WorkloadYank => "workload.yank",

@@ -388,7 +388,11 @@ pub enum Judges {
 pub async fn judges(state: &AppState, job: &JobInfo, purpose: JobPurpose) -> DomainResult<Judges> {
     let models = metadata(state, &job.network, &job.workload).await?.models;
     let excluded = crate::domain::scheduling::excluded_judges(state, job, purpose).await?;
-    let online = crate::domain::scheduling::candidates(state, &job.network, &models).await?;
+    let facts =
+        crate::domain::scheduling::job_facts(state, &job.network, &job.workload, &job.requester)
+            .await?;
+    let online =
+        crate::domain::scheduling::candidates(state, &job.network, &models, &facts).await?;
     if online.iter().any(|c| !excluded.contains(&c.owner)) {
         return Ok(Judges::Available);
     }

@@ -12,7 +12,8 @@ use mesh_proto::api::{
     DeviceInfo, DeviceStatus, InviteKind, RegisterDeviceRequest, RegisteredDevice, Role,
 };
 use mesh_proto::device::{Capabilities, RegistrationProof};
-use mesh_proto::{DeviceId, NetworkId, SignDomain, TokenId};
+use mesh_proto::terms::{DeviceTerms, TermsLayer};
+use mesh_proto::{DeviceId, NetworkId, PersonId, SignDomain, TokenId};
 
 /// Largest capability lists accepted (backends, models).
 const MAX_CAPABILITY_ENTRIES: usize = 64;
@@ -182,6 +183,67 @@ pub async fn change_status(
     }
     devices::set_status(&mut tx, device, current, to, now_ms()).await?;
     audit::record(&mut tx, Some(network), actor, action, &device.to_string()).await?;
+    tx.commit().await?;
+    devices::get(&state.db.pool, device)
+        .await?
+        .ok_or_else(|| DomainError::not_found("device"))
+}
+
+/// Set one network layer of `device`'s terms, as `person` holding `role` in `network`. The
+/// owner's layer is the device owner's alone; the admins' layer is for admins (the device's
+/// owner among them, when an admin). Without a layer, the owner's for the device's owner and
+/// the admins' for anyone else. Either can only narrow what the other layers allow.
+pub async fn set_terms(
+    state: &AppState,
+    network: &NetworkId,
+    person: &PersonId,
+    role: Role,
+    device: &DeviceId,
+    layer: Option<TermsLayer>,
+    terms: &DeviceTerms,
+) -> DomainResult<DeviceInfo> {
+    terms
+        .check_network()
+        .map_err(|e| DomainError::bad_request(format!("terms: {e}")))?;
+    let mut tx = state.db.pool.begin().await?;
+    let current = devices::get(&mut *tx, device)
+        .await?
+        .filter(|d| &d.network == network)
+        .ok_or_else(|| DomainError::not_found("device"))?;
+    if current.status == DeviceStatus::Revoked {
+        return Err(DomainError::conflict(
+            "wrong_status",
+            "the device is revoked",
+        ));
+    }
+    let owns = &current.owner == person;
+    let layer = layer.unwrap_or(if owns {
+        TermsLayer::Owner
+    } else {
+        TermsLayer::Admins
+    });
+    match layer {
+        TermsLayer::Owner if !owns => {
+            return Err(DomainError::forbidden(
+                "only the device's owner sets the owner's terms (admins set the admins' layer)",
+            ));
+        }
+        TermsLayer::Admins if role < Role::Admin => {
+            return Err(DomainError::forbidden(
+                "only admins set the admins' terms (a device's owner sets the owner's layer)",
+            ));
+        }
+        _ => {}
+    }
+    devices::set_terms(&mut tx, device, layer, terms).await?;
+    audit::record(
+        &mut tx,
+        Some(network),
+        &person.to_string(),
+        AuditAction::DeviceTerms,
+        &format!("{device} {}: {terms}", layer.as_str()),
+    )
+    .await?;
     tx.commit().await?;
     devices::get(&state.db.pool, device)
         .await?

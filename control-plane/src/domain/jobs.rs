@@ -47,10 +47,15 @@ pub async fn assignment(state: &AppState, job: &JobId) -> DomainResult<JobAssign
         }
         _ => (None, None),
     };
+    let waiting = match info.state {
+        JobState::Queued => Some(scheduling::why_unplaced(state, job).await?),
+        _ => None,
+    };
     Ok(JobAssignment {
         job: info,
         ticket,
         executor_peer_id,
+        waiting,
     })
 }
 
@@ -201,6 +206,12 @@ pub async fn reassign_job(
         )
         .await?;
         tracing::info!(job = %info.id, "the requester gave up: {reason}");
+        return assignment(state, &info.id).await;
+    }
+    if complainant == Complainant::Requester && !retryable && info.state == JobState::Queued {
+        // Nobody holds it: giving up fails it and refunds the reservation (unless a device
+        // took it meanwhile, which the conditional update sees).
+        scheduling::fail_queued(state, &info.id, reason).await?;
         return assignment(state, &info.id).await;
     }
     if let (Some(failed), Some(current), JobState::Assigned | JobState::Running) =

@@ -12,8 +12,9 @@ use crate::state::AppState;
 use crate::store::Tx;
 use crate::store::jobs::{self, Holder, JobRecord};
 use crate::store::{devices, now_ms};
-use mesh_proto::api::{DeviceInfo, JobInfo, JobPurpose, JobTicket};
-use mesh_proto::{DeviceId, JobId, NetworkId, PersonId, SignDomain, Signed};
+use mesh_proto::api::{DeviceInfo, JobInfo, JobPurpose, JobTicket, Role};
+use mesh_proto::terms::{TermsQuery, TermsRefusal};
+use mesh_proto::{Blake3Hash, DeviceId, JobId, NetworkId, PersonId, SignDomain, Signed};
 use std::sync::atomic::Ordering;
 
 /// Devices with a trust score below this are never chosen.
@@ -32,23 +33,97 @@ pub struct Candidate {
     pub trust: f64,
     /// Its owner.
     pub owner: PersonId,
-    /// Jobs it runs at once.
+    /// Jobs it runs at once (its slots, or fewer when its terms say so).
     pub slots: u32,
+    /// Whether its terms cap the jobs it takes at once (then nothing queues beyond `slots`).
+    pub capped: bool,
     /// Jobs of its network it holds now (assigned or running).
     pub holding: u32,
 }
 
-/// Devices of `network` able to run a workload needing `models`: approved, online, with an
-/// inference backend and every model, trusted enough, not quarantined; in the [`order`] a job
-/// should try them.
+/// What a device's terms are asked about a job: what it runs and for whom.
+#[derive(Debug, Clone)]
+pub struct JobFacts {
+    /// The component.
+    pub workload: Blake3Hash,
+    /// The workload's name, when registered.
+    pub workload_name: Option<String>,
+    /// Who published it, when registered.
+    pub publisher: Option<PersonId>,
+    /// Who asks (pays).
+    pub requester: PersonId,
+    /// Their role in the network (none for someone who left it).
+    pub requester_role: Option<Role>,
+}
+
+/// The facts about a job of `workload` for `requester` in `network` that terms ask about.
+pub async fn job_facts(
+    state: &AppState,
+    network: &NetworkId,
+    workload: &Blake3Hash,
+    requester: &PersonId,
+) -> DomainResult<JobFacts> {
+    let registered = crate::store::workloads::get(&state.db.pool, network, workload).await?;
+    Ok(JobFacts {
+        workload: *workload,
+        workload_name: registered.as_ref().map(|w| w.name.clone()),
+        publisher: registered.as_ref().map(|w| w.publisher),
+        requester: *requester,
+        requester_role: crate::store::networks::role_of(&state.db.pool, network, requester).await?,
+    })
+}
+
+/// The devices that could run a job, and those whose terms refuse it (and why).
+#[derive(Debug, Default)]
+pub struct Survey {
+    /// Who could run it, in the [`order`] the job should try them.
+    pub candidates: Vec<Candidate>,
+    /// Devices able to run the workload whose terms refuse this job now.
+    pub refused: Vec<(DeviceId, TermsRefusal)>,
+}
+
+impl Survey {
+    /// A sentence on why the devices whose terms refuse the job do (none when none does).
+    pub fn refusals(&self) -> Option<String> {
+        let first = self.refused.first()?;
+        let mut reasons: Vec<String> = self.refused.iter().map(|(_, r)| r.to_string()).collect();
+        reasons.sort();
+        reasons.dedup();
+        Some(match self.refused.len() {
+            1 => format!("1 device's terms refuse this job ({})", first.1),
+            n => format!(
+                "{n} devices' terms refuse this job ({})",
+                reasons.join("; ")
+            ),
+        })
+    }
+}
+
+/// Devices of `network` able to run a workload needing `models` whose terms admit the job
+/// `facts` describe: approved, online, with an inference backend and every model, trusted
+/// enough, not quarantined; in the [`order`] a job should try them.
 pub async fn candidates(
     state: &AppState,
     network: &NetworkId,
     models: &[String],
+    facts: &JobFacts,
 ) -> DomainResult<Vec<Candidate>> {
+    Ok(survey(state, network, models, facts).await?.candidates)
+}
+
+/// [`candidates`], and the devices that could run the workload but whose terms (their own,
+/// their owner's or the admins') refuse this job now.
+pub async fn survey(
+    state: &AppState,
+    network: &NetworkId,
+    models: &[String],
+    facts: &JobFacts,
+) -> DomainResult<Survey> {
     let schedulable = devices::schedulable(&state.db.pool, network).await?;
     let held = jobs::held_per_executor(&state.db.pool, network).await?;
+    let now = now_ms();
     let mut out = Vec::new();
+    let mut refused = Vec::new();
     for d in schedulable {
         let capabilities = &d.capabilities;
         if capabilities.backends.is_empty()
@@ -57,17 +132,33 @@ pub async fn candidates(
         {
             continue;
         }
-        let slots = f64::from(d.load.slots.max(1));
+        let holding = *held.get(&d.id).unwrap_or(&0) as u32;
+        let query = TermsQuery {
+            workload: &facts.workload,
+            workload_name: facts.workload_name.as_deref(),
+            publisher: facts.publisher.as_ref(),
+            requester: &facts.requester,
+            requester_role: facts.requester_role,
+            now_ms: now,
+            others_busy_percent: d.load.others_busy_percent.map(f64::from),
+            running: holding.max(d.load.running + d.load.queued),
+        };
+        if let Err(refusal) = d.terms.admits(&query) {
+            refused.push((d.id, refusal));
+            continue;
+        }
+        let max_jobs = d.terms.max_jobs();
+        let slots = d.load.slots.max(1).min(max_jobs.unwrap_or(u32::MAX));
         let reported = f64::from(d.load.queued);
-        let holding = *held.get(&d.id).unwrap_or(&0) as f64;
         out.push(Candidate {
             device: d.id,
             peer_id: d.peer_id,
-            load: (holding.max(f64::from(d.load.running)) + reported) / slots,
+            load: (f64::from(holding).max(f64::from(d.load.running)) + reported) / f64::from(slots),
             trust: d.trust,
             owner: d.owner,
-            slots: d.load.slots.max(1),
-            holding: holding as u32,
+            slots,
+            capped: max_jobs.is_some(),
+            holding,
         });
     }
     let mut random = vec![0u8; 8 * out.len()];
@@ -75,7 +166,10 @@ pub async fn candidates(
     let draws = random
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")));
-    Ok(order(out, draws))
+    Ok(Survey {
+        candidates: order(out, draws),
+        refused,
+    })
 }
 
 /// Order `candidates` for a job: least loaded first; among equally loaded devices, a random
@@ -116,10 +210,7 @@ pub async fn ticket(
     executor_peer: &str,
 ) -> DomainResult<Signed<JobTicket>> {
     let job = &record.info;
-    let workload =
-        crate::store::workloads::get(&state.db.pool, &job.network, &job.workload).await?;
-    let requester_role =
-        crate::store::networks::role_of(&state.db.pool, &job.network, &job.requester).await?;
+    let facts = job_facts(state, &job.network, &job.workload, &job.requester).await?;
     let ticket = JobTicket {
         job: job.id,
         network: job.network,
@@ -138,9 +229,9 @@ pub async fn ticket(
         expires_at_ms: job
             .lease_expires_at_ms
             .unwrap_or_else(|| now_ms() + state.config.job_lease.as_millis() as i64),
-        workload_name: workload.as_ref().map(|w| w.name.clone()),
-        publisher: workload.as_ref().map(|w| w.publisher),
-        requester_role,
+        workload_name: facts.workload_name,
+        publisher: facts.publisher,
+        requester_role: facts.requester_role,
     };
     Signed::sign(&ticket, &state.key, SignDomain::JobTicket, &job.network)
         .map_err(DomainError::internal)
@@ -164,33 +255,12 @@ pub async fn job_record(state: &AppState, job: &JobId) -> DomainResult<JobRecord
 /// `None` when no device can take it now (the job stays queued).
 pub async fn try_assign(state: &AppState, job: &JobId) -> DomainResult<Option<(DeviceId, String)>> {
     let record = job_record(state, job).await?;
-    let row = &record.info;
-    let Some(metadata) =
-        crate::store::workloads::metadata_of(&state.db.pool, &row.network, &row.workload).await?
-    else {
+    let Some(survey) = placements(state, &record).await? else {
         return Ok(None);
     };
-    let models = metadata.models;
     // Devices that already had a go come last: a busy or unreachable device is retried only
     // when nobody else can take the job.
-    // A device never runs its own request (it would have to dial itself).
-    let mut candidates: Vec<Candidate> = candidates(state, &row.network, &models)
-        .await?
-        .into_iter()
-        .filter(|c| record.requester_peer.as_deref() != Some(c.peer_id.as_str()))
-        .collect();
-    // A re-execution goes to a device of someone who may judge the job (neither its requester
-    // nor an owner who ran or re-executed it), drawn like any executor: least loaded first,
-    // trust-weighted at random among equals, so nobody can count on judging a given job.
-    if let Some(verifies) = &row.verifies {
-        let original = job_record(state, verifies).await?.info;
-        let excluded = excluded_judges(state, &original, row.purpose).await?;
-        candidates.retain(|c| !excluded.contains(&c.owner));
-    }
-    // A job sized for one device (a batch's run) goes to that device or waits.
-    if let Some(only) = &record.only_device {
-        candidates.retain(|c| &c.device == only);
-    }
+    let mut candidates = survey.candidates;
     let tried = jobs::tried_devices(&state.db.pool, job).await?;
     candidates.sort_by_key(|c| tried.contains(&c.device));
     let Some(candidate) = candidates.into_iter().next() else {
@@ -204,6 +274,56 @@ pub async fn try_assign(state: &AppState, job: &JobId) -> DomainResult<Option<(D
     }
     // Someone else assigned it meanwhile.
     Ok(None)
+}
+
+/// Where the job of `record` may go: the [`survey`] of its network for it, with the
+/// candidates narrowed to the devices this job may use. `None` when its workload is not
+/// registered.
+async fn placements(state: &AppState, record: &JobRecord) -> DomainResult<Option<Survey>> {
+    let row = &record.info;
+    let Some(metadata) =
+        crate::store::workloads::metadata_of(&state.db.pool, &row.network, &row.workload).await?
+    else {
+        return Ok(None);
+    };
+    let facts = job_facts(state, &row.network, &row.workload, &row.requester).await?;
+    let mut survey = survey(state, &row.network, &metadata.models, &facts).await?;
+    // A device never runs its own request (it would have to dial itself).
+    survey
+        .candidates
+        .retain(|c| record.requester_peer.as_deref() != Some(c.peer_id.as_str()));
+    // A re-execution goes to a device of someone who may judge the job (neither its requester
+    // nor an owner who ran or re-executed it), drawn like any executor: least loaded first,
+    // trust-weighted at random among equals, so nobody can count on judging a given job.
+    if let Some(verifies) = &row.verifies {
+        let original = job_record(state, verifies).await?.info;
+        let excluded = excluded_judges(state, &original, row.purpose).await?;
+        survey.candidates.retain(|c| !excluded.contains(&c.owner));
+    }
+    // A job sized for one device (a batch's run) goes to that device or waits.
+    if let Some(only) = &record.only_device {
+        survey.candidates.retain(|c| &c.device == only);
+        survey.refused.retain(|(d, _)| d == only);
+    }
+    Ok(Some(survey))
+}
+
+/// Why no device took the queued `job`: a sentence for its requester.
+pub async fn why_unplaced(state: &AppState, job: &JobId) -> DomainResult<String> {
+    let record = job_record(state, job).await?;
+    let Some(survey) = placements(state, &record).await? else {
+        return Ok("its workload is not in the network's registry".into());
+    };
+    Ok(match survey.refusals() {
+        Some(refusals) if survey.candidates.is_empty() => {
+            format!("no online device can run this job now: {refusals}")
+        }
+        Some(refusals) => format!("the devices that could run this job are busy; {refusals}"),
+        None if survey.candidates.is_empty() => {
+            "no online device can run this workload now".to_string()
+        }
+        None => "the devices that could run this job are busy".to_string(),
+    })
 }
 
 /// The people whose devices may not run the next re-execution of `job` as `purpose`: its
@@ -324,6 +444,7 @@ mod tests {
             trust,
             owner: PersonId::from_bytes([n; 16]),
             slots: 1,
+            capped: false,
             holding: 0,
         }
     }

@@ -2,7 +2,7 @@
 //! signed heartbeats.
 
 use crate::domain::membership::issue_certificate;
-use crate::http::auth::{Admin, DeviceAuth, Reader};
+use crate::http::auth::{Admin, DeviceAuth, Member, Reader};
 use crate::http::error::responses::{
     BadRequest, Conflict, Forbidden, Gone, Managing, NotFound, Reading, Unauthenticated,
 };
@@ -15,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mesh_proto::api::{
     CertificateResponse, Challenge, ChallengeRequest, DeviceInfo, DeviceStatus, HeartbeatResponse,
-    InviteKind, NetworkPeers, RegisterDeviceRequest, RegisteredDevice,
+    InviteKind, NetworkPeers, RegisterDeviceRequest, RegisteredDevice, SetTermsRequest,
 };
 use mesh_proto::device::Heartbeat;
 use mesh_proto::{DeviceId, SignDomain, Signed};
@@ -160,6 +160,33 @@ pub async fn revoke_device(
     .map(Json)
 }
 
+/// Set one layer of a device's terms in the network: the owner's (the device's owner) or the
+/// admins' (admins). A job must pass these and the terms in the device's own config.
+#[utoipa::path(put, path = "/v1/networks/{network}/devices/{device}/terms", tag = "devices", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id"), ("device" = String, Path, description = "Device id")),
+    request_body = SetTermsRequest,
+    responses((status = 200, body = DeviceInfo), BadRequest, Managing, Conflict))]
+pub async fn set_terms(
+    State(state): State<AppState>,
+    member: Member,
+    Path((_network, device)): Path<(String, String)>,
+    ApiJson(request): ApiJson<SetTermsRequest>,
+) -> ApiResult<Json<DeviceInfo>> {
+    let device = device_id(&device)?;
+    Ok(Json(
+        crate::domain::devices::set_terms(
+            &state,
+            &member.network,
+            &member.person,
+            member.role,
+            &device,
+            request.layer,
+            &request.terms,
+        )
+        .await?,
+    ))
+}
+
 /// A fresh certificate for the calling device (approved devices only).
 #[utoipa::path(get, path = "/v1/devices/{device}/certificate", tag = "devices", security(("bearer" = [])),
     params(("device" = String, Path, description = "Device id")),
@@ -233,6 +260,10 @@ pub async fn heartbeat(
                 "the heartbeat signature does not verify",
             )
         })?;
+    heartbeat
+        .terms
+        .check()
+        .map_err(|e| ApiError::bad_request(format!("heartbeat terms: {e}")))?;
     let now = now_ms();
     let sent = i64::try_from(heartbeat.sent_at_ms).unwrap_or(i64::MAX);
     if (sent - now).abs() > state.config.max_clock_skew.as_millis() as i64 {
@@ -242,17 +273,18 @@ pub async fn heartbeat(
     }
     // Written with concurrent heartbeats in one statement (group commit); the timestamp
     // condition in it is the replay protection.
-    let online = state
+    let recorded = state
         .presence
         .record(crate::store::presence::PresenceUpdate {
             device: caller,
             seen_at_ms: now,
             sent_at_ms: sent,
             load: heartbeat.load,
+            host_terms: serde_json::to_string(&heartbeat.terms).map_err(ApiError::internal)?,
         })
         .await
         .map_err(ApiError::internal)?;
-    let Some(online) = online else {
+    let Some(recorded) = recorded else {
         return Err(ApiError::conflict(
             "replayed_heartbeat",
             "heartbeat is not newer than the last one",
@@ -261,11 +293,12 @@ pub async fn heartbeat(
     state.metrics.heartbeats.fetch_add(1, Ordering::Relaxed);
     Ok(Json(HeartbeatResponse {
         // The token resolved, so the device is pending or approved; only approved ones are online.
-        status: if online {
+        status: if recorded.online {
             DeviceStatus::Approved
         } else {
             DeviceStatus::Pending
         },
         interval_s: state.config.heartbeat_interval.as_secs().max(1),
+        terms: recorded.terms,
     }))
 }

@@ -136,6 +136,7 @@ pub async fn show(
         job: info,
         ticket: None,
         executor_peer_id: None,
+        waiting: None,
     }))
 }
 

@@ -4,6 +4,7 @@
 use super::{StoreError, Tx, parse_column};
 use mesh_proto::api::{DeviceInfo, DeviceStatus};
 use mesh_proto::device::{Capabilities, DeviceLoad};
+use mesh_proto::terms::{DeviceTerms, TermsLayer, TermsLayers};
 use mesh_proto::verification::CheckRecord;
 use mesh_proto::{DeviceId, NetworkId, PersonId, PublicKey};
 use sqlx::Row;
@@ -12,7 +13,7 @@ use sqlx::any::AnyRow;
 /// Columns [`record`] reads.
 const COLUMNS: &str = "id, network_id, owner_id, name, public_key, peer_id, status, capabilities, online, \
      last_seen_at, load_running, load_queued, load_slots, trust, checks_passed, checks_failed, consecutive_passed, \
-     quarantined_at";
+     quarantined_at, load_others_busy, host_terms, owner_terms, admin_terms";
 
 fn status(text: String) -> Result<DeviceStatus, StoreError> {
     DeviceStatus::parse(&text).ok_or(StoreError::Corrupt {
@@ -30,6 +31,15 @@ fn check_record(row: &AnyRow) -> Result<CheckRecord, StoreError> {
         passed: count(row, "checks_passed")?,
         failed: count(row, "checks_failed")?,
         consecutive_passed: count(row, "consecutive_passed")?,
+    })
+}
+
+/// Terms stored as JSON in `column`.
+pub(super) fn terms(row: &AnyRow, column: &'static str) -> Result<DeviceTerms, StoreError> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|_| StoreError::Corrupt {
+        column,
+        value: text.chars().take(100).collect(),
     })
 }
 
@@ -54,10 +64,18 @@ fn record(row: &AnyRow) -> Result<DeviceInfo, StoreError> {
             running: count(row, "load_running")?,
             queued: count(row, "load_queued")?,
             slots: count(row, "load_slots")?,
+            others_busy_percent: row
+                .try_get::<Option<i64>, _>("load_others_busy")?
+                .map(|p| p.clamp(0, 100) as u8),
         },
         trust: row.try_get("trust")?,
         checks: check_record(row)?,
         quarantined_at_ms: row.try_get("quarantined_at")?,
+        terms: TermsLayers {
+            device: terms(row, "host_terms")?,
+            owner: terms(row, "owner_terms")?,
+            admins: terms(row, "admin_terms")?,
+        },
     })
 }
 
@@ -225,6 +243,25 @@ pub async fn set_status(
     .await?
     .rows_affected();
     Ok(changed == 1)
+}
+
+/// Replace one network layer of `device`'s terms.
+pub async fn set_terms(
+    tx: &mut Tx,
+    device: &DeviceId,
+    layer: TermsLayer,
+    terms: &DeviceTerms,
+) -> Result<(), StoreError> {
+    let column = match layer {
+        TermsLayer::Owner => "owner_terms",
+        TermsLayer::Admins => "admin_terms",
+    };
+    sqlx::query(&format!("UPDATE devices SET {column} = $1 WHERE id = $2"))
+        .bind(serde_json::to_string(terms).expect("terms serialise"))
+        .bind(device.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Revoke every device `owner` has in `network` (they left it).

@@ -139,6 +139,13 @@ async fn run(state: &AppState, id: BatchId) -> DomainResult<()> {
     if failed > 0 {
         tracing::info!(batch = %id, failed, "runs left in flight failed");
     }
+    let facts = crate::domain::scheduling::job_facts(
+        state,
+        &batch.network,
+        &batch.workload,
+        &batch.requester,
+    )
+    .await?;
     let (ended_tx, mut ended_rx) = mpsc::channel::<RunEnd>(64);
     let mut runs_in_flight = InFlightRuns::default();
     let in_flight = &mut runs_in_flight.0;
@@ -166,13 +173,16 @@ async fn run(state: &AppState, id: BatchId) -> DomainResult<()> {
             .filter(|p| !covered.contains(&p.piece))
             .collect();
         let candidates =
-            crate::domain::scheduling::candidates(state, &batch.network, &models).await?;
+            crate::domain::scheduling::candidates(state, &batch.network, &models, &facts).await?;
         paused.retain(|_, until| *until > Instant::now());
         for candidate in candidates {
             if paused.contains_key(&candidate.device) {
                 continue;
             }
-            let mut free = (candidate.slots + QUEUED_AHEAD).saturating_sub(candidate.holding);
+            // A device whose terms cap its jobs is given no more than that many (it would
+            // refuse one queued ahead).
+            let ahead = if candidate.capped { 0 } else { QUEUED_AHEAD };
+            let mut free = (candidate.slots + ahead).saturating_sub(candidate.holding);
             while free > 0 {
                 let started = if !pending.is_empty() {
                     let want = run_pieces(speeds.get(&candidate.device).copied());

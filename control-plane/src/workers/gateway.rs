@@ -433,11 +433,9 @@ pub(crate) async fn dispatch_submitted(
 ) -> DomainResult<dispatch::Completed> {
     let first = wait_for_ticket(state, &job).await?;
     let Some(first) = to_dispatch(&first) else {
-        scheduling::fail_queued(state, &job, "no device could take the job").await?;
-        return Err(DomainError::unavailable(
-            "no_device",
-            "no online device can run this workload now",
-        ));
+        let why = scheduling::why_unplaced(state, &job).await?;
+        scheduling::fail_queued(state, &job, &why).await?;
+        return Err(DomainError::unavailable("no_device", why));
     };
     let reassign = |failed: mesh_net::PeerId, reason: String, retryable: bool| {
         let state = state.clone();

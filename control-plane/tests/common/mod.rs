@@ -217,6 +217,15 @@ pub fn embedding_capabilities() -> Capabilities {
 impl TestDevice {
     /// A signed heartbeat with a fresh, increasing timestamp.
     pub fn heartbeat_payload(&mut self, load: DeviceLoad) -> Signed<Heartbeat> {
+        self.heartbeat_payload_with(load, Default::default())
+    }
+
+    /// A signed heartbeat that reports `terms` as the device's own.
+    pub fn heartbeat_payload_with(
+        &mut self,
+        load: DeviceLoad,
+        terms: mesh_proto::terms::DeviceTerms,
+    ) -> Signed<Heartbeat> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -227,8 +236,19 @@ impl TestDevice {
             network: self.network,
             sent_at_ms: self.last_heartbeat_ms,
             load,
+            terms,
         };
         Signed::sign(&heartbeat, &self.key, SignDomain::Heartbeat, &self.network).unwrap()
+    }
+
+    /// Send a heartbeat reporting `terms` as the device's own.
+    pub async fn heartbeat_with(
+        &mut self,
+        load: DeviceLoad,
+        terms: mesh_proto::terms::DeviceTerms,
+    ) -> Result<HeartbeatResponse, mesh_client::ClientError> {
+        let signed = self.heartbeat_payload_with(load, terms);
+        self.client.heartbeat(&self.id, &signed).await
     }
 
     /// Send a heartbeat.

@@ -248,4 +248,37 @@ mod tests {
         .executor_config(None, BackendConfig::default());
         assert!(bad.unwrap_err().to_string().contains("cpu_share"));
     }
+
+    /// The `[terms]` the README shows read as it says.
+    #[test]
+    fn the_readmes_terms_parse() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("[terms]\n").expect("the README shows [terms]");
+        let block = &readme[start..];
+        let block = &block[..block.find("```").unwrap()];
+        let block: String = block.lines().map(|l| format!("{}\n", l.trim())).collect();
+        let mut table: toml::Table =
+            toml::from_str(&toml::to_string(&config(DeviceTerms::default())).unwrap()).unwrap();
+        table.remove("terms");
+        let text = format!("{}\n{block}", toml::to_string(&table).unwrap());
+        let parsed: HostConfig = toml::from_str(&text).unwrap();
+        let t = parsed.terms;
+        assert_eq!(
+            t.workloads,
+            vec![mesh_proto::terms::WorkloadRule::Name("embeddings".into())]
+        );
+        assert_eq!(
+            t.requesters,
+            vec![mesh_proto::terms::RequesterRule::Role(
+                mesh_proto::api::Role::Member
+            )]
+        );
+        assert_eq!(
+            t.when,
+            mesh_proto::terms::When::Idle {
+                max_busy_percent: 30
+            }
+        );
+        assert_eq!((t.max_jobs, t.cpu_share), (Some(1), Some(0.5)));
+    }
 }

@@ -14,7 +14,7 @@ use mesh_proto::p2p::{
     BlobRequest, BlobResponse, CancelResponse, JobRefusal, JobRequest, JobResponse,
     MAX_BLOB_CHUNK_BYTES,
 };
-use mesh_proto::terms::{DeviceTerms, TermsQuery, TermsRefusal, When};
+use mesh_proto::terms::{DeviceTerms, TermsLayers, TermsQuery, TermsRefusal};
 use mesh_proto::{Blake3Hash, JobId, NetworkId, PublicKey, SignDomain, Signed, SigningKey};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -97,8 +97,15 @@ pub struct Agent {
     heartbeat_done: tokio::sync::Notify,
     /// The owner's terms (from the host's own config: no control plane can loosen them).
     terms: DeviceTerms,
+    /// The terms set for the device in the network (its owner's and the admins' layers), as
+    /// the last heartbeat's answer gave them; enforced along with `terms`, which they can
+    /// only narrow.
+    network_terms: RwLock<TermsLayers>,
     /// Percent of the CPU other processes used in the last sample (f64 bits; NaN: unknown).
     others_busy: AtomicU64,
+    /// Woken when something the scheduler should know at once changed (the device's user got
+    /// busy or idle again): the next heartbeat goes out without waiting its interval.
+    load_changed: tokio::sync::Notify,
     /// Jobs handed back because the device's owner needs it: their cancellation is a
     /// retryable failure, so they run elsewhere.
     handed_back: Mutex<std::collections::HashSet<JobId>>,
@@ -279,7 +286,9 @@ async fn spawn_agent(
         unreported: AtomicU32::new(0),
         heartbeat_done: tokio::sync::Notify::new(),
         terms: config.terms.clone(),
+        network_terms: RwLock::new(TermsLayers::default()),
         others_busy: AtomicU64::new(f64::NAN.to_bits()),
+        load_changed: tokio::sync::Notify::new(),
         handed_back: Mutex::new(Default::default()),
         queued: AtomicU32::new(0),
         running: AtomicU32::new(0),
@@ -343,6 +352,7 @@ async fn spawn_agent(
 async fn heartbeats(agent: Arc<Agent>, device: mesh_proto::DeviceId, revoked: mpsc::Sender<()>) {
     let mut backoff = Backoff::new();
     loop {
+        let busy = f64::from_bits(agent.others_busy.load(Ordering::Relaxed));
         let heartbeat = Heartbeat {
             device,
             network: agent.network,
@@ -351,7 +361,9 @@ async fn heartbeats(agent: Arc<Agent>, device: mesh_proto::DeviceId, revoked: mp
                 running: agent.running.load(Ordering::Relaxed),
                 queued: agent.queued.load(Ordering::Relaxed),
                 slots: agent.slots,
+                others_busy_percent: (!busy.is_nan()).then(|| busy.round().clamp(0.0, 100.0) as u8),
             },
+            terms: agent.terms.clone(),
         };
         let signed = match Signed::sign(
             &heartbeat,
@@ -372,8 +384,13 @@ async fn heartbeats(agent: Arc<Agent>, device: mesh_proto::DeviceId, revoked: mp
                     let _ = revoked.send(()).await;
                     return;
                 }
+                agent.set_network_terms(answer.terms);
                 agent.heartbeat_done.notify_one();
-                tokio::time::sleep(Duration::from_secs(answer.interval_s.clamp(1, 300))).await;
+                let interval = Duration::from_secs(answer.interval_s.clamp(1, 300));
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = agent.load_changed.notified() => {}
+                }
             }
             // The device's token no longer works: it was revoked (or removed with its owner).
             Err(e) if e.status().map(|s| s.as_u16()) == Some(401) => {
@@ -416,15 +433,15 @@ async fn refresh_peers(agent: &Agent, gate: &Gate) -> Result<()> {
     Ok(())
 }
 
-/// With terms that take jobs only while the device is otherwise idle: sample the CPU every
-/// second and, while its own user's processes keep it busier than the terms allow, refuse
-/// new jobs and hand the running ones back (their requesters run them elsewhere). Where the
-/// CPU cannot be measured, the device counts as busy.
+/// Sample the CPU every second: how busy the device's other processes (its own user's) keep
+/// it is reported with each heartbeat, and while some terms take jobs only while the device
+/// is otherwise idle and it is busier than they allow, new jobs are refused and the running
+/// ones handed back (their requesters run them elsewhere); the scheduler hears of each
+/// change at once. Where the CPU cannot be measured, such terms count the device as busy.
 async fn watch_owner(agent: Arc<Agent>) {
-    let When::Idle { max_busy_percent } = agent.terms.when else {
-        return;
-    };
     let mut last = super::idle::sample();
+    // What the scheduler was last told (nothing yet: the first measurement goes out at once).
+    let mut told: Option<(bool, bool)> = None;
     loop {
         tokio::time::sleep(super::idle::SAMPLE_EVERY).await;
         let now = super::idle::sample();
@@ -436,8 +453,24 @@ async fn watch_owner(agent: Arc<Agent>) {
         agent
             .others_busy
             .store(busy.unwrap_or(f64::NAN).to_bits(), Ordering::Relaxed);
-        if busy.is_none_or(|b| b > f64::from(max_busy_percent)) {
+        let is_busy = agent
+            .terms_layers()
+            .idle_threshold()
+            .is_some_and(|max| busy.is_none_or(|b| b > f64::from(max)));
+        if is_busy {
             agent.hand_back_all();
+        }
+        let state = (is_busy, busy.is_some());
+        if told != Some(state) {
+            if told.is_some_and(|(was, _)| was != is_busy) {
+                tracing::info!(
+                    busy = ?busy,
+                    "the device's user {}",
+                    if is_busy { "is busy: taking no jobs" } else { "is idle again: taking jobs" }
+                );
+            }
+            agent.load_changed.notify_one();
+            told = Some(state);
         }
     }
 }
@@ -621,10 +654,42 @@ impl Agent {
         }
     }
 
-    /// Whether the owner's terms let this device take the job `ticket` is for, now.
+    /// Every layer of terms the device works on: its own config's, and its network's.
+    fn terms_layers(&self) -> TermsLayers {
+        let network = self.network_terms.read().expect("terms lock");
+        TermsLayers {
+            device: self.terms.clone(),
+            owner: network.owner.clone(),
+            admins: network.admins.clone(),
+        }
+    }
+
+    /// Take the terms the network set for the device (a heartbeat's answer). Its own terms
+    /// stay as its config wrote them, whatever the answer says of them.
+    fn set_network_terms(&self, answer: TermsLayers) {
+        let mut network = self.network_terms.write().expect("terms lock");
+        if network.owner != answer.owner || network.admins != answer.admins {
+            tracing::info!(owner = %answer.owner, admins = %answer.admins, "the network's terms for this device");
+            network.owner = answer.owner;
+            network.admins = answer.admins;
+            let layers = TermsLayers {
+                device: self.terms.clone(),
+                owner: network.owner.clone(),
+                admins: network.admins.clone(),
+            };
+            self.executor.set_job_memory_ceiling(
+                layers
+                    .memory_mb()
+                    .map(|mb| usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)),
+            );
+        }
+    }
+
+    /// Whether the terms (the device's own and its network's) let it take the job `ticket`
+    /// is for, now.
     fn terms_admit(&self, ticket: &JobTicket, now_ms: u64) -> Result<(), TermsRefusal> {
         let busy = f64::from_bits(self.others_busy.load(Ordering::Relaxed));
-        self.terms.admits(&TermsQuery {
+        self.terms_layers().admits(&TermsQuery {
             workload: &ticket.workload,
             workload_name: ticket.workload_name.as_deref(),
             publisher: ticket.publisher.as_ref(),
@@ -755,6 +820,36 @@ impl Agent {
             return Err(format!("stored component hashes to {stored}, not {hash}"));
         }
         Ok(())
+    }
+
+    /// When terms admit workloads by name, the name the ticket gives must be the one the
+    /// component itself declares: the ticket is the control plane's word, the component is
+    /// what runs. (Hash rules need no such check; publisher rules rest on the registry.)
+    async fn check_workload_name(&self, job: &Queued) -> Result<(), TermsRefusal> {
+        let by_name = self.terms_layers().each().iter().any(|(_, t)| {
+            t.workloads
+                .iter()
+                .any(|r| matches!(r, mesh_proto::terms::WorkloadRule::Name(_)))
+        });
+        let Some(claimed) = job.ticket.workload_name.clone().filter(|_| by_name) else {
+            return Ok(());
+        };
+        let executor = self.executor.clone();
+        let component = job.ticket.workload;
+        let declared = tokio::task::spawn_blocking(move || executor.metadata(&component))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|m| m.name);
+        if declared.as_deref() == Some(claimed.as_str()) {
+            Ok(())
+        } else {
+            tracing::warn!(
+                claimed, declared = ?declared,
+                "the ticket names another workload than the component declares"
+            );
+            Err(TermsRefusal::Workload)
+        }
     }
 
     /// Make sure the models the job's component needs on this backend are here: the
@@ -896,6 +991,17 @@ impl Agent {
         if let Err(reason) = ready {
             let refusal = JobRefusal::ComponentUnavailable(reason.clone());
             self.finish(id, job.reply, JobResponse::Refused(refusal));
+            self.report_failure(id, &reason, true).await;
+            return;
+        }
+        if let Err(refusal) = self.check_workload_name(&job).await {
+            let reason = refusal.to_string();
+            tracing::warn!(%id, "refused: {reason}");
+            self.finish(
+                id,
+                job.reply,
+                JobResponse::Refused(JobRefusal::Terms(refusal)),
+            );
             self.report_failure(id, &reason, true).await;
             return;
         }

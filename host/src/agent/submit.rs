@@ -37,6 +37,19 @@ async fn wait_for_ticket(
     Ok(current)
 }
 
+/// Stop waiting for a device to take `job`: the control plane fails it and refunds its
+/// reservation (a job still queued was run by nobody).
+async fn give_up(client: &Client, network: &NetworkId, job: &JobId) {
+    let request = FailJobRequest {
+        reason: format!("no device took it within {QUEUE_WAIT:?}"),
+        retryable: false,
+        executor_peer: None,
+    };
+    if let Err(e) = client.reassign_job(network, job, &request).await {
+        tracing::warn!(%job, "giving the job up: {e}");
+    }
+}
+
 /// How `mesh-host submit` runs its jobs.
 #[derive(Debug, Clone, Default)]
 pub struct SubmitOptions {
@@ -225,9 +238,11 @@ async fn run_one(
     let job = submitted.job.id;
     let first = wait_for_ticket(client, &network, &job, submitted).await?;
     let Some(ticket) = first.ticket else {
+        give_up(client, &network, &job).await;
         bail!(
-            "no device took job {job} within {QUEUE_WAIT:?} (state {})",
-            first.job.state.as_str()
+            "no device took job {job} within {QUEUE_WAIT:?} (state {}){}",
+            first.job.state.as_str(),
+            first.waiting.map(|w| format!(": {w}")).unwrap_or_default()
         );
     };
     let first = Assignment::from_ticket(ticket)?;
@@ -249,6 +264,9 @@ async fn run_one(
             let next = wait_for_ticket(&client, &network, &job, next)
                 .await
                 .map_err(|e| e.to_string())?;
+            if next.ticket.is_none() {
+                give_up(&client, &network, &job).await;
+            }
             Ok(next.ticket.and_then(|t| Assignment::from_ticket(t).ok()))
         }
     };

@@ -6,6 +6,7 @@
 
 mod batch;
 mod config;
+mod policy;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
@@ -202,6 +203,9 @@ enum DeviceCommand {
         /// Device id.
         device: DeviceId,
     },
+    /// The terms a device works on: which workloads, for whom, when and how much.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 #[derive(Subcommand)]
@@ -725,7 +729,7 @@ async fn device(ctx: Ctx, command: DeviceCommand) -> Result<()> {
     let network = ctx.network()?;
     let line = |d: &DeviceInfo| {
         format!(
-            "{}  {:<16} {:<8} {:<7} backends:{} load:{}/{} trust:{:.2} checks:{}/{}{}",
+            "{}  {:<16} {:<8} {:<7} backends:{} load:{}/{} trust:{:.2} checks:{}/{} terms:{}{}",
             d.id,
             d.name,
             d.status.as_str(),
@@ -736,6 +740,7 @@ async fn device(ctx: Ctx, command: DeviceCommand) -> Result<()> {
             d.trust,
             d.checks.passed,
             d.checks.passed + d.checks.failed,
+            policy::summary(&d.terms),
             if d.quarantined_at_ms.is_some() {
                 "  QUARANTINED"
             } else {
@@ -757,6 +762,9 @@ async fn device(ctx: Ctx, command: DeviceCommand) -> Result<()> {
         DeviceCommand::Revoke { device } => {
             let d = ctx.client.revoke_device(&network, &device).await?;
             print(ctx.json, &d, line)
+        }
+        DeviceCommand::Policy(command) => {
+            policy::run(&ctx.client, &network, ctx.json, command).await
         }
     }
 }

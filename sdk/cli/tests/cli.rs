@@ -111,6 +111,46 @@ async fn commands_drive_the_control_plane() {
         serde_json::from_str(&ok(&env.mesh(&["network", "members", "--json"]))).unwrap();
     assert_eq!(members.as_array().unwrap().len(), 1);
     ok(&env.mesh(&["device", "list"]));
+
+    // A device joins; its owner sets its terms, shown by `policy show` and the device list.
+    let code = ok(&env.mesh(&["network", "invite", "--device"]));
+    let device = register_device(&url, code.trim()).await;
+    let set = ok(&env.mesh(&[
+        "device",
+        "policy",
+        "set",
+        &device,
+        "--workload",
+        "embeddings",
+        "--for",
+        "admins",
+        "--window",
+        "mon-fri 09:00-17:00",
+        "--utc-offset",
+        "+01:00",
+        "--max-jobs",
+        "2",
+    ]));
+    let summary = "runs embeddings; for admins; mon,tue,wed,thu,fri 09:00-17:00 UTC+01:00; ≤2 jobs";
+    assert!(set.contains(summary), "{set}");
+    let shown: serde_json::Value = serde_json::from_str(&ok(
+        &env.mesh(&["device", "policy", "show", &device, "--json"])
+    ))
+    .unwrap();
+    assert_eq!(shown["owner"]["max_jobs"], 2);
+    assert_eq!(shown["owner"]["workloads"][0]["name"], "embeddings");
+    assert!(shown["admins"]["workloads"].as_array().unwrap().is_empty());
+    let listed = ok(&env.mesh(&["device", "list"]));
+    assert!(listed.contains(&format!("owner[{summary}]")), "{listed}");
+    // Terms that mean nothing are refused before they are sent; no rules at all is a usage
+    // question, answered with what to give.
+    let zero = env.mesh(&["device", "policy", "set", &device, "--max-jobs", "0"]);
+    assert_eq!(zero.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("max_jobs"));
+    let nothing = env.mesh(&["device", "policy", "set", &device]);
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("nothing to set"));
+    let cleared = ok(&env.mesh(&["device", "policy", "set", &device, "--clear"]));
+    assert!(cleared.contains("owner (set in the network by the device's owner):\n    any"));
     ok(&env.mesh(&["job", "list", "--json"]));
     let history = ok(&env.mesh(&["credits", "history"]));
     assert!(history.contains("initial grant"));
@@ -171,6 +211,35 @@ async fn commands_drive_the_control_plane() {
     assert_eq!(usage.status.code(), Some(2));
 }
 
+/// Register a device with the device invite `code` (as `mesh-host join` would); its id.
+async fn register_device(url: &str, code: &str) -> String {
+    use mesh_proto::device::{Capabilities, RegistrationProof};
+    let anonymous = mesh_client::Client::new(url, None).unwrap();
+    let key = mesh_proto::SigningKey::from_seed([42; 32]);
+    let challenge = anonymous.challenge(code).await.unwrap();
+    let proof = RegistrationProof {
+        challenge: challenge.challenge.clone(),
+        public_key: key.public_key(),
+    };
+    let payload = mesh_proto::cbor::to_vec(&proof).unwrap();
+    let registered = anonymous
+        .register_device(&mesh_proto::api::RegisterDeviceRequest {
+            invite: code.to_string(),
+            challenge: challenge.challenge,
+            name: "laptop".into(),
+            public_key: key.public_key(),
+            proof: key.sign(
+                mesh_proto::SignDomain::Registration,
+                &challenge.network,
+                &payload,
+            ),
+            capabilities: Capabilities::default(),
+        })
+        .await
+        .unwrap();
+    registered.device.to_string()
+}
+
 #[test]
 fn help_is_available_everywhere() {
     for args in [
@@ -180,6 +249,7 @@ fn help_is_available_everywhere() {
         vec!["network", "create", "--help"],
         vec!["network", "invite", "--help"],
         vec!["device", "--help"],
+        vec!["device", "policy", "set", "--help"],
         vec!["workload", "publish", "--help"],
         vec!["credits", "grant", "--help"],
         vec!["job", "show", "--help"],

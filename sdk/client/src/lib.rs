@@ -359,6 +359,24 @@ impl Client {
         .await
     }
 
+    /// `PUT /v1/networks/{network}/devices/{device}/terms`: set the owner's or the admins'
+    /// layer of a device's terms.
+    pub async fn set_device_terms(
+        &self,
+        network: &NetworkId,
+        device: &DeviceId,
+        request: &mesh_proto::api::SetTermsRequest,
+    ) -> Result<DeviceInfo> {
+        Self::send(
+            self.request(
+                Method::PUT,
+                &format!("/v1/networks/{network}/devices/{device}/terms"),
+            )
+            .json(request),
+        )
+        .await
+    }
+
     /// `POST /v1/networks/{network}/devices/{device}/revoke`.
     pub async fn revoke_device(
         &self,

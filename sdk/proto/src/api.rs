@@ -478,6 +478,9 @@ pub struct DeviceInfo {
     /// When it was quarantined for failing checks (it gets no jobs until re-approved).
     #[serde(default)]
     pub quarantined_at_ms: Option<i64>,
+    /// The terms it works on: its own, its owner's and the admins' in this network.
+    #[serde(default)]
+    pub terms: crate::terms::TermsLayers,
 }
 
 /// Answer to a heartbeat.
@@ -488,6 +491,22 @@ pub struct HeartbeatResponse {
     pub status: DeviceStatus,
     /// Seconds until the next heartbeat is due.
     pub interval_s: u64,
+    /// The terms set for the device in the network (its owner's and the admins'), which it
+    /// enforces along with its own.
+    #[serde(default)]
+    pub terms: crate::terms::TermsLayers,
+}
+
+/// Set one layer of a device's terms in the network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SetTermsRequest {
+    /// The layer: `owner` (the device's owner only) or `admins` (admins only). When left
+    /// out, the owner's layer for the device's owner, the admins' for anyone else.
+    #[serde(default)]
+    pub layer: Option<crate::terms::TermsLayer>,
+    /// The terms (replacing the layer's; the default terms clear it).
+    pub terms: crate::terms::DeviceTerms,
 }
 
 /// A device's current certificate.
@@ -972,6 +991,9 @@ pub struct JobAssignment {
     pub ticket: Option<Signed<JobTicket>>,
     /// The executor's libp2p peer id, when assigned.
     pub executor_peer_id: Option<String>,
+    /// While it is queued: why no device has taken it (busy devices, terms that refuse it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// The executor reports a finished run.

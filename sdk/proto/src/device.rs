@@ -68,11 +68,15 @@ pub struct DeviceLoad {
     pub queued: u32,
     /// Jobs it can run at once.
     pub slots: u32,
+    /// Share of its CPU its other processes (its own user's) used lately, in percent; none
+    /// when it cannot tell. Terms that take jobs only while idle are judged by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub others_busy_percent: Option<u8>,
 }
 
 /// A signed, timestamped heartbeat. Timestamps must increase, so a heartbeat cannot be
 /// replayed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// The device.
     pub device: DeviceId,
@@ -82,4 +86,8 @@ pub struct Heartbeat {
     pub sent_at_ms: u64,
     /// Current load.
     pub load: DeviceLoad,
+    /// The terms written in the device's own config, which it enforces itself (reported so
+    /// the scheduler sends it only jobs they admit).
+    #[serde(default, skip_serializing_if = "crate::terms::DeviceTerms::is_open")]
+    pub terms: crate::terms::DeviceTerms,
 }
