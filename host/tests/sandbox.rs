@@ -239,3 +239,29 @@ fn compiled_artifacts_are_reused_and_tampering_is_detected() {
         ))
     ));
 }
+
+#[test]
+fn a_lower_memory_ceiling_holds_for_the_jobs_that_start_under_it() {
+    let (executor, _dir) = executor(fastest_backend(), limits());
+    let hostile = executor
+        .add_component(&std::fs::read(HOSTILE).unwrap())
+        .unwrap()
+        .component;
+    let limit_in = |e: ExecError| match e {
+        ExecError::ResourceLimit(m) if m.contains("memory") => m,
+        other => panic!("unexpected {other:?}"),
+    };
+    let full = limit_in(executor.run(&hostile, b"grow").unwrap_err());
+    assert!(full.contains(&(128u64 << 20).to_string()), "{full}");
+    // The device's terms in its network lower it (never above the executor's own limit).
+    executor.set_job_memory_ceiling(Some(32 << 20));
+    assert_eq!(executor.job_memory_bytes(), 32 << 20);
+    let lowered = limit_in(executor.run(&hostile, b"grow").unwrap_err());
+    assert!(lowered.contains(&(32u64 << 20).to_string()), "{lowered}");
+    executor.set_job_memory_ceiling(Some(1 << 40));
+    assert_eq!(executor.job_memory_bytes(), 128 << 20);
+    executor.set_job_memory_ceiling(None);
+    let again = limit_in(executor.run(&hostile, b"grow").unwrap_err());
+    assert!(again.contains(&(128u64 << 20).to_string()), "{again}");
+    assert_eq!(executor.run(&hostile, b"ok").unwrap().output, b"ok");
+}
