@@ -380,6 +380,8 @@ pub struct Executor {
     /// Memory a job may use from now on: at most `limits.memory_bytes`, lower while the
     /// device's terms in its network say so.
     job_memory_bytes: std::sync::atomic::AtomicUsize,
+    /// Threads inference runs on (the language-model engine's pool).
+    inference_threads: usize,
 }
 
 impl Executor {
@@ -432,6 +434,7 @@ impl Executor {
                 released: Condvar::new(),
             },
             job_memory_bytes: std::sync::atomic::AtomicUsize::new(limits.memory_bytes),
+            inference_threads: config.backend_config.effective_threads(),
         })
     }
 
@@ -642,7 +645,15 @@ impl Executor {
             return Ok(model.clone());
         }
         let path = self.models.verified_path(entry)?;
-        let model = self.backend.load_model_file(&path)?;
+        let model: Arc<dyn LoadedModel> = match entry.format {
+            crate::models::ModelFormat::Onnx => self.backend.load_model_file(&path)?,
+            crate::models::ModelFormat::Gguf => Arc::new(backend::llm::LlmModel::load(
+                &path,
+                self.inference_threads,
+                self.limits.context_tokens,
+                self.limits.memory_bytes,
+            )?),
+        };
         loaded.insert(entry.hash, model.clone());
         Ok(model)
     }

@@ -29,6 +29,10 @@ pub const MAX_CONCURRENT_INSTANCES: usize = 8;
 pub const MAX_WASM_STACK_BYTES: usize = 1 << 20;
 /// Bytes a workload may write to stderr (kept for diagnostics); the rest is dropped.
 pub const MAX_STDERR_BYTES: usize = 64 << 10;
+/// Positions (prompt plus generated tokens) one generation of a language model may hold:
+/// its key/value cache is sized by it, checked before it is allocated (SmolLM2-135M needs
+/// 45 KiB a position, 90 MiB for 2,048).
+pub const MAX_CONTEXT_TOKENS: usize = 2048;
 /// Size of a component the store accepts.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 
@@ -56,6 +60,8 @@ pub struct Limits {
     pub concurrent_instances: usize,
     /// See [`MAX_WASM_STACK_BYTES`].
     pub wasm_stack_bytes: usize,
+    /// See [`MAX_CONTEXT_TOKENS`].
+    pub context_tokens: usize,
 }
 
 impl Default for Limits {
@@ -70,6 +76,7 @@ impl Default for Limits {
             output_bytes: MAX_OUTPUT_BYTES,
             concurrent_instances: MAX_CONCURRENT_INSTANCES,
             wasm_stack_bytes: MAX_WASM_STACK_BYTES,
+            context_tokens: MAX_CONTEXT_TOKENS,
         }
     }
 }

@@ -64,6 +64,18 @@ pub enum ModelError {
     },
 }
 
+/// How a model file is stored, which decides the engine that runs it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFormat {
+    /// An ONNX graph, run by the host's inference backend.
+    #[default]
+    Onnx,
+    /// A GGUF language model, run by the host's own engine (`mesh-llm`) whatever the
+    /// backend.
+    Gguf,
+}
+
 /// One prepared model file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ModelEntry {
@@ -84,6 +96,9 @@ pub struct ModelEntry {
     /// File size in bytes (0: not recorded).
     #[serde(default)]
     pub size: u64,
+    /// How it is stored.
+    #[serde(default)]
+    pub format: ModelFormat,
 }
 
 fn hex_hash<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Blake3Hash, D::Error> {
@@ -160,6 +175,19 @@ impl ModelStore {
         variant: &str,
         backend: BackendKind,
     ) -> Result<&ModelEntry, ModelError> {
+        // A language model runs on the host's own engine whatever the backend, and the host's
+        // variant (a precision of the embedding models) does not apply to it: its own
+        // variant if it has that one, else its first.
+        let mut gguf = self
+            .entries
+            .iter()
+            .filter(|e| e.name == name && e.format == ModelFormat::Gguf);
+        if let Some(first) = gguf.next() {
+            return Ok(std::iter::once(first)
+                .chain(gguf)
+                .find(|e| e.variant == variant)
+                .unwrap_or(first));
+        }
         let derived_prefix = format!("{variant}-");
         let candidates = self
             .entries

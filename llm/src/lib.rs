@@ -3,8 +3,9 @@
 //!
 //! - [`gguf`] reads a GGUF file: its metadata (architecture, tokenizer vocabulary and merges,
 //!   chat template) and where each tensor lies, checking every length and offset.
-//! - [`quant`] holds the block formats (Q4_1 and Q8_0 weights, Q8 activations) and their dot
-//!   products, with AVX2 kernels chosen at run time and scalar ones elsewhere.
+//! - [`quant`] holds the weight formats (Q4_1 and Q8_0) and the kernels that expand a row
+//!   to f32 and multiply it with f32 activations, with AVX2 kernels chosen at run time and
+//!   scalar ones elsewhere.
 //! - [`model`] is the forward pass: one set of weights shared by any number of
 //!   [`model::Session`]s, each holding the key/value cache of one generation, sized (and
 //!   refused when too large) before it is allocated.
@@ -14,6 +15,7 @@
 
 pub mod gguf;
 pub mod model;
+pub mod pool;
 pub mod quant;
 
 pub use gguf::{GgmlType, Gguf, GgufError, Value};

@@ -7,11 +7,8 @@
 //! model; a session's memory is known before it is allocated ([`Llama::session_bytes`]).
 
 use crate::gguf::{GgmlType, Gguf, GgufError, TensorInfo};
-use crate::quant::{self, BLOCK, Q8Block};
-use rayon::prelude::*;
-
-/// Rows of a weight matrix one task computes.
-const ROWS_PER_TASK: usize = 32;
+use crate::pool::{self, Pool};
+use crate::quant::{self, BLOCK};
 
 /// Why the model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +46,9 @@ pub enum LlamaError {
         /// The model's.
         max: usize,
     },
+    /// The caller asked it to stop (between layers); the session is as it was.
+    #[error("stopped")]
+    Stopped,
     /// The thread pool could not be built.
     #[error("starting {threads} inference threads: {reason}")]
     Threads {
@@ -139,7 +139,7 @@ pub struct Llama {
     output: Matrix,
     output_norm: Vec<f32>,
     blocks: Vec<Block>,
-    pool: rayon::ThreadPool,
+    pool: Pool,
     threads: usize,
 }
 
@@ -311,14 +311,10 @@ impl Llama {
             norm_eps: gguf.get_f64("llama.attention.layer_norm_rms_epsilon")? as f32,
         };
         let threads = threads.max(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("mesh-llm-{i}"))
-            .build()
-            .map_err(|e| LlamaError::Threads {
-                threads,
-                reason: e.to_string(),
-            })?;
+        let pool = Pool::new(threads).map_err(|e| LlamaError::Threads {
+            threads,
+            reason: e.to_string(),
+        })?;
         Ok(Llama {
             output_norm: f32_vector(&gguf, "output_norm.weight", dim)?,
             gguf,
@@ -376,52 +372,56 @@ impl Llama {
         &self.gguf.bytes()[m.range.clone()]
     }
 
-    /// `out[t][r]` = row `r` of `m` · `x[t]` for every position `t` of `x` (quantised
-    /// activations, `m.cols / 32` blocks each).
-    fn matmul(&self, m: &Matrix, x: &[Q8Block], positions: usize, out: &mut [f32]) {
+    /// `out[t][r]` = row `r` of `m` · `x[t]` for every position `t` of `x` (`m.cols` values
+    /// each). Each row is expanded to f32 once and used for every position.
+    fn matmul(&self, m: &Matrix, x: &[f32], positions: usize, out: &mut [f32]) {
         let kernels = quant::kernels();
-        let dot = match m.kind {
-            GgmlType::Q4_1 => kernels.q4_1,
-            _ => kernels.q8_0,
+        let expand = match m.kind {
+            GgmlType::Q4_1 => kernels.dequantize_q4_1,
+            _ => kernels.dequantize_q8_0,
         };
-        let blocks = m.cols / BLOCK;
+        let (dot, fused) = (
+            kernels.dot,
+            match m.kind {
+                GgmlType::Q4_1 => kernels.dot_q4_1,
+                _ => kernels.dot_q8_0,
+            },
+        );
+        let cols = m.cols;
         let row_bytes = m.row_bytes();
         let data = self.rows(m);
-        let by_row = |chunk: usize, rows_out: &mut [f32]| {
-            let first = chunk * ROWS_PER_TASK;
-            for (i, per_row) in rows_out.chunks_exact_mut(positions).enumerate() {
-                let r = first + i;
-                let row = &data[r * row_bytes..(r + 1) * row_bytes];
-                for (t, o) in per_row.iter_mut().enumerate() {
-                    *o = dot(row, &x[t * blocks..(t + 1) * blocks]);
-                }
-            }
-        };
+        let threads = self.pool.threads();
         if positions == 1 {
-            out[..m.rows]
-                .par_chunks_mut(ROWS_PER_TASK)
-                .enumerate()
-                .for_each(|(chunk, rows_out)| by_row(chunk, rows_out));
+            // One position: no row is used twice, so none is expanded first.
+            let parts = pool::parts(&mut out[..m.rows], 1, threads);
+            self.pool.run(&|i, n| {
+                let mut part = parts[i].lock().expect("own part");
+                let rows = pool::share(m.rows, i, n);
+                for (o, r) in part.iter_mut().zip(rows) {
+                    *o = fused(&data[r * row_bytes..(r + 1) * row_bytes], x);
+                }
+            });
             return;
         }
         let mut transposed = vec![0f32; m.rows * positions];
-        transposed
-            .par_chunks_mut(ROWS_PER_TASK * positions)
-            .enumerate()
-            .for_each(|(chunk, rows_out)| by_row(chunk, rows_out));
+        let parts = pool::parts(&mut transposed, positions, threads);
+        self.pool.run(&|i, n| {
+            let mut part = parts[i].lock().expect("own part");
+            let mut row = vec![0f32; cols];
+            let rows = pool::share(m.rows, i, n);
+            for (per_row, r) in part.chunks_exact_mut(positions).zip(rows) {
+                expand(&data[r * row_bytes..(r + 1) * row_bytes], &mut row);
+                for (t, o) in per_row.iter_mut().enumerate() {
+                    *o = dot(&row, &x[t * cols..(t + 1) * cols]);
+                }
+            }
+        });
+        drop(parts);
         for (r, per_row) in transposed.chunks_exact(positions).enumerate() {
             for (t, v) in per_row.iter().enumerate() {
                 out[t * m.rows + r] = *v;
             }
         }
-    }
-
-    fn quantize(&self, x: &[f32], width: usize) -> Vec<Q8Block> {
-        let mut q = vec![Q8Block::default(); x.len() / BLOCK];
-        q.par_chunks_mut(width / BLOCK)
-            .zip(x.par_chunks(width))
-            .for_each(|(q, x)| quant::quantize_row(x, q));
-        q
     }
 
     /// Run `tokens` through the model after what `session` holds, and return the logits
@@ -431,6 +431,18 @@ impl Llama {
         session: &mut Session,
         tokens: &[u32],
         which: Logits,
+    ) -> Result<Vec<f32>, LlamaError> {
+        self.forward_until(session, tokens, which, &|| false)
+    }
+
+    /// [`Llama::forward`], asking `stop` before each block whether to give up
+    /// ([`LlamaError::Stopped`], the session unchanged).
+    pub fn forward_until(
+        &self,
+        session: &mut Session,
+        tokens: &[u32],
+        which: Logits,
+        stop: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<f32>, LlamaError> {
         let c = &self.config;
         if let Some(&token) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
@@ -449,8 +461,7 @@ impl Llama {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
-        self.pool
-            .install(|| self.forward_in_pool(session, tokens, which))
+        self.forward_in_pool(session, tokens, which, stop)
     }
 
     fn forward_in_pool(
@@ -458,6 +469,7 @@ impl Llama {
         session: &mut Session,
         tokens: &[u32],
         which: Logits,
+        stop: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<f32>, LlamaError> {
         let c = &self.config;
         let n = tokens.len();
@@ -471,9 +483,10 @@ impl Llama {
             let row = &embed_rows
                 [token as usize * embed_row_bytes..(token as usize + 1) * embed_row_bytes];
             let out = &mut x[t * dim..(t + 1) * dim];
+            let kernels = quant::kernels();
             match self.embeddings.kind {
-                GgmlType::Q4_1 => quant::dequantize_q4_1(row, out),
-                _ => quant::dequantize_q8_0(row, out),
+                GgmlType::Q4_1 => (kernels.dequantize_q4_1)(row, out),
+                _ => (kernels.dequantize_q8_0)(row, out),
             }
         }
         // Rotary angles for the new positions: cos and sin per position and pair.
@@ -509,6 +522,9 @@ impl Llama {
         let scale = 1.0 / (hd as f32).sqrt();
         let layer_floats = session.capacity * kv_dim;
         for (l, block) in self.blocks.iter().enumerate() {
+            if stop() {
+                return Err(LlamaError::Stopped);
+            }
             for t in 0..n {
                 rms_norm(
                     &x[t * dim..(t + 1) * dim],
@@ -517,10 +533,9 @@ impl Llama {
                     &mut h[t * dim..(t + 1) * dim],
                 );
             }
-            let hq = self.quantize(&h, dim);
-            self.matmul(&block.q, &hq, n, &mut q);
-            self.matmul(&block.k, &hq, n, &mut k);
-            self.matmul(&block.v, &hq, n, &mut v);
+            self.matmul(&block.q, &h, n, &mut q);
+            self.matmul(&block.k, &h, n, &mut k);
+            self.matmul(&block.v, &h, n, &mut v);
             let keys = &mut session.keys[l * layer_floats..(l + 1) * layer_floats];
             let values = &mut session.values[l * layer_floats..(l + 1) * layer_floats];
             for t in 0..n {
@@ -532,34 +547,39 @@ impl Llama {
             }
             let (keys, values) = (&*keys, &*values);
             // Causal attention: position t sees the cache up to and including itself.
-            attn.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
-                let (t, head) = (i / c.heads, i % c.heads);
-                let kv = head / group;
-                let query = &q[t * dim + head * hd..t * dim + (head + 1) * hd];
-                let seen = start + t + 1;
-                let mut scores: Vec<f32> = (0..seen)
-                    .map(|p| {
-                        let key = &keys[p * kv_dim + kv * hd..p * kv_dim + (kv + 1) * hd];
-                        query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>() * scale
-                    })
-                    .collect();
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                let mut total = 0f32;
-                for s in &mut scores {
-                    *s = (*s - max).exp();
-                    total += *s;
-                }
-                out.fill(0.0);
-                for (p, s) in scores.iter().enumerate() {
-                    let value = &values[p * kv_dim + kv * hd..p * kv_dim + (kv + 1) * hd];
-                    let w = s / total;
-                    for (o, v) in out.iter_mut().zip(value) {
-                        *o += w * v;
+            let parts = pool::parts(&mut attn, hd, self.pool.threads());
+            self.pool.run(&|w, workers| {
+                let mut part = parts[w].lock().expect("own part");
+                let units = pool::share(n * c.heads, w, workers);
+                for (out, i) in part.chunks_exact_mut(hd).zip(units) {
+                    let (t, head) = (i / c.heads, i % c.heads);
+                    let kv = head / group;
+                    let query = &q[t * dim + head * hd..t * dim + (head + 1) * hd];
+                    let seen = start + t + 1;
+                    let mut scores: Vec<f32> = (0..seen)
+                        .map(|p| {
+                            let key = &keys[p * kv_dim + kv * hd..p * kv_dim + (kv + 1) * hd];
+                            query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>() * scale
+                        })
+                        .collect();
+                    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                    let mut total = 0f32;
+                    for s in &mut scores {
+                        *s = (*s - max).exp();
+                        total += *s;
+                    }
+                    out.fill(0.0);
+                    for (p, s) in scores.iter().enumerate() {
+                        let value = &values[p * kv_dim + kv * hd..p * kv_dim + (kv + 1) * hd];
+                        let w = s / total;
+                        for (o, v) in out.iter_mut().zip(value) {
+                            *o += w * v;
+                        }
                     }
                 }
             });
-            let aq = self.quantize(&attn, dim);
-            self.matmul(&block.o, &aq, n, &mut o);
+            drop(parts);
+            self.matmul(&block.o, &attn, n, &mut o);
             for (x, o) in x.iter_mut().zip(&o) {
                 *x += o;
             }
@@ -571,14 +591,12 @@ impl Llama {
                     &mut h[t * dim..(t + 1) * dim],
                 );
             }
-            let hq = self.quantize(&h, dim);
-            self.matmul(&block.gate, &hq, n, &mut gate);
-            self.matmul(&block.up, &hq, n, &mut up);
+            self.matmul(&block.gate, &h, n, &mut gate);
+            self.matmul(&block.up, &h, n, &mut up);
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
-            let gq = self.quantize(&gate, c.ffn);
-            self.matmul(&block.down, &gq, n, &mut o);
+            self.matmul(&block.down, &gate, n, &mut o);
             for (x, o) in x.iter_mut().zip(&o) {
                 *x += o;
             }
@@ -594,9 +612,8 @@ impl Llama {
             let at = (first + t) * dim;
             rms_norm(&x[at..at + dim], &self.output_norm, c.norm_eps, out);
         }
-        let nq = self.quantize(&normed, dim);
         let mut logits = vec![0f32; wanted * c.vocab];
-        self.matmul(&self.output, &nq, wanted, &mut logits);
+        self.matmul(&self.output, &normed, wanted, &mut logits);
         Ok(logits)
     }
 }

@@ -1,12 +1,13 @@
-//! Block formats and their dot products.
+//! Weight formats and the kernels over them.
 //!
 //! Weights stay in the file's formats: Q4_1 (per 32 weights an f16 scale `d` and minimum `m`
-//! and 16 bytes of nibbles, weight `j` = `d·(qs[j] & 15) + m` and weight `j + 16` =
-//! `d·(qs[j] >> 4) + m`) and Q8_0 (an f16 scale and 32 signed bytes). Activations are
-//! quantised per 32 values to signed bytes with an f32 scale and, for Q4_1, the scaled sum
-//! the minimum multiplies ([`Q8Block`]). A dot product of a weight row with an activation
-//! row then runs on integers, with AVX2 (and FMA) when the CPU has them, chosen once at run
-//! time; the scalar kernels are the reference the SIMD ones are tested against.
+//! and 16 bytes of nibbles: weight `j` = `d·(qs[j] & 15) + m`, weight `j + 16` =
+//! `d·(qs[j] >> 4) + m`) and Q8_0 (an f16 scale and 32 signed bytes). A matrix row is
+//! expanded to f32 when it is used and multiplied with f32 activations: activations are not
+//! quantised (as llama.cpp quantises them to 8 bits), because 8-bit activations move the
+//! logits by a tenth or two, enough to flip the many near ties of greedy decoding against an
+//! exact reference. AVX2 and FMA kernels are chosen once at run time when the CPU has them;
+//! the scalar kernels are the reference they are tested against.
 
 use half::f16;
 use std::sync::OnceLock;
@@ -18,41 +19,12 @@ pub const Q4_1_BYTES: usize = 20;
 /// Bytes of a Q8_0 block.
 pub const Q8_0_BYTES: usize = 34;
 
-/// 32 activations quantised to signed bytes: value `i` ≈ `d · qs[i]`; `s` = `d · Σ qs`.
-#[derive(Debug, Clone, Copy, Default)]
-#[repr(C, align(32))]
-pub struct Q8Block {
-    /// The bytes.
-    pub qs: [i8; BLOCK],
-    /// The scale.
-    pub d: f32,
-    /// The scale times the sum of the bytes.
-    pub s: f32,
-}
-
-/// Quantise `x` (a whole number of blocks) into `out`.
-pub fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
-    debug_assert_eq!(x.len(), out.len() * BLOCK);
-    for (chunk, block) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
-        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, v) in block.qs.iter_mut().zip(chunk) {
-            *q = (v * id).round() as i8;
-            sum += i32::from(*q);
-        }
-        block.d = d;
-        block.s = d * sum as f32;
-    }
-}
-
 fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
 }
 
-/// Dequantise one Q8_0 row into `out`.
-pub fn dequantize_q8_0(row: &[u8], out: &mut [f32]) {
+/// Expand one Q8_0 row into `out`.
+pub fn dequantize_q8_0_scalar(row: &[u8], out: &mut [f32]) {
     for (block, values) in row
         .chunks_exact(Q8_0_BYTES)
         .zip(out.chunks_exact_mut(BLOCK))
@@ -64,8 +36,8 @@ pub fn dequantize_q8_0(row: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Dequantise one Q4_1 row into `out`.
-pub fn dequantize_q4_1(row: &[u8], out: &mut [f32]) {
+/// Expand one Q4_1 row into `out`.
+pub fn dequantize_q4_1_scalar(row: &[u8], out: &mut [f32]) {
     for (block, values) in row
         .chunks_exact(Q4_1_BYTES)
         .zip(out.chunks_exact_mut(BLOCK))
@@ -78,150 +50,253 @@ pub fn dequantize_q4_1(row: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Scalar Q4_1 · Q8 dot product of one row.
-pub fn dot_q4_1_scalar(row: &[u8], x: &[Q8Block]) -> f32 {
-    row.chunks_exact(Q4_1_BYTES)
-        .zip(x)
-        .map(|(block, y)| {
-            let (d, m) = (f16_at(block, 0), f16_at(block, 2));
-            let mut sum = 0i32;
-            for j in 0..16 {
-                sum += i32::from(block[4 + j] & 0x0F) * i32::from(y.qs[j]);
-                sum += i32::from(block[4 + j] >> 4) * i32::from(y.qs[j + 16]);
-            }
-            d * y.d * sum as f32 + m * y.s
-        })
-        .sum()
+/// `a · b`, in f32.
+pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
+    // 4 × 8 partial sums (chunk i of 8 into sum i % 4), as the SIMD kernel keeps.
+    let mut acc = [0f32; 32];
+    for (i, (ca, cb)) in a.chunks_exact(8).zip(b.chunks_exact(8)).enumerate() {
+        for k in 0..8 {
+            let at = (i % 4) * 8 + k;
+            acc[at] = ca[k].mul_add(cb[k], acc[at]);
+        }
+    }
+    let tail: f32 = a[a.len() / 8 * 8..]
+        .iter()
+        .zip(&b[b.len() / 8 * 8..])
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
 }
 
-/// Scalar Q8_0 · Q8 dot product of one row.
-pub fn dot_q8_0_scalar(row: &[u8], x: &[Q8Block]) -> f32 {
-    row.chunks_exact(Q8_0_BYTES)
-        .zip(x)
-        .map(|(block, y)| {
-            let d = f16_at(block, 0);
-            let sum: i32 = block[2..]
-                .iter()
-                .zip(&y.qs)
-                .map(|(&w, &a)| i32::from(w as i8) * i32::from(a))
-                .sum();
-            d * y.d * sum as f32
-        })
-        .sum()
-}
-
-/// The dot-product kernels this CPU runs.
+/// The kernels this CPU runs.
 #[derive(Clone, Copy)]
 pub struct Kernels {
-    /// Q4_1 row · activations.
-    pub q4_1: fn(&[u8], &[Q8Block]) -> f32,
-    /// Q8_0 row · activations.
-    pub q8_0: fn(&[u8], &[Q8Block]) -> f32,
+    /// Expand a Q4_1 row.
+    pub dequantize_q4_1: fn(&[u8], &mut [f32]),
+    /// Expand a Q8_0 row.
+    pub dequantize_q8_0: fn(&[u8], &mut [f32]),
+    /// A dot product of two f32 rows.
+    pub dot: fn(&[f32], &[f32]) -> f32,
+    /// A Q4_1 row · f32 activations, without expanding the row first (equal to expanding
+    /// then `dot`).
+    pub dot_q4_1: fn(&[u8], &[f32]) -> f32,
+    /// A Q8_0 row · f32 activations, likewise.
+    pub dot_q8_0: fn(&[u8], &[f32]) -> f32,
     /// Which they are (`avx2` or `scalar`).
     pub name: &'static str,
 }
+
+/// The scalar kernels (the reference).
+pub const SCALAR: Kernels = Kernels {
+    dequantize_q4_1: dequantize_q4_1_scalar,
+    dequantize_q8_0: dequantize_q8_0_scalar,
+    dot: dot_scalar,
+    dot_q4_1: |row, x| {
+        let mut w = vec![0f32; x.len()];
+        dequantize_q4_1_scalar(row, &mut w);
+        dot_scalar(&w, x)
+    },
+    dot_q8_0: |row, x| {
+        let mut w = vec![0f32; x.len()];
+        dequantize_q8_0_scalar(row, &mut w);
+        dot_scalar(&w, x)
+    },
+    name: "scalar",
+};
 
 /// The fastest kernels this CPU supports (looked up once).
 pub fn kernels() -> Kernels {
     static CHOSEN: OnceLock<Kernels> = OnceLock::new();
     *CHOSEN.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
         {
             return Kernels {
-                q4_1: avx2::dot_q4_1,
-                q8_0: avx2::dot_q8_0,
+                dequantize_q4_1: avx2::dequantize_q4_1,
+                dequantize_q8_0: avx2::dequantize_q8_0,
+                dot: avx2::dot,
+                dot_q4_1: avx2::dot_q4_1,
+                dot_q8_0: avx2::dot_q8_0,
                 name: "avx2",
             };
         }
-        Kernels {
-            q4_1: dot_q4_1_scalar,
-            q8_0: dot_q8_0_scalar,
-            name: "scalar",
-        }
+        SCALAR
     })
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    //! AVX2 kernels, after ggml's `ggml_vec_dot_q4_1_q8_1` and `ggml_vec_dot_q8_0_q8_0`.
-    //! Only reached through [`super::kernels`], which checks the CPU first.
+    //! AVX2, FMA and F16C kernels. Only reached through [`super::kernels`], which checks
+    //! the CPU first. Sums run in four 8-lane accumulators (chunk `i` of 8 values into
+    //! accumulator `i % 4`), so a fused row · activations equals expanding then `dot`.
 
-    use super::{Q4_1_BYTES, Q8_0_BYTES, Q8Block, f16_at};
+    use super::{BLOCK, Q4_1_BYTES, Q8_0_BYTES};
     use std::arch::x86_64::*;
 
-    pub fn dot_q4_1(row: &[u8], x: &[Q8Block]) -> f32 {
-        assert!(row.len() >= x.len() * Q4_1_BYTES);
-        // SAFETY: `kernels` hands this out only when the CPU has AVX2 and FMA; every load
-        // is within `row` (checked above) or within a `Q8Block`.
-        unsafe { q4_1(row, x) }
+    pub fn dequantize_q4_1(row: &[u8], out: &mut [f32]) {
+        let blocks = row.len() / Q4_1_BYTES;
+        assert!(out.len() >= blocks * BLOCK);
+        // SAFETY: `kernels` hands this out only when the CPU has AVX2, FMA and F16C; every
+        // load is within `row` and every store within `out` (checked above).
+        unsafe { expand(row.as_ptr(), Q4_1_BYTES, blocks, out.as_mut_ptr(), true) }
     }
 
-    pub fn dot_q8_0(row: &[u8], x: &[Q8Block]) -> f32 {
-        assert!(row.len() >= x.len() * Q8_0_BYTES);
+    pub fn dequantize_q8_0(row: &[u8], out: &mut [f32]) {
+        let blocks = row.len() / Q8_0_BYTES;
+        assert!(out.len() >= blocks * BLOCK);
         // SAFETY: as above.
-        unsafe { q8_0(row, x) }
+        unsafe { expand(row.as_ptr(), Q8_0_BYTES, blocks, out.as_mut_ptr(), false) }
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        // SAFETY: as above; loads stay below `n`.
+        let head = unsafe { dot_f32(a.as_ptr(), b.as_ptr(), n / 8) };
+        head + a[n / 8 * 8..n]
+            .iter()
+            .zip(&b[n / 8 * 8..n])
+            .map(|(x, y)| x * y)
+            .sum::<f32>()
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn q4_1(row: &[u8], x: &[Q8Block]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut mins = 0f32;
-        let low = _mm_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        for (i, y) in x.iter().enumerate() {
-            let block = &row[i * Q4_1_BYTES..(i + 1) * Q4_1_BYTES];
-            let (d, m) = (f16_at(block, 0), f16_at(block, 2));
-            // SAFETY: 16 bytes at 4..20 of the block; 32 bytes of `y.qs`.
-            let (packed, ys) = unsafe {
-                (
-                    _mm_loadu_si128(block.as_ptr().add(4) as *const __m128i),
-                    _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i),
-                )
-            };
+    pub fn dot_q4_1(row: &[u8], x: &[f32]) -> f32 {
+        let blocks = row.len() / Q4_1_BYTES;
+        assert!(x.len() >= blocks * BLOCK);
+        // SAFETY: as above.
+        unsafe { dot_blocks(row.as_ptr(), Q4_1_BYTES, blocks, x.as_ptr(), true) }
+    }
+
+    pub fn dot_q8_0(row: &[u8], x: &[f32]) -> f32 {
+        let blocks = row.len() / Q8_0_BYTES;
+        assert!(x.len() >= blocks * BLOCK);
+        // SAFETY: as above.
+        unsafe { dot_blocks(row.as_ptr(), Q8_0_BYTES, blocks, x.as_ptr(), false) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn expand(row: *const u8, bytes: usize, blocks: usize, out: *mut f32, q4: bool) {
+        for b in 0..blocks {
+            // SAFETY: the caller bounds `blocks` by the row and the output.
+            unsafe {
+                let p = row.add(b * bytes);
+                let w = if q4 { q4_1_block(p) } else { q8_0_block(p) };
+                for (k, v) in w.into_iter().enumerate() {
+                    _mm256_storeu_ps(out.add(b * BLOCK + 8 * k), v);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_f32(a: *const f32, b: *const f32, chunks: usize) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for i in 0..chunks {
+            // SAFETY: the caller bounds `chunks` by both lengths.
+            let (x, y) = unsafe { (_mm256_loadu_ps(a.add(8 * i)), _mm256_loadu_ps(b.add(8 * i))) };
+            acc[i % 4] = _mm256_fmadd_ps(x, y, acc[i % 4]);
+        }
+        // SAFETY: the features are enabled here.
+        unsafe { reduce(acc) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_blocks(
+        row: *const u8,
+        bytes: usize,
+        blocks: usize,
+        x: *const f32,
+        q4: bool,
+    ) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for b in 0..blocks {
+            // SAFETY: the caller bounds `blocks` by the row and the activations.
+            unsafe {
+                let p = row.add(b * bytes);
+                let w = if q4 { q4_1_block(p) } else { q8_0_block(p) };
+                for k in 0..4 {
+                    let v = _mm256_loadu_ps(x.add(b * BLOCK + 8 * k));
+                    acc[k] = _mm256_fmadd_ps(w[k], v, acc[k]);
+                }
+            }
+        }
+        // SAFETY: the features are enabled here.
+        unsafe { reduce(acc) }
+    }
+
+    /// The sum of four accumulators, lane by lane as the scalar kernel adds them.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn reduce(acc: [__m256; 4]) -> f32 {
+        let mut lanes = [0f32; 32];
+        for (k, v) in acc.into_iter().enumerate() {
+            // SAFETY: eight floats at 8k.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * k), v) };
+        }
+        lanes.iter().sum()
+    }
+
+    /// An f16 at `p`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn half(p: *const u8) -> f32 {
+        // SAFETY: the caller points at two readable bytes.
+        let bits = unsafe { u16::from_le_bytes([*p, *p.add(1)]) };
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    /// The 32 weights of the Q4_1 block at `p`, in four vectors of eight.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_1_block(p: *const u8) -> [__m256; 4] {
+        // SAFETY: the caller points at a whole block (20 bytes).
+        unsafe {
+            let d = _mm256_set1_ps(half(p));
+            let m = _mm256_set1_ps(half(p.add(2)));
+            let packed = _mm_loadu_si128(p.add(4) as *const __m128i);
+            let low = _mm_set1_epi8(0x0F);
             let lo = _mm_and_si128(packed, low);
             let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-            let xs = _mm256_set_m128i(hi, lo);
-            let pairs = _mm256_maddubs_epi16(xs, ys);
-            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), sums, acc);
-            mins += m * y.s;
+            [
+                nibbles(d, m, lo),
+                nibbles(d, m, _mm_srli_si128(lo, 8)),
+                nibbles(d, m, hi),
+                nibbles(d, m, _mm_srli_si128(hi, 8)),
+            ]
         }
-        // SAFETY: AVX2 is enabled in this function.
-        unsafe { hsum(acc) + mins }
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn q8_0(row: &[u8], x: &[Q8Block]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let ones = _mm256_set1_epi16(1);
-        for (i, y) in x.iter().enumerate() {
-            let block = &row[i * Q8_0_BYTES..(i + 1) * Q8_0_BYTES];
-            let d = f16_at(block, 0);
-            // SAFETY: 32 bytes at 2..34 of the block; 32 bytes of `y.qs`.
-            let (ws, ys) = unsafe {
-                (
-                    _mm256_loadu_si256(block.as_ptr().add(2) as *const __m256i),
-                    _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i),
-                )
-            };
-            // |w| · (y with w's sign): unsigned × signed, as maddubs wants.
-            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(ws, ws), _mm256_sign_epi8(ys, ws));
-            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), sums, acc);
+    /// `d · q + m` for the eight low bytes of `q` (nibbles).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn nibbles(d: __m256, m: __m256, q: __m128i) -> __m256 {
+        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)), m)
+    }
+
+    /// `d · q` for the eight signed bytes at `p`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn signed(d: __m256, p: *const u8) -> __m256 {
+        // SAFETY: the caller points at eight readable bytes.
+        let bytes = unsafe { _mm_loadl_epi64(p as *const __m128i) };
+        _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)))
+    }
+
+    /// The 32 weights of the Q8_0 block at `p`, in four vectors of eight.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_block(p: *const u8) -> [__m256; 4] {
+        // SAFETY: the caller points at a whole block (34 bytes).
+        unsafe {
+            let d = _mm256_set1_ps(half(p));
+            [
+                signed(d, p.add(2)),
+                signed(d, p.add(10)),
+                signed(d, p.add(18)),
+                signed(d, p.add(26)),
+            ]
         }
-        // SAFETY: AVX2 is enabled in this function.
-        unsafe { hsum(acc) }
     }
 }
 
@@ -230,7 +305,7 @@ mod tests {
     use super::*;
 
     /// Deterministic pseudo-random bytes (SplitMix64).
-    pub(crate) fn noise(seed: u64, n: usize) -> Vec<u8> {
+    fn noise(seed: u64, n: usize) -> Vec<u8> {
         let mut s = seed;
         (0..n)
             .map(|_| {
@@ -261,62 +336,66 @@ mod tests {
         row
     }
 
-    fn activations(seed: u64, n: usize) -> Vec<f32> {
-        noise(seed, n)
-            .into_iter()
-            .map(|b| (f32::from(b) - 127.5) / 50.0)
-            .collect()
-    }
-
     #[test]
-    fn kernels_agree_with_the_dequantised_dot_product() {
-        let blocks = 18; // a row of 576, as in SmolLM2
-        let x = activations(1, blocks * BLOCK);
-        let mut q = vec![Q8Block::default(); blocks];
-        quantize_row(&x, &mut q);
+    fn simd_kernels_equal_the_scalar_ones() {
         let k = kernels();
-        for (bytes, fast, slow, dequantize) in [
-            (
-                Q4_1_BYTES,
-                k.q4_1,
-                dot_q4_1_scalar as fn(&[u8], &[Q8Block]) -> f32,
-                dequantize_q4_1 as fn(&[u8], &mut [f32]),
-            ),
-            (Q8_0_BYTES, k.q8_0, dot_q8_0_scalar, dequantize_q8_0),
-        ] {
-            for seed in 0..20 {
+        let blocks = 48; // a row of 1,536, as SmolLM2's MLP
+        for seed in 0..20 {
+            for (bytes, fast, slow) in [
+                (Q4_1_BYTES, k.dequantize_q4_1, SCALAR.dequantize_q4_1),
+                (Q8_0_BYTES, k.dequantize_q8_0, SCALAR.dequantize_q8_0),
+            ] {
+                let row = weights(seed, blocks, bytes);
+                let (mut a, mut b) = (vec![0f32; blocks * BLOCK], vec![0f32; blocks * BLOCK]);
+                fast(&row, &mut a);
+                slow(&row, &mut b);
+                assert_eq!(a, b, "{} dequantisation", k.name);
+            }
+            let x: Vec<f32> = noise(seed + 100, 1539)
+                .iter()
+                .map(|&b| (f32::from(b) - 127.5) / 50.0)
+                .collect();
+            let y: Vec<f32> = noise(seed + 200, 1539)
+                .iter()
+                .map(|&b| (f32::from(b) - 127.5) / 70.0)
+                .collect();
+            let exact: f64 = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            for dot in [k.dot, SCALAR.dot] {
+                let got = f64::from(dot(&x, &y));
+                assert!((got - exact).abs() < 1e-3, "{got} vs {exact}");
+            }
+            // Fused row · activations equals expanding the row, then `dot`, bit for bit.
+            let x = &x[..blocks * BLOCK];
+            for (bytes, fused, expand) in [
+                (Q4_1_BYTES, k.dot_q4_1, k.dequantize_q4_1),
+                (Q8_0_BYTES, k.dot_q8_0, k.dequantize_q8_0),
+            ] {
                 let row = weights(seed, blocks, bytes);
                 let mut w = vec![0f32; blocks * BLOCK];
-                dequantize(&row, &mut w);
-                let exact: f32 = w.iter().zip(&x).map(|(a, b)| a * b).sum();
-                let (f, s) = (fast(&row, &q), slow(&row, &q));
-                // The SIMD and scalar kernels add in different orders: equal to rounding.
-                assert!(
-                    (f - s).abs() <= 1e-4 * s.abs().max(1.0),
-                    "{} {f} vs {s}",
-                    k.name
-                );
-                // Quantising the activations costs little against the float dot product.
-                let scale = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum::<f32>();
-                assert!((s - exact).abs() <= 0.01 * scale, "{s} vs {exact}");
+                expand(&row, &mut w);
+                assert_eq!(fused(&row, x), (k.dot)(&w, x), "{} fused", k.name);
             }
         }
     }
 
     #[test]
-    fn quantising_keeps_values_and_sums() {
-        let x = activations(3, 64);
-        let mut q = vec![Q8Block::default(); 2];
-        quantize_row(&x, &mut q);
-        for (block, chunk) in q.iter().zip(x.chunks(BLOCK)) {
-            for (&b, &v) in block.qs.iter().zip(chunk) {
-                assert!((f32::from(b) * block.d - v).abs() <= block.d / 2.0 + 1e-6);
-            }
-            let sum: i32 = block.qs.iter().map(|&b| i32::from(b)).sum();
-            assert_eq!(block.s, block.d * sum as f32);
+    fn q4_1_nibbles_are_laid_out_as_ggml_does() {
+        // d = 1, m = -8: weight j is its nibble minus 8.
+        let mut block = [0u8; Q4_1_BYTES];
+        block[..2].copy_from_slice(&f16::from_f32(1.0).to_bits().to_le_bytes());
+        block[2..4].copy_from_slice(&f16::from_f32(-8.0).to_bits().to_le_bytes());
+        for j in 0..16 {
+            block[4 + j] = (j as u8) | ((15 - j as u8) << 4);
         }
-        let mut zeros = vec![Q8Block::default(); 1];
-        quantize_row(&[0.0; 32], &mut zeros);
-        assert_eq!((zeros[0].d, zeros[0].s, zeros[0].qs), (0.0, 0.0, [0; 32]));
+        let mut out = [0f32; BLOCK];
+        (kernels().dequantize_q4_1)(&block, &mut out);
+        for j in 0..16 {
+            assert_eq!(out[j], j as f32 - 8.0);
+            assert_eq!(out[j + 16], 7.0 - j as f32);
+        }
     }
 }

@@ -149,3 +149,38 @@ fn a_file_that_is_not_a_whole_model_is_refused() {
     bytes.truncate(1 << 20);
     assert!(matches!(Llama::load(bytes, 1), Err(LlamaError::Gguf(_))));
 }
+
+/// The chat workload carries the model's vocabulary and merges (`workloads/chat/tokenizer.txt`,
+/// written from this file); they must be the model's own, in order.
+#[test]
+fn the_chat_workloads_tokenizer_is_the_models() {
+    let Some(model) = model() else { return };
+    let gguf = model.gguf();
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../workloads/chat/tokenizer.txt"),
+    )
+    .unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("mesh-bpe 1"));
+    let mut section = |name: &str| -> Vec<String> {
+        let header = lines.next().unwrap();
+        let n: usize = header.strip_prefix(name).unwrap().trim().parse().unwrap();
+        (0..n).map(|_| lines.next().unwrap().to_string()).collect()
+    };
+    let tokens = section("tokens");
+    let merges = section("merges");
+    let specials = section("specials");
+    assert_eq!(tokens, gguf.get_strings("tokenizer.ggml.tokens").unwrap());
+    assert_eq!(merges, gguf.get_strings("tokenizer.ggml.merges").unwrap());
+    let control: Vec<String> = gguf
+        .get("tokenizer.ggml.token_type")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.as_u64() == Some(3))
+        .map(|(i, _)| i.to_string())
+        .collect();
+    assert_eq!(specials, control);
+}

@@ -9,6 +9,7 @@ use std::process::Command;
 /// Components the tests use: (const name, artifact file name).
 const COMPONENTS: &[(&str, &str)] = &[
     ("EMBEDDINGS", "embeddings.wasm"),
+    ("CHAT", "chat.wasm"),
     ("ECHO", "echo.wasm"),
     ("HOSTILE", "hostile.wasm"),
     ("HOSTILE_SOCKETS", "hostile_sockets.wasm"),

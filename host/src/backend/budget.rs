@@ -123,7 +123,7 @@ impl InferenceBudget {
         self.last_error.lock().expect("budget lock").clone()
     }
 
-    fn record(&self, error: &InferenceError) {
+    pub(crate) fn record(&self, error: &InferenceError) {
         *self.last_error.lock().expect("budget lock") = Some(error.clone());
     }
 
@@ -133,7 +133,7 @@ impl InferenceBudget {
     }
 
     /// Start a call: the instant by which it must finish, or a timeout if none is left.
-    fn begin(&self) -> Result<Instant, InferenceError> {
+    pub(crate) fn begin(&self) -> Result<Instant, InferenceError> {
         if self.cancel.is_cancelled() {
             return Err(InferenceError::Cancelled);
         }
@@ -147,7 +147,11 @@ impl InferenceBudget {
             .map_or(self.deadline, |t| t.min(self.deadline)))
     }
 
-    fn end(&self, started: Instant, call_deadline: Instant) -> Result<(), InferenceError> {
+    pub(crate) fn end(
+        &self,
+        started: Instant,
+        call_deadline: Instant,
+    ) -> Result<(), InferenceError> {
         let now = Instant::now();
         self.spent_ns
             .fetch_add((now - started).as_nanos() as u64, Ordering::Relaxed);
@@ -228,7 +232,7 @@ impl<M: RunModel> BudgetedContext<M> {
     }
 
     fn compute_checked(
-        &mut self,
+        &self,
         inputs: Vec<NamedTensor>,
     ) -> Result<Vec<NamedTensor>, InferenceError> {
         let result = self.compute_unrecorded(inputs);
@@ -240,7 +244,7 @@ impl<M: RunModel> BudgetedContext<M> {
     }
 
     fn compute_unrecorded(
-        &mut self,
+        &self,
         inputs: Vec<NamedTensor>,
     ) -> Result<Vec<NamedTensor>, InferenceError> {
         let max = self.budget.tensor_bytes();
@@ -274,8 +278,37 @@ impl<M: RunModel> BudgetedContext<M> {
     }
 }
 
-fn to_backend_error(e: InferenceError) -> BackendError {
+/// An inference error, as `wasi:nn` passes it on (the typed reason stays in the budget).
+pub(crate) fn to_backend_error(e: InferenceError) -> BackendError {
     BackendError::BackendAccess(wasmtime::Error::new(e))
+}
+
+/// The last compute's output `name`.
+pub(crate) fn output_named(outputs: &[NamedTensor], name: &str) -> Result<Tensor, BackendError> {
+    outputs
+        .iter()
+        .find(|t| t.name == name)
+        .map(|t| t.tensor.clone())
+        .ok_or_else(|| {
+            to_backend_error(InferenceError::InvalidTensor(format!("no output {name:?}")))
+        })
+}
+
+/// `compute` in both of `wasi:nn`'s styles: with `inputs` given (returning the outputs), or
+/// on the inputs `set-input` bound (keeping the outputs for `get-output`).
+pub(crate) fn compute_either(
+    inputs: Option<Vec<NamedTensor>>,
+    bound: &mut Vec<NamedTensor>,
+    outputs: &mut Vec<NamedTensor>,
+    mut run: impl FnMut(Vec<NamedTensor>) -> Result<Vec<NamedTensor>, InferenceError>,
+) -> Result<Option<Vec<NamedTensor>>, BackendError> {
+    match inputs {
+        Some(inputs) => run(inputs).map(Some).map_err(to_backend_error),
+        None => {
+            *outputs = run(std::mem::take(bound)).map_err(to_backend_error)?;
+            Ok(None)
+        }
+    }
 }
 
 impl<M: RunModel> BackendExecutionContext for BudgetedContext<M> {
@@ -295,30 +328,22 @@ impl<M: RunModel> BackendExecutionContext for BudgetedContext<M> {
         let name = self
             .name_of(&id, self.model.output_names())
             .map_err(to_backend_error)?;
-        self.outputs
-            .iter()
-            .find(|t| t.name == name)
-            .map(|t| t.tensor.clone())
-            .ok_or_else(|| {
-                to_backend_error(InferenceError::InvalidTensor(format!("no output {name:?}")))
-            })
+        output_named(&self.outputs, &name)
     }
 
     fn compute(
         &mut self,
         inputs: Option<Vec<NamedTensor>>,
     ) -> Result<Option<Vec<NamedTensor>>, BackendError> {
-        match inputs {
-            Some(inputs) => self
-                .compute_checked(inputs)
-                .map(Some)
-                .map_err(to_backend_error),
-            None => {
-                let inputs = std::mem::take(&mut self.inputs);
-                self.outputs = self.compute_checked(inputs).map_err(to_backend_error)?;
-                Ok(None)
-            }
-        }
+        let (mut bound, mut outputs) = (
+            std::mem::take(&mut self.inputs),
+            std::mem::take(&mut self.outputs),
+        );
+        let result = compute_either(inputs, &mut bound, &mut outputs, |inputs| {
+            self.compute_checked(inputs)
+        });
+        (self.inputs, self.outputs) = (bound, outputs);
+        result
     }
 }
 

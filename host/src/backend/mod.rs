@@ -12,6 +12,7 @@
 //! (which epoch interruption cannot stop) is bounded.
 
 mod budget;
+pub mod llm;
 pub mod onnxruntime;
 pub mod openvino;
 #[cfg(feature = "tract")]
@@ -114,6 +115,9 @@ pub enum BackendError {
     /// No backend could be set up (each one's reason, joined).
     #[error("no inference backend is available: {0}")]
     NoneAvailable(String),
+    /// A language model could not be loaded by the host's own engine (`mesh-llm`).
+    #[error("mesh-llm could not load the model: {0}")]
+    LanguageModel(String),
     /// The model could not be loaded by this backend.
     #[error("{backend} could not load the model: {reason}")]
     Load {

@@ -66,6 +66,21 @@ impl Model {
         self.compute(tensors)
     }
 
+    /// Run inference on named `i32` input tensors of shape `dims`, returning every output.
+    pub fn compute_i32(
+        &self,
+        inputs: &[(&str, &[u32], &[i32])],
+    ) -> Result<Vec<TensorOutput>, NnError> {
+        let tensors = inputs
+            .iter()
+            .map(|(name, dims, data)| {
+                let bytes: &[u8] = bytemuck::cast_slice(data);
+                (name.to_string(), Tensor::new(dims, TensorType::I32, bytes))
+            })
+            .collect();
+        self.compute(tensors)
+    }
+
     /// Run inference on already-built tensors.
     pub fn compute(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<TensorOutput>, NnError> {
         let outputs = self

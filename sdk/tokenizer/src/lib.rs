@@ -17,10 +17,12 @@
 //! # }
 //! ```
 
+pub mod bpe;
 mod normalize;
 mod table;
 mod vocab;
 
+pub use bpe::{BpeError, BpeTokenizer, Utf8Stream};
 pub use vocab::{Vocab, VocabError};
 
 /// Default upper bound on the number of ids [`Tokenizer::encode`] returns, `[CLS]` and `[SEP]`

@@ -1,0 +1,293 @@
+//! The chat workload: text generation with SmolLM2-135M-Instruct.
+//!
+//! Input (JSON): `{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}],
+//! "max_tokens": 128, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": 0, "stop": [...]}`
+//! (everything but `messages` optional), or `{"prompt": "..."}` for a plain continuation.
+//! Output (JSON): `{"text", "tokens", "prompt_tokens", "completion_tokens", "finish_reason"}`
+//! (`stop`: the model ended its turn or a stop sequence came; `length`: `max_tokens` ran out).
+//!
+//! Everything but the forward pass runs here, in the sandbox: the ChatML template (with the
+//! model's default system prompt when none is given), byte-level BPE (the model's own
+//! vocabulary and merges, `tokenizer.txt`), sampling (greedy, temperature, top-k, top-p,
+//! seeded, so the same seed and input give the same tokens on the same engine), stop
+//! sequences and `max_tokens`. The host runs the model through `wasi:nn`, keeping the
+//! key/value cache between steps: each step sends one token id and gets the logits back.
+//! Message contents are always plain text: `<|im_start|>` typed by a person is text, not a
+//! turn of the conversation.
+
+use mesh_guest::{JobError, Metadata, Model, Workload};
+use mesh_tokenizer::{BpeTokenizer, Utf8Stream};
+use serde::{Deserialize, Serialize};
+
+/// The model this workload loads from the host's model store.
+const MODEL_NAME: &str = "smollm2-135m-instruct";
+/// The model's vocabulary and merges (from its GGUF file; `llm/tests` checks they agree).
+const TOKENIZER: &str = include_str!("../tokenizer.txt");
+/// The system prompt of the model's chat template, when the conversation has none.
+const DEFAULT_SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+/// `<|im_start|>` and `<|im_end|>` (the end of a turn, and of generation).
+const IM_START: u32 = 1;
+const IM_END: u32 = 2;
+/// Positions a generation may hold (the hosts' default cap).
+const MAX_CONTEXT: usize = 2048;
+/// `max_tokens` unless the input says otherwise.
+const DEFAULT_MAX_TOKENS: usize = 256;
+/// Stop sequences at most, and their length at most.
+const MAX_STOPS: usize = 4;
+const MAX_STOP_BYTES: usize = 256;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Message {
+    role: String,
+    content: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    #[serde(default)]
+    messages: Option<Vec<Message>>,
+    #[serde(default)]
+    prompt: Option<String>,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    top_k: Option<usize>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Output {
+    text: String,
+    tokens: Vec<u32>,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    finish_reason: &'static str,
+}
+
+/// How the next token is drawn.
+struct Sampler {
+    temperature: f32,
+    top_p: f32,
+    top_k: usize,
+    rng: SplitMix64,
+}
+
+/// A small, seedable generator (SplitMix64): the same seed draws the same numbers anywhere.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl Sampler {
+    fn pick(&mut self, logits: &[f32]) -> u32 {
+        // Greedy: the highest logit, the lowest id among equals.
+        if self.temperature <= 0.0 {
+            let mut best = 0;
+            for (i, &l) in logits.iter().enumerate() {
+                if l > logits[best] {
+                    best = i;
+                }
+            }
+            return best as u32;
+        }
+        let mut ranked: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l / self.temperature))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if self.top_k > 0 {
+            ranked.truncate(self.top_k);
+        }
+        let max = ranked[0].1;
+        let mut probs: Vec<f64> = ranked.iter().map(|&(_, l)| f64::from(l - max).exp()).collect();
+        let total: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= total);
+        if self.top_p < 1.0 {
+            let mut cumulative = 0.0;
+            let keep = probs
+                .iter()
+                .position(|p| {
+                    cumulative += p;
+                    cumulative >= f64::from(self.top_p)
+                })
+                .map_or(probs.len(), |i| i + 1);
+            probs.truncate(keep);
+            let total: f64 = probs.iter().sum();
+            probs.iter_mut().for_each(|p| *p /= total);
+        }
+        let draw = self.rng.next_f64();
+        let mut cumulative = 0.0;
+        for (i, p) in probs.iter().enumerate() {
+            cumulative += p;
+            if draw < cumulative {
+                return ranked[i].0;
+            }
+        }
+        ranked[probs.len() - 1].0
+    }
+}
+
+fn parse(input: &[u8]) -> Result<Input, JobError> {
+    serde_json::from_slice(input).map_err(|e| JobError::invalid_input(format!("input: {e}")))
+}
+
+/// The prompt's tokens: ChatML for messages, plain text for a prompt.
+fn prompt_tokens(tokenizer: &BpeTokenizer, input: &Input) -> Result<Vec<u32>, JobError> {
+    match (&input.messages, &input.prompt) {
+        (Some(messages), None) => {
+            if messages.is_empty() {
+                return Err(JobError::invalid_input("messages is empty"));
+            }
+            let mut tokens = Vec::new();
+            let mut turn = |role: &str, content: &str| {
+                tokens.push(IM_START);
+                tokens.extend(tokenizer.encode(&format!("{role}\n{content}")));
+                tokens.push(IM_END);
+                tokens.extend(tokenizer.encode("\n"));
+            };
+            if messages[0].role != "system" {
+                turn("system", DEFAULT_SYSTEM);
+            }
+            for m in messages {
+                if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
+                    return Err(JobError::invalid_input(format!(
+                        "role {:?} (system, user or assistant)",
+                        m.role
+                    )));
+                }
+                turn(&m.role, &m.content);
+            }
+            tokens.push(IM_START);
+            tokens.extend(tokenizer.encode("assistant\n"));
+            Ok(tokens)
+        }
+        (None, Some(prompt)) if !prompt.is_empty() => Ok(tokenizer.encode(prompt)),
+        (None, Some(_)) => Err(JobError::invalid_input("prompt is empty")),
+        _ => Err(JobError::invalid_input(
+            "give either messages (a conversation) or prompt (text to continue)",
+        )),
+    }
+}
+
+fn logits_of(outputs: Vec<mesh_guest::TensorOutput>) -> Result<Vec<f32>, JobError> {
+    let logits = outputs
+        .into_iter()
+        .find(|t| t.name == "logits")
+        .ok_or_else(|| JobError::inference("the model returned no logits"))?;
+    Ok(logits.to_f32()?)
+}
+
+struct Chat;
+
+impl Workload for Chat {
+    fn metadata() -> Metadata {
+        Metadata::new("chat", env!("CARGO_PKG_VERSION"))
+            .model(MODEL_NAME)
+            .exact()
+    }
+
+    fn run(input: Vec<u8>) -> Result<Vec<u8>, JobError> {
+        let input = parse(&input)?;
+        let tokenizer = BpeTokenizer::from_text(TOKENIZER).map_err(JobError::internal)?;
+        let prompt = prompt_tokens(&tokenizer, &input)?;
+        let max_tokens = input.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+        if max_tokens == 0 {
+            return Err(JobError::invalid_input("max_tokens must be at least 1"));
+        }
+        let needed = prompt.len() + max_tokens;
+        if needed > MAX_CONTEXT {
+            return Err(JobError::invalid_input(format!(
+                "the prompt is {} tokens; with max_tokens {max_tokens} it needs {needed} \
+                 positions, over the model's limit of {MAX_CONTEXT}",
+                prompt.len()
+            )));
+        }
+        let temperature = input.temperature.unwrap_or(0.0);
+        let top_p = input.top_p.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) || !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(JobError::invalid_input(
+                "temperature is in [0, 2] and top_p in (0, 1]",
+            ));
+        }
+        if input.stop.len() > MAX_STOPS
+            || input
+                .stop
+                .iter()
+                .any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
+        {
+            return Err(JobError::invalid_input(format!(
+                "at most {MAX_STOPS} stop sequences of 1 to {MAX_STOP_BYTES} bytes"
+            )));
+        }
+        let mut sampler = Sampler {
+            temperature,
+            top_p,
+            top_k: input.top_k.unwrap_or(0),
+            rng: SplitMix64(input.seed.unwrap_or(0)),
+        };
+        let model = Model::load(MODEL_NAME)?;
+        let prompt_ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
+        let capacity = [needed as i32];
+        let mut logits = logits_of(model.compute_i32(&[
+            ("tokens", &[prompt_ids.len() as u32], &prompt_ids),
+            ("capacity", &[1], &capacity),
+        ])?)?;
+        let mut tokens = Vec::new();
+        let mut text = String::new();
+        let mut stream = Utf8Stream::default();
+        let mut finish_reason = "length";
+        while tokens.len() < max_tokens {
+            let next = sampler.pick(&logits);
+            if next == IM_END {
+                finish_reason = "stop";
+                break;
+            }
+            tokens.push(next);
+            if !tokenizer.is_special(next) {
+                text.push_str(&stream.push(&tokenizer.token_bytes(next).unwrap_or_default()));
+            }
+            if let Some(cut) = input
+                .stop
+                .iter()
+                .filter_map(|s| text.find(s.as_str()))
+                .min()
+            {
+                text.truncate(cut);
+                finish_reason = "stop";
+                break;
+            }
+            if tokens.len() == max_tokens {
+                break;
+            }
+            logits = logits_of(model.compute_i32(&[("tokens", &[1], &[next as i32])])?)?;
+        }
+        text.push_str(&stream.finish());
+        let output = Output {
+            text,
+            completion_tokens: tokens.len(),
+            tokens,
+            prompt_tokens: prompt.len(),
+            finish_reason,
+        };
+        serde_json::to_vec(&output).map_err(JobError::internal)
+    }
+}
+
+mesh_guest::export_workload!(Chat);
