@@ -41,7 +41,8 @@ def user(q):
 # (name, messages) -- single user turns unless noted
 CHAT = [
     # short questions
-    ("capital_france", user("What is the capital of France?")),
+    ("capital_france", user("What is the capital of France?")),  # step-0 margin only ~0.08 ("The" vs "L")
+    ("capital_france_sentence", user("What is the capital of France? Answer in one sentence.")),  # robust margin
     ("capital_japan", user("What is the capital of Japan?")),
     ("sky_blue", user("Why is the sky blue?")),
     ("who_are_you", user("Who are you?")),

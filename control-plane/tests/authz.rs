@@ -224,6 +224,11 @@ const EXPECTATIONS: &[(&str, &str, [u16; 6])] = &[
     // The network is the caller's only one: the outsider's has no such model (404), the
     // admin belongs to many (400), the member's has no gateway (503).
     ("post", "/v1/embeddings", [401, 404, 403, 503, 400, 403]),
+    (
+        "post",
+        "/v1/chat/completions",
+        [401, 404, 403, 503, 400, 403],
+    ),
     // The outsider and the member see their only network's models; the admin belongs to
     // many and must name one.
     ("get", "/v1/models", [401, 200, 403, 200, 400, 403]),
@@ -457,6 +462,10 @@ async fn body(
             json(serde_json::json!({"receipt": signed}))
         }
         ("post", "/v1/embeddings") => json(serde_json::json!({"model": "echo", "input": "hi"})),
+        ("post", "/v1/chat/completions") => json(serde_json::json!({
+            "model": "echo",
+            "messages": [{"role": "user", "content": "hi"}]
+        })),
         ("put", "/v1/networks/{network}/devices/{device}/terms") => {
             json(serde_json::json!({"terms": {}}))
         }

@@ -124,7 +124,7 @@ pub struct EmbeddingsResponse {
 /// Header naming the network when the caller belongs to several.
 pub const NETWORK_HEADER: &str = "mesh-network";
 
-async fn caller_network(
+pub(crate) async fn caller_network(
     state: &AppState,
     headers: &HeaderMap,
     person: &PersonId,
@@ -146,7 +146,7 @@ async fn caller_network(
 }
 
 /// The newest live workload of `network` serving `model`.
-async fn workload_for_model(
+pub(crate) async fn workload_for_model(
     state: &AppState,
     network: &NetworkId,
     model: &str,

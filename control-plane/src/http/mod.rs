@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod batches;
+pub mod chat;
 pub mod checks;
 pub mod credits;
 pub mod devices;
@@ -95,6 +96,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::report_receipt))
         .routes(routes!(gateway::run))
         .routes(routes!(gateway::embeddings))
+        .routes(routes!(chat::completions))
         .routes(routes!(gateway::models))
         .routes(routes!(jobs::start))
         .routes(routes!(jobs::complete))

@@ -60,6 +60,27 @@ enum Command {
     /// Jobs.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Chat with the network's chat workload (SmolLM2-135M-Instruct) on the mesh: one
+    /// question, or, with none, a conversation read from standard input a message a line.
+    Chat {
+        /// The question.
+        question: Option<String>,
+        /// A system prompt (default: the model's own).
+        #[arg(long)]
+        system: Option<String>,
+        /// Most tokens an answer may have.
+        #[arg(long, default_value_t = 256)]
+        max_tokens: u64,
+        /// Sampling temperature (0: greedy, the same answer every time).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// Seed of the sampler (with a temperature above 0).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The workload (name or hash).
+        #[arg(long, default_value = "chat")]
+        workload: String,
+    },
     /// Embed texts with the network's embeddings workload (all-MiniLM-L6-v2) on the mesh: a
     /// few given here, or a whole file as a batch across every device (`--file`, `--out`).
     Embed {
@@ -401,6 +422,23 @@ async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::Embed { texts, .. } => embed(ctx, texts).await,
+        Command::Chat {
+            question,
+            system,
+            max_tokens,
+            temperature,
+            seed,
+            workload,
+        } => {
+            let options = ChatOptions {
+                system,
+                max_tokens,
+                temperature,
+                seed,
+                workload,
+            };
+            chat(ctx, question, options).await
+        }
         Command::Batch(command) => batches(ctx, command).await,
     }
 }
@@ -437,6 +475,76 @@ fn run_summary(r: &mesh_proto::api::RunJobResponse) -> String {
         r.receipt.backend,
         r.receipt.output
     )
+}
+
+/// How `mesh chat` asks.
+struct ChatOptions {
+    system: Option<String>,
+    max_tokens: u64,
+    temperature: f32,
+    seed: Option<u64>,
+    workload: String,
+}
+
+async fn chat(ctx: Ctx, question: Option<String>, options: ChatOptions) -> Result<()> {
+    let network = ctx.network()?;
+    let workload = resolve_workload(&ctx, &network, &options.workload).await?;
+    let mut messages: Vec<serde_json::Value> = options
+        .system
+        .iter()
+        .map(|s| serde_json::json!({"role": "system", "content": s}))
+        .collect();
+    let interactive = question.is_none();
+    let mut lines = std::io::stdin().lines();
+    loop {
+        let asked = match &question {
+            Some(q) if messages.iter().all(|m| m["role"] != "user") => q.clone(),
+            Some(_) => return Ok(()),
+            None => {
+                if interactive {
+                    eprint!("> ");
+                }
+                match lines.next() {
+                    Some(line) => line?,
+                    None => return Ok(()),
+                }
+            }
+        };
+        if asked.trim().is_empty() {
+            continue;
+        }
+        messages.push(serde_json::json!({"role": "user", "content": asked}));
+        let mut input = serde_json::json!({
+            "messages": messages,
+            "max_tokens": options.max_tokens,
+            "temperature": options.temperature,
+        });
+        if let Some(seed) = options.seed {
+            input["seed"] = serde_json::json!(seed);
+        }
+        let result = ctx
+            .client
+            .run_job(
+                &network,
+                &mesh_proto::api::RunJobRequest {
+                    workload,
+                    input,
+                    idempotency_key: None,
+                },
+            )
+            .await?;
+        let text = result.output["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if ctx.json {
+            println!("{}", serde_json::to_string(&result)?);
+        } else {
+            println!("{text}");
+            eprintln!("{}", run_summary(&result));
+        }
+        messages.push(serde_json::json!({"role": "assistant", "content": text}));
+    }
 }
 
 async fn embed(ctx: Ctx, texts: Vec<String>) -> Result<()> {

@@ -428,7 +428,14 @@ async fn run_round(
     let mut jobs = Vec::new();
     for task in running {
         let (texts, result) = task.await.unwrap();
-        let result = result.unwrap_or_else(|e| panic!("a job failed: {e}\n{}", mesh.logs()));
+        let result = match result {
+            Ok(result) => result,
+            // Every run the gateway tried went to a liar, each caught by its ringers (with
+            // three lying owners of six, one job in about twenty while trust is still even):
+            // nothing wrong is returned, the requester is told so.
+            Err(e) if e.code() == Some("verification_failed") => continue,
+            Err(e) => panic!("a job failed: {e}\n{}", mesh.logs()),
+        };
         assert_eq!(result.job.state, JobState::Done);
         jobs.push((result.job.id, result.executor));
         // What the requester gets back is right when no cheater ran it; a ringer failure
