@@ -265,3 +265,26 @@ fn a_lower_memory_ceiling_holds_for_the_jobs_that_start_under_it() {
     assert!(again.contains(&(128u64 << 20).to_string()), "{again}");
     assert_eq!(executor.run(&hostile, b"ok").unwrap().output, b"ok");
 }
+
+#[test]
+fn a_component_cannot_multiply_its_cache_allowance_by_opening_contexts() {
+    // 128 MiB a job; a 2,048-position cache of the chat model is 90 MiB.
+    let (executor, _dir) = executor(fastest_backend(), limits());
+    let hostile = executor
+        .add_component(&std::fs::read(HOSTILE).unwrap())
+        .unwrap()
+        .component;
+    match executor.run(&hostile, b"llm-contexts:3") {
+        Err(ExecError::Inference(InferenceError::TooLarge(m))) => {
+            assert!(
+                m.contains("would make the job hold over its 134217728"),
+                "{m}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // One after another, each given back when dropped: all fit.
+    let out = executor.run(&hostile, b"llm-contexts-dropped:3").unwrap();
+    assert_eq!(out.output, b"3 contexts");
+    assert_eq!(executor.run(&hostile, b"ok").unwrap().output, b"ok");
+}

@@ -67,6 +67,8 @@ pub struct InferenceBudget {
     timed_out: AtomicBool,
     last_error: Mutex<Option<InferenceError>>,
     cancel: CancelToken,
+    /// Bytes the job's generations hold in host memory (their key/value caches).
+    held_bytes: std::sync::atomic::AtomicUsize,
 }
 
 impl InferenceBudget {
@@ -78,6 +80,7 @@ impl InferenceBudget {
             call_limit,
             tensor_bytes,
             spent_ns: AtomicU64::new(0),
+            held_bytes: std::sync::atomic::AtomicUsize::new(0),
             calls: AtomicU64::new(0),
             timed_out: AtomicBool::new(false),
             last_error: Mutex::new(None),
@@ -125,6 +128,33 @@ impl InferenceBudget {
 
     pub(crate) fn record(&self, error: &InferenceError) {
         *self.last_error.lock().expect("budget lock") = Some(error.clone());
+    }
+
+    /// Reserve `bytes` of host memory for the job (a generation's cache), refused when the
+    /// job would then hold more than `limit` in all: a component that opens context after
+    /// context still gets only its one allowance.
+    pub fn hold(&self, bytes: usize, limit: usize) -> Result<(), InferenceError> {
+        self.held_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                held.checked_add(bytes).filter(|&total| total <= limit)
+            })
+            .map(|_| ())
+            .map_err(|held| {
+                InferenceError::TooLarge(format!(
+                    "{bytes} more bytes of cache would make the job hold over its {limit} \
+                     (it holds {held})"
+                ))
+            })
+    }
+
+    /// Give back what [`InferenceBudget::hold`] reserved.
+    pub fn release(&self, bytes: usize) {
+        self.held_bytes.fetch_sub(bytes, Ordering::SeqCst);
+    }
+
+    /// Bytes the job holds now.
+    pub fn held(&self) -> usize {
+        self.held_bytes.load(Ordering::SeqCst)
     }
 
     /// The maximum tensor size in bytes.

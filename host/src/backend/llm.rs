@@ -85,6 +85,7 @@ impl BackendGraph for LlmGraph {
             model: self.model.clone(),
             budget: self.budget.clone(),
             session: None,
+            held: 0,
             inputs: Vec::new(),
             outputs: Vec::new(),
         });
@@ -96,11 +97,19 @@ struct LlmContext {
     model: Arc<LlmModel>,
     budget: Arc<InferenceBudget>,
     session: Option<Session>,
+    /// Bytes its session holds against the job's allowance.
+    held: usize,
     inputs: Vec<NamedTensor>,
     outputs: Vec<NamedTensor>,
 }
 
 const INPUTS: [&str; 3] = ["tokens", "capacity", "all_logits"];
+
+impl Drop for LlmContext {
+    fn drop(&mut self) {
+        self.budget.release(self.held);
+    }
+}
 
 fn i32s(tensor: &NamedTensor) -> Result<Vec<i32>, InferenceError> {
     let t = &tensor.tensor;
@@ -192,6 +201,9 @@ impl LlmContext {
                     model.memory_bytes
                 )));
             }
+            // Every context of the job draws on one allowance, released when it is dropped.
+            self.budget.hold(bytes, model.memory_bytes)?;
+            self.held = bytes;
             self.session = Some(
                 model
                     .llama

@@ -11,6 +11,9 @@
 //! - `big-tensor:N`: a consistent tensor of N bytes (stopped by the tensor size cap).
 //! - `load-bytes`: try to supply model bytes instead of loading a host model by name.
 //! - `slow-inference:N`: N back-to-back inference calls on a 256-token batch of 64.
+//! - `llm-contexts:N`: open N generations of the chat model at once, each asking for the
+//!   longest cache (stopped by the job's memory allowance, which all of them share).
+//! - `llm-contexts-dropped:N`: the same one after another, each dropped before the next.
 //! - `ok`: succeed, to show the host keeps serving after the attacks.
 
 use mesh_guest::bindings::wasi::nn::graph::{self, ExecutionTarget, GraphEncoding};
@@ -18,12 +21,15 @@ use mesh_guest::bindings::wasi::nn::tensor::{Tensor, TensorType};
 use mesh_guest::{JobError, Metadata, Model, Workload};
 
 const MODEL: &str = "all-minilm-l6-v2";
+const CHAT_MODEL: &str = "smollm2-135m-instruct";
 
 struct Hostile;
 
 impl Workload for Hostile {
     fn metadata() -> Metadata {
-        Metadata::new("hostile", env!("CARGO_PKG_VERSION")).model(MODEL)
+        Metadata::new("hostile", env!("CARGO_PKG_VERSION"))
+            .model(MODEL)
+            .model(CHAT_MODEL)
     }
 
     fn run(input: Vec<u8>) -> Result<Vec<u8>, JobError> {
@@ -46,10 +52,24 @@ impl Workload for Hostile {
                 std::thread::sleep(std::time::Duration::from_millis(arg as u64));
                 Ok(b"slept".to_vec())
             }
+            "llm-contexts" => llm_contexts(arg, true),
+            "llm-contexts-dropped" => llm_contexts(arg, false),
             "ok" => Ok(b"ok".to_vec()),
             other => Err(JobError::invalid_input(format!("unknown attack {other}"))),
         }
     }
+}
+
+fn llm_contexts(n: usize, keep: bool) -> Result<Vec<u8>, JobError> {
+    let mut open = Vec::new();
+    for _ in 0..n {
+        let model = Model::load(CHAT_MODEL)?;
+        model.compute_i32(&[("tokens", &[1], &[1]), ("capacity", &[1], &[2048])])?;
+        if keep {
+            open.push(model);
+        }
+    }
+    Ok(format!("{n} contexts").into_bytes())
 }
 
 fn spin() -> Result<Vec<u8>, JobError> {
