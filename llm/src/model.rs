@@ -234,6 +234,14 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// [`rms_norm`] of every row of `x` (rows as long as `weight`) into `out`.
+fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let dim = weight.len();
+    for (row, o) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        rms_norm(row, weight, eps, o);
+    }
+}
+
 impl Llama {
     /// Load a llama-architecture model from a GGUF file's bytes, running on `threads`
     /// threads (at least one).
@@ -525,14 +533,7 @@ impl Llama {
             if stop() {
                 return Err(LlamaError::Stopped);
             }
-            for t in 0..n {
-                rms_norm(
-                    &x[t * dim..(t + 1) * dim],
-                    &block.attn_norm,
-                    c.norm_eps,
-                    &mut h[t * dim..(t + 1) * dim],
-                );
-            }
+            rms_norm_rows(&x, &block.attn_norm, c.norm_eps, &mut h);
             self.matmul(&block.q, &h, n, &mut q);
             self.matmul(&block.k, &h, n, &mut k);
             self.matmul(&block.v, &h, n, &mut v);
@@ -583,14 +584,7 @@ impl Llama {
             for (x, o) in x.iter_mut().zip(&o) {
                 *x += o;
             }
-            for t in 0..n {
-                rms_norm(
-                    &x[t * dim..(t + 1) * dim],
-                    &block.ffn_norm,
-                    c.norm_eps,
-                    &mut h[t * dim..(t + 1) * dim],
-                );
-            }
+            rms_norm_rows(&x, &block.ffn_norm, c.norm_eps, &mut h);
             self.matmul(&block.gate, &h, n, &mut gate);
             self.matmul(&block.up, &h, n, &mut up);
             for (g, u) in gate.iter_mut().zip(&up) {
