@@ -13,7 +13,9 @@ pub mod seeds;
 
 use mesh_proto::api::*;
 use mesh_proto::device::{DeviceCert, Heartbeat};
-use mesh_proto::p2p::{BlobRequest, BlobResponse, JobRequest, JobResponse};
+use mesh_proto::p2p::{
+    BlobRequest, BlobResponse, JobRequest, JobResponse, PieceRequest, PieceResponse,
+};
 use mesh_proto::{NetworkId, RunReceipt, SignDomain, Signed};
 
 /// A target: bytes in, panic on a bug.
@@ -60,6 +62,8 @@ pub fn cbor_frame(data: &[u8]) {
     round_trips::<JobResponse>(&frame, CAP);
     round_trips::<BlobRequest>(&frame, CAP);
     round_trips::<BlobResponse>(&frame, CAP);
+    round_trips::<PieceRequest>(&frame, CAP);
+    round_trips::<PieceResponse>(&frame, CAP);
 }
 
 /// `Signed<T>` decode, peek and verify: nothing verifies under a key that did not sign it (the

@@ -4,7 +4,9 @@
 
 use mesh_proto::api::{JobTicket, SubmitJobRequest};
 use mesh_proto::device::{DeviceCert, DeviceLoad, Heartbeat};
-use mesh_proto::p2p::{BlobRequest, BlobResponse, JobRequest, JobResponse};
+use mesh_proto::p2p::{
+    BlobRequest, BlobResponse, JobRequest, JobResponse, PieceRequest, PieceResponse,
+};
 use mesh_proto::{
     Blake3Hash, DeviceId, JobId, NetworkId, PersonId, RunReceipt, RunTimings, SignDomain, Signed,
     SigningKey,
@@ -149,6 +151,7 @@ pub fn for_target(name: &str) -> Vec<Vec<u8>> {
                 ticket: signed_ticket(),
                 requester_cert: Some(cert),
                 input: b"input".to_vec(),
+                stream: false,
             })),
             frame(cbor(&JobResponse::Done {
                 output: OUTPUT.to_vec(),
@@ -165,6 +168,12 @@ pub fn for_target(name: &str) -> Vec<Vec<u8>> {
                 offset: 0,
                 data: vec![1, 2, 3],
             })),
+            frame(cbor(&PieceRequest {
+                job: ticket().job,
+                seq: 3,
+                bytes: b"The capital".to_vec(),
+            })),
+            frame(cbor(&PieceResponse::Refused("out of order".into()))),
         ],
         "signed" => vec![cbor(
             &Signed::sign(&heartbeat(), &key(), SignDomain::Heartbeat, &network()).expect("signs"),

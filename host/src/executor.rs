@@ -214,6 +214,58 @@ struct JobState {
     deadline: Instant,
     /// The job's cancellation, which also ends the guest's sleeps.
     cancel: CancelToken,
+    /// Where the pieces the guest emits go.
+    output: StreamedOutput,
+}
+
+/// Receives, in order, the pieces of partial output a running job emits
+/// (`mesh:workload/output.emit`), on the thread that runs the job.
+pub type PieceSink = Box<dyn FnMut(Vec<u8>) + Send>;
+
+/// A job's streamed output: its sink (none when nobody asked to stream) and what it sent.
+#[derive(Default)]
+struct StreamedOutput {
+    sink: Option<PieceSink>,
+    bytes: usize,
+}
+
+impl StreamedOutput {
+    /// Take one piece the guest emitted, within the caps.
+    fn emit(&mut self, piece: Vec<u8>) -> wasmtime::Result<()> {
+        use mesh_proto::p2p::MAX_STREAMED_BYTES;
+        use mesh_proto::workload::MAX_PIECE_BYTES;
+        if piece.len() > MAX_PIECE_BYTES {
+            return Err(wasmtime::Error::new(LimitExceeded(format!(
+                "a streamed piece of {} bytes is over the {MAX_PIECE_BYTES}-byte cap",
+                piece.len()
+            ))));
+        }
+        self.bytes += piece.len();
+        if self.bytes > MAX_STREAMED_BYTES {
+            return Err(wasmtime::Error::new(LimitExceeded(format!(
+                "the job streamed over {MAX_STREAMED_BYTES} bytes"
+            ))));
+        }
+        if let Some(sink) = &mut self.sink
+            && !piece.is_empty()
+        {
+            sink(piece);
+        }
+        Ok(())
+    }
+}
+
+/// Link `mesh:workload/output`: a guest's pieces go to its job's [`StreamedOutput`].
+fn link_output(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
+    linker
+        .instance(mesh_proto::workload::OUTPUT_INTERFACE)?
+        .func_wrap(
+            "emit",
+            |mut store: StoreContextMut<'_, JobState>, (piece,): (Vec<u8>,)| {
+                store.data_mut().output.emit(piece)
+            },
+        )?;
+    Ok(())
 }
 
 /// The `wasi:clocks` monotonic clock wasmtime-wasi links (its version of WASI 0.2); the
@@ -413,6 +465,8 @@ impl Executor {
         linker
             .instance(mesh_proto::workload::TYPES_INTERFACE)
             .map_err(|e| ExecError::InvalidComponent(e.to_string()))?;
+        link_output(&mut linker)
+            .map_err(|e| ExecError::InvalidComponent(format!("linking output: {e:#}")))?;
         let fingerprint = engine_fingerprint(&engine);
         let components = ComponentStore::open(&config.data_dir.join("components"))?;
         let compiled = CompiledCache::open(&config.data_dir.join("compiled"), fingerprint)?;
@@ -663,6 +717,7 @@ impl Executor {
         registry: JobRegistry,
         job_time: Duration,
         cancel: Option<CancelToken>,
+        sink: Option<PieceSink>,
     ) -> (Store<JobState>, MemoryOutputPipe) {
         let stderr = MemoryOutputPipe::new(MAX_STDERR_BYTES);
         let mut wasi = WasiCtx::builder();
@@ -683,6 +738,7 @@ impl Executor {
             started,
             deadline,
             cancel: cancel.clone().unwrap_or_default(),
+            output: StreamedOutput { sink, bytes: 0 },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -715,7 +771,8 @@ impl Executor {
         pre: &InstancePre<JobState>,
         hash: &Blake3Hash,
     ) -> Result<WorkloadMetadata, ExecError> {
-        let (mut store, stderr) = self.new_store(JobRegistry(HashMap::new()), METADATA_TIME, None);
+        let (mut store, stderr) =
+            self.new_store(JobRegistry(HashMap::new()), METADATA_TIME, None, None);
         let instance = pre
             .instantiate(&mut store)
             .map_err(|e| classify(e, &self.limits, METADATA_TIME, None, &stderr))?;
@@ -747,6 +804,19 @@ impl Executor {
         input: &[u8],
         cancel: &CancelToken,
     ) -> Result<RunOutput, ExecError> {
+        self.run_streaming(component, input, cancel, None)
+    }
+
+    /// [`Executor::run_cancellable`], handing the pieces of partial output the job emits to
+    /// `sink` as they come (on this thread, before the run ends). Without a sink they are
+    /// dropped; either way they count against the streaming caps.
+    pub fn run_streaming(
+        &self,
+        component: &Blake3Hash,
+        input: &[u8],
+        cancel: &CancelToken,
+        sink: Option<PieceSink>,
+    ) -> Result<RunOutput, ExecError> {
         if input.len() > self.limits.input_bytes {
             return Err(ExecError::InputTooLarge {
                 size: input.len(),
@@ -777,7 +847,7 @@ impl Executor {
                 .map(|m| (m.name.clone(), m.loaded.clone().graph(budget.clone())))
                 .collect(),
         );
-        let (mut store, stderr) = self.new_store(registry, job_time, Some(cancel.clone()));
+        let (mut store, stderr) = self.new_store(registry, job_time, Some(cancel.clone()), sink);
         let fail = |e: wasmtime::Error| classify(e, &self.limits, job_time, Some(&budget), &stderr);
 
         let instantiating = Instant::now();

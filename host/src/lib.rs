@@ -18,7 +18,7 @@ pub mod limits;
 pub mod models;
 
 pub use backend::CancelToken;
-pub use executor::{ColdStart, ExecError, Executor, ExecutorConfig, RunOutput};
+pub use executor::{ColdStart, ExecError, Executor, ExecutorConfig, PieceSink, RunOutput};
 pub use limits::Limits;
 
 use std::path::PathBuf;

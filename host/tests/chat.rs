@@ -112,3 +112,54 @@ fn bad_requests_get_clear_errors_and_the_cache_is_capped() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Run `input` with a sink: the output and the pieces streamed on the way.
+fn run_streamed(input: Value) -> (Value, Vec<String>) {
+    let (executor, _dir) = executor(fastest_backend(), Limits::default());
+    let chat = executor
+        .add_component(&std::fs::read(mesh_test_artifacts::CHAT).unwrap())
+        .unwrap()
+        .component;
+    let pieces = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink: mesh_host::PieceSink = Box::new({
+        let pieces = pieces.clone();
+        move |piece| {
+            pieces
+                .lock()
+                .unwrap()
+                .push(String::from_utf8(piece).expect("whole characters"))
+        }
+    });
+    let out = executor
+        .run_streaming(
+            &chat,
+            &serde_json::to_vec(&input).unwrap(),
+            &mesh_host::CancelToken::new(),
+            Some(sink),
+        )
+        .unwrap();
+    let pieces = pieces.lock().unwrap().clone();
+    (serde_json::from_slice(&out.output).unwrap(), pieces)
+}
+
+#[test]
+fn the_text_streams_as_it_is_generated_and_adds_up_to_the_output() {
+    let (out, pieces) = run_streamed(france(json!({})));
+    assert_eq!(out["text"], "The capital of France is Paris.");
+    assert!(pieces.len() >= 5, "a piece per token or so: {pieces:?}");
+    assert_eq!(pieces.concat(), "The capital of France is Paris.");
+
+    // A stop sequence: nothing it cuts was ever streamed, even where the text first looked
+    // as if it might be the stop (" is" begins with " i").
+    let (out, pieces) = run_streamed(france(json!({"stop": [" is"]})));
+    assert_eq!(out["text"], "The capital of France");
+    assert_eq!(pieces.concat(), "The capital of France", "{pieces:?}");
+    let (out, pieces) = run_streamed(france(json!({"stop": ["Paris."]})));
+    assert_eq!(out["text"], "The capital of France is ");
+    assert_eq!(pieces.concat(), "The capital of France is ", "{pieces:?}");
+
+    // Characters of several bytes stream whole.
+    let (out, pieces) = run_streamed(json!({"max_tokens": 24, "messages": [{"role": "user",
+        "content": "Say 'こんにちは' and an emoji."}]}));
+    assert_eq!(pieces.concat(), out["text"].as_str().unwrap());
+}

@@ -295,3 +295,36 @@ fn a_component_cannot_multiply_its_cache_allowance_by_opening_contexts() {
     assert_eq!(out.output, b"3 contexts");
     assert_eq!(executor.run(&hostile, b"ok").unwrap().output, b"ok");
 }
+
+#[test]
+fn streamed_output_is_capped_per_piece_and_per_job() {
+    let (executor, _dir) = executor(fastest_backend(), limits());
+    let hostile = executor
+        .add_component(&std::fs::read(HOSTILE).unwrap())
+        .unwrap()
+        .component;
+    let limit_in = |e: ExecError| match e {
+        ExecError::ResourceLimit(m) => m,
+        other => panic!("unexpected {other:?}"),
+    };
+    // Nobody listening changes nothing: the caps hold all the same.
+    let big = limit_in(executor.run(&hostile, b"emit-big").unwrap_err());
+    assert!(
+        big.contains("65537 bytes is over the 65536-byte cap"),
+        "{big}"
+    );
+    let flood = limit_in(executor.run(&hostile, b"emit-flood:65").unwrap_err());
+    assert!(flood.contains("streamed over 4194304 bytes"), "{flood}");
+    // Within them, every piece reaches the sink, in order.
+    let pieces = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink: mesh_host::PieceSink = Box::new({
+        let pieces = pieces.clone();
+        move |piece: Vec<u8>| pieces.lock().unwrap().push(piece.len())
+    });
+    let out = executor
+        .run_streaming(&hostile, b"emit-flood:3", &CancelToken::new(), Some(sink))
+        .unwrap();
+    assert_eq!(out.output, b"emitted 3");
+    assert_eq!(*pieces.lock().unwrap(), vec![64 << 10; 3]);
+    assert_eq!(executor.run(&hostile, b"ok").unwrap().output, b"ok");
+}

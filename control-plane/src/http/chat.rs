@@ -1,5 +1,8 @@
 //! `POST /v1/chat/completions`, OpenAI-compatible: a conversation runs as one job of the
-//! network's chat workload on a device, scheduled and checked like every job.
+//! network's chat workload on a device, scheduled and checked like every job. With
+//! `"stream": true` the answer comes as server-sent events while it is generated: the
+//! executor streams the workload's text over `/mesh/piece/1`, and the job's signed output,
+//! when it comes, must be what was streamed (the rest of it, if anything, follows).
 
 use crate::http::auth::{Auth, require_role};
 use crate::http::error::responses::{
@@ -11,8 +14,14 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use mesh_proto::api::Role;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use mesh_proto::api::{Role, RunJobResponse};
 use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
 /// Most tokens a completion may ask for.
@@ -88,12 +97,25 @@ pub struct ChatCompletionRequest {
     /// Completions to make: only 1.
     #[serde(default)]
     pub n: Option<u32>,
-    /// Stream the answer (not yet: refused with a 400).
+    /// Stream the answer as server-sent events (`chat.completion.chunk`s, then
+    /// `data: [DONE]`).
     #[serde(default)]
     pub stream: Option<bool>,
+    /// Options of a streamed answer.
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
     /// Ignored (accepted for compatibility).
     #[serde(default)]
     pub user: Option<String>,
+}
+
+/// Options of a streamed answer.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct StreamOptions {
+    /// End with a chunk that carries the token counts (`usage`; every other chunk has
+    /// `"usage": null`).
+    #[serde(default)]
+    pub include_usage: Option<bool>,
 }
 
 /// The answer.
@@ -149,11 +171,11 @@ pub struct ChatCompletion {
 
 /// The chat workload's input for `request`, checked.
 fn workload_input(request: &ChatCompletionRequest) -> ApiResult<serde_json::Value> {
-    if request.stream == Some(true) {
-        return Err(ApiError::bad_request(
-            "stream is not supported yet: send the request without \"stream\" for the whole answer",
-        )
-        .with_param("stream"));
+    if request.stream_options.is_some() && request.stream != Some(true) {
+        return Err(
+            ApiError::bad_request("stream_options is only for streamed answers")
+                .with_param("stream_options"),
+        );
     }
     if request.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request("n must be 1").with_param("n"));
@@ -233,9 +255,41 @@ fn workload_input(request: &ChatCompletionRequest) -> ApiResult<serde_json::Valu
     Ok(input)
 }
 
+/// What a chat workload answered.
+struct Answered {
+    text: String,
+    finish_reason: String,
+    usage: ChatUsage,
+}
+
+/// Read a chat workload's output.
+fn answered(result: &RunJobResponse, workload: &str) -> ApiResult<Answered> {
+    let out = &result.output;
+    let (Some(text), Some(prompt_tokens), Some(completion_tokens)) = (
+        out["text"].as_str(),
+        out["prompt_tokens"].as_u64(),
+        out["completion_tokens"].as_u64(),
+    ) else {
+        return Err(ApiError::internal(format!(
+            "workload {workload} did not answer as a chat workload"
+        )));
+    };
+    Ok(Answered {
+        text: text.to_string(),
+        finish_reason: out["finish_reason"].as_str().unwrap_or("stop").to_string(),
+        usage: ChatUsage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        },
+    })
+}
+
 /// OpenAI-compatible chat completions (member): the conversation runs as one job of the
 /// network's chat workload. The network is the caller's only one, or the one named by the
-/// `Mesh-Network` header.
+/// `Mesh-Network` header. With `stream`, the 200 is `text/event-stream`: chunks as the text
+/// is generated, then `data: [DONE]`; a failure before the first chunk is an error status,
+/// one after it an `{"error": …}` event.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", security(("bearer" = [])),
     request_body = ChatCompletionRequest,
     responses((status = 200, body = ChatCompletion), Managing, BadRequest, PaymentRequired, Unprocessable, Unavailable))]
@@ -244,27 +298,56 @@ pub async fn completions(
     Auth(principal): Auth,
     headers: HeaderMap,
     ApiJson(request): ApiJson<ChatCompletionRequest>,
-) -> ApiResult<Json<ChatCompletion>> {
+) -> ApiResult<Response> {
     let person = principal.person()?;
     let network = caller_network(&state, &headers, &person).await?;
     require_role(&state, &principal, &network, Role::Member).await?;
     let input = workload_input(&request)?;
     let workload = workload_for_model(&state, &network, &request.model).await?;
     let input = serde_json::to_vec(&input).map_err(ApiError::internal)?;
+    if request.stream == Some(true) {
+        use crate::workers::gateway::{complete_streaming, submit_streaming};
+        let submitted = submit_streaming(&state, &network, person, workload.hash, input).await?;
+        let chunks = Chunks {
+            id: format!("chatcmpl-{}", submitted.job),
+            created: crate::store::now_ms() / 1000,
+            model: request.model.clone(),
+            usage: request
+                .stream_options
+                .as_ref()
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+        };
+        let (pieces, mut streamed) = mpsc::unbounded_channel();
+        let run = AbortOnDrop(tokio::spawn(async move {
+            complete_streaming(&state, &network, workload.hash, submitted, pieces)
+                .await
+                .map_err(ApiError::from)
+                .and_then(|result| answered(&result, &workload.name))
+        }));
+        // Until the first piece, a failure is still an error status.
+        let first = streamed.recv().await;
+        let mut run = run;
+        let early = match first {
+            Some(_) => None,
+            None => Some((&mut run.0).await.map_err(ApiError::internal)??),
+        };
+        let (events, body) = mpsc::channel(64);
+        let producer = tokio::spawn(async move {
+            stream_events(chunks, first, streamed, run, early, events).await
+        });
+        let body = EventBody {
+            events: body,
+            _producer: AbortOnDrop(producer),
+        };
+        return Ok(Sse::new(body)
+            .keep_alive(KeepAlive::default())
+            .into_response());
+    }
     let result =
         crate::workers::gateway::run_job(&state, &network, person, workload.hash, input, None)
             .await?;
-    let out = &result.output;
-    let (Some(text), Some(prompt_tokens), Some(completion_tokens)) = (
-        out["text"].as_str(),
-        out["prompt_tokens"].as_u64(),
-        out["completion_tokens"].as_u64(),
-    ) else {
-        return Err(ApiError::internal(format!(
-            "workload {} did not answer as a chat workload",
-            workload.name
-        )));
-    };
+    let answer = answered(&result, &workload.name)?;
     Ok(Json(ChatCompletion {
         id: format!("chatcmpl-{}", result.job.id),
         object: "chat.completion",
@@ -274,15 +357,185 @@ pub async fn completions(
             index: 0,
             message: ChatAnswer {
                 role: "assistant",
-                content: text.to_string(),
+                content: answer.text,
             },
-            finish_reason: out["finish_reason"].as_str().unwrap_or("stop").to_string(),
+            finish_reason: answer.finish_reason,
             logprobs: None,
         }],
-        usage: ChatUsage {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
+        usage: answer.usage,
+    })
+    .into_response())
+}
+
+/// Aborts its task when dropped: a streamed answer whose client went away stops its job
+/// (dropping the dispatch cancels it at the executor).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The body of a streamed answer: the events its producer makes, which stops when the body
+/// is dropped.
+struct EventBody {
+    events: mpsc::Receiver<Event>,
+    _producer: AbortOnDrop<()>,
+}
+
+impl futures::Stream for EventBody {
+    type Item = Result<Event, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.events.poll_recv(cx).map(|event| event.map(Ok))
+    }
+}
+
+/// What every chunk of one streamed answer shares.
+struct Chunks {
+    id: String,
+    created: i64,
+    model: String,
+    /// `stream_options.include_usage`.
+    usage: bool,
+}
+
+impl Chunks {
+    /// A `chat.completion.chunk` with one choice.
+    fn delta(&self, delta: serde_json::Value, finish_reason: Option<&str>) -> Event {
+        let mut chunk = serde_json::json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{
+                "index": 0,
+                "delta": delta,
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            }],
+        });
+        if self.usage {
+            chunk["usage"] = serde_json::Value::Null;
+        }
+        Event::default().data(chunk.to_string())
+    }
+
+    /// The last chunk when usage was asked for: no choices, the token counts.
+    fn usage(&self, usage: &ChatUsage) -> Event {
+        let chunk = serde_json::json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage,
+        });
+        Event::default().data(chunk.to_string())
+    }
+}
+
+/// An error after the stream began, as OpenAI's clients read it.
+fn error_event(error: &ApiError) -> Event {
+    Event::default().data(error.openai_body().to_string())
+}
+
+/// Text of a stream of pieces, whole characters only.
+#[derive(Default)]
+struct Utf8Pieces {
+    pending: Vec<u8>,
+}
+
+impl Utf8Pieces {
+    /// The whole characters `piece` completes, or `None` when the bytes are not UTF-8.
+    fn push(&mut self, piece: &[u8]) -> Option<String> {
+        self.pending.extend_from_slice(piece);
+        match std::str::from_utf8(&self.pending) {
+            Ok(text) => {
+                let text = text.to_string();
+                self.pending.clear();
+                Some(text)
+            }
+            Err(e) if e.error_len().is_none() => {
+                let valid = e.valid_up_to();
+                let text = String::from_utf8(self.pending[..valid].to_vec()).ok()?;
+                self.pending.drain(..valid);
+                Some(text)
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// Turn a job's pieces and result into the answer's events: the role, the text as it
+/// comes, what of the signed output's text did not stream, the finish reason, the usage if
+/// asked, `[DONE]`. The streamed text must be where the signed output's text begins;
+/// otherwise the stream ends with an error.
+async fn stream_events(
+    chunks: Chunks,
+    first: Option<Vec<u8>>,
+    mut pieces: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut run: AbortOnDrop<ApiResult<Answered>>,
+    early: Option<Answered>,
+    events: mpsc::Sender<Event>,
+) {
+    let send = |event| events.send(event);
+    if send(chunks.delta(
+        serde_json::json!({"role": "assistant", "content": ""}),
+        None,
+    ))
+    .await
+    .is_err()
+    {
+        return;
+    }
+    let mut text = Utf8Pieces::default();
+    let mut streamed = String::new();
+    let mut next = first;
+    while let Some(piece) = next {
+        let Some(delta) = text.push(&piece) else {
+            let error = ApiError::bad_gateway("the device streamed bytes that are not UTF-8 text");
+            let _ = send(error_event(&error)).await;
+            return;
+        };
+        if !delta.is_empty() {
+            streamed.push_str(&delta);
+            let event = chunks.delta(serde_json::json!({ "content": delta }), None);
+            if send(event).await.is_err() {
+                return;
+            }
+        }
+        next = pieces.recv().await;
+    }
+    let answer = match early {
+        Some(answer) => Ok(answer),
+        None => match (&mut run.0).await {
+            Ok(result) => result,
+            Err(e) => Err(ApiError::internal(e)),
         },
-    }))
+    };
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(error) => {
+            let _ = send(error_event(&error)).await;
+            return;
+        }
+    };
+    let Some(rest) = answer.text.strip_prefix(streamed.as_str()) else {
+        let error = ApiError::bad_gateway(
+            "the text the device streamed is not the answer it signed; the signed answer is \
+             in the job's record",
+        );
+        let _ = send(error_event(&error)).await;
+        return;
+    };
+    if !rest.is_empty() {
+        let _ = send(chunks.delta(serde_json::json!({ "content": rest }), None)).await;
+    }
+    let _ = send(chunks.delta(serde_json::json!({}), Some(&answer.finish_reason))).await;
+    if chunks.usage {
+        let _ = send(chunks.usage(&answer.usage)).await;
+    }
+    let _ = send(Event::default().data("[DONE]")).await;
 }

@@ -147,6 +147,29 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
     }
 
+    /// 502: a device answered the gateway with something it must not (streamed text that is
+    /// not its signed answer).
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "bad_device_answer", message)
+    }
+
+    /// The error as its body says it (`{"error": {code, message, type, param}}`), for an
+    /// error that must travel inside an event stream.
+    pub fn openai_body(&self) -> serde_json::Value {
+        serde_json::to_value(self.body()).unwrap_or_default()
+    }
+
+    fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                kind: self.kind().to_string(),
+                message: self.message.clone(),
+                param: self.param.map(str::to_string),
+            },
+        }
+    }
+
     /// 500: something broke; the details go to the log, not the client.
     pub fn internal(error: impl std::fmt::Display) -> Self {
         tracing::error!("internal error: {error}");
@@ -224,15 +247,7 @@ impl From<sqlx::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_string(),
-                kind: self.kind().to_string(),
-                message: self.message,
-                param: self.param.map(str::to_string),
-            },
-        };
-        (self.status, Json(body)).into_response()
+        (self.status, Json(self.body())).into_response()
     }
 }
 

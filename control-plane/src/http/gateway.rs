@@ -161,6 +161,7 @@ pub(crate) async fn workload_for_model(
         .filter(|w| !w.yanked)
         .filter(|w| {
             w.name.eq_ignore_ascii_case(&wanted)
+                || w.hash.to_string() == wanted
                 || w.models.iter().any(|m| m.eq_ignore_ascii_case(&wanted))
         })
         .collect();

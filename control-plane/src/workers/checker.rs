@@ -321,6 +321,7 @@ async fn reexecute(
         check_job,
         input,
         MAX_CHECK_ATTEMPTS,
+        None,
     )
     .await?;
     let claims = completed.ticket.peek().map_err(DomainError::internal)?;

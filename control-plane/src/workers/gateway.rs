@@ -14,6 +14,7 @@ use mesh_proto::api::{JobAssignment, JobState, RunJobResponse, SubmitJobRequest}
 use mesh_proto::p2p::{BlobRequest, BlobResponse, JobRefusal, JobResponse};
 use mesh_proto::{Blake3Hash, DeviceId, JobId, NetworkId, PersonId};
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
 /// How long a job may wait in the queue for a device before the gateway gives up.
@@ -222,6 +223,51 @@ pub async fn run_job(
     ))
 }
 
+/// Submit a gateway job whose output its caller wants as it comes ([`complete_streaming`]
+/// runs it). No ringers are mixed in: their answers would stream too.
+pub async fn submit_streaming(
+    state: &AppState,
+    network: &NetworkId,
+    person: PersonId,
+    workload: Blake3Hash,
+    input: Vec<u8>,
+) -> DomainResult<Submitted> {
+    let placement = jobs::Placement::default();
+    submit(
+        state, network, person, workload, input, None, placement, false,
+    )
+    .await
+}
+
+/// Run a job from [`submit_streaming`]: the executor streams what the workload emits to
+/// `pieces` while it runs, and the result (with its checked receipt, settled and kept for
+/// its check like every gateway job's) ends the stream. Once a piece went out, the job is
+/// not sent to another device.
+pub async fn complete_streaming(
+    state: &AppState,
+    network: &NetworkId,
+    workload: Blake3Hash,
+    submitted: Submitted,
+    pieces: mpsc::UnboundedSender<Vec<u8>>,
+) -> DomainResult<RunJobResponse> {
+    let job = submitted.job;
+    match complete_with(
+        state,
+        network,
+        workload,
+        submitted,
+        MAX_ATTEMPTS,
+        Some(&pieces),
+    )
+    .await?
+    {
+        Ok(response) => Ok(response),
+        Err(_) => Err(DomainError::internal(format!(
+            "job {job} carried no ringers but one failed"
+        ))),
+    }
+}
+
 /// One run of a gateway job. The inner error names the job and executor when a ringer failed.
 async fn run_once(
     state: &AppState,
@@ -244,6 +290,7 @@ async fn run_once(
         input.to_vec(),
         idempotency_key,
         placement,
+        true,
     )
     .await?;
     complete(state, network, workload, submitted, MAX_ATTEMPTS).await
@@ -260,7 +307,8 @@ pub struct Submitted {
     planted: Vec<crate::domain::ringers::Planted>,
 }
 
-/// Submit a gateway job of `person` and mix ringers into its input.
+/// Submit a gateway job of `person` and, with `ringers`, mix ringers into its input.
+#[allow(clippy::too_many_arguments)]
 async fn submit(
     state: &AppState,
     network: &NetworkId,
@@ -269,6 +317,7 @@ async fn submit(
     input: Vec<u8>,
     idempotency_key: Option<String>,
     placement: jobs::Placement<'_>,
+    ringers: bool,
 ) -> DomainResult<Submitted> {
     if state.gateway.is_none() {
         return Err(DomainError::unavailable(
@@ -297,7 +346,8 @@ async fn submit(
     // the job's input hash is updated before its ticket is first handed out.
     let mut input = input;
     let mut planted = Vec::new();
-    if let (JobState::Assigned, Some(executor)) = (submitted.job.state, submitted.job.executor)
+    if let (true, JobState::Assigned, Some(executor)) =
+        (ringers, submitted.job.state, submitted.job.executor)
         && let Some((mixed, ringers)) =
             crate::domain::ringers::mix(state, network, &workload, &person, &executor, &input)
                 .await?
@@ -345,6 +395,7 @@ pub async fn submit_pinned(
         input,
         Some(idempotency_key),
         placement,
+        true,
     )
     .await?;
     if submitted.state != JobState::Assigned {
@@ -364,6 +415,18 @@ pub async fn complete(
     submitted: Submitted,
     max_attempts: u32,
 ) -> DomainResult<Result<RunJobResponse, (JobId, DeviceId)>> {
+    complete_with(state, network, workload, submitted, max_attempts, None).await
+}
+
+/// [`complete`], passing what the executor streams on to `pieces`.
+async fn complete_with(
+    state: &AppState,
+    network: &NetworkId,
+    workload: Blake3Hash,
+    submitted: Submitted,
+    max_attempts: u32,
+    pieces: Option<&mpsc::UnboundedSender<Vec<u8>>>,
+) -> DomainResult<Result<RunJobResponse, (JobId, DeviceId)>> {
     let Some(node) = state.gateway.clone() else {
         return Err(DomainError::unavailable(
             "no_gateway",
@@ -376,7 +439,7 @@ pub async fn complete(
         planted,
         ..
     } = submitted;
-    let completed = dispatch_submitted(state, &node, job, &input, max_attempts).await?;
+    let completed = dispatch_submitted(state, &node, job, &input, max_attempts, pieces).await?;
     let claims = completed.ticket.peek().map_err(DomainError::internal)?;
     let info = find_job(state, None, &job).await?;
     // The executor reports too; whichever arrives first settles, the other is a no-op.
@@ -430,6 +493,7 @@ pub(crate) async fn dispatch_submitted(
     job: JobId,
     input: &[u8],
     max_attempts: u32,
+    pieces: Option<&mpsc::UnboundedSender<Vec<u8>>>,
 ) -> DomainResult<dispatch::Completed> {
     let first = wait_for_ticket(state, &job).await?;
     let Some(first) = to_dispatch(&first) else {
@@ -467,20 +531,30 @@ pub(crate) async fn dispatch_submitted(
             Ok(to_dispatch(&next))
         }
     };
-    let completed =
-        match dispatch::dispatch(node, first, input, None, max_attempts, None, reassign).await {
-            Ok(c) => c,
-            Err(e) => {
-                if let DispatchError::NoExecutor(_) = e {
-                    let _ = scheduling::fail_queued(state, &job, &e.to_string()).await;
-                }
-                return Err(match e {
-                    DispatchError::Refused { refusal, .. } => {
-                        DomainError::unprocessable("job_refused", refusal.to_string())
-                    }
-                    other => DomainError::unavailable("job_not_run", other.to_string()),
-                });
+    let completed = match dispatch::dispatch(
+        node,
+        first,
+        input,
+        None,
+        max_attempts,
+        None,
+        pieces,
+        reassign,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            if let DispatchError::NoExecutor(_) = e {
+                let _ = scheduling::fail_queued(state, &job, &e.to_string()).await;
             }
-        };
+            return Err(match e {
+                DispatchError::Refused { refusal, .. } => {
+                    DomainError::unprocessable("job_refused", refusal.to_string())
+                }
+                other => DomainError::unavailable("job_not_run", other.to_string()),
+            });
+        }
+    };
     Ok(completed)
 }

@@ -64,6 +64,8 @@ struct Queued {
     ticket: JobTicket,
     signed_ticket: Signed<JobTicket>,
     input: Vec<u8>,
+    /// The requester asked for the output's pieces as they come.
+    stream: bool,
     reply: oneshot::Sender<JobResponse>,
 }
 
@@ -621,6 +623,7 @@ impl Agent {
             ticket,
             signed_ticket: request.ticket,
             input: request.input,
+            stream: request.stream,
             reply,
         };
         self.queued.fetch_add(1, Ordering::SeqCst);
@@ -1043,9 +1046,22 @@ impl Agent {
             }.in_current_span())
             };
         let token = cancel.clone();
+        // What the workload streams goes to the requester as it comes, one piece in flight.
+        let (sink, forwarder) = if job.stream {
+            let (pieces, taken) = mpsc::unbounded_channel();
+            let sink: crate::PieceSink = Box::new(move |piece| {
+                let _ = pieces.send(piece);
+            });
+            let forwarder = tokio::spawn(
+                forward_pieces(self.node.clone(), job.peer, id, taken).in_current_span(),
+            );
+            (Some(sink), Some(forwarder))
+        } else {
+            (None, None)
+        };
         let mut run = tokio::task::spawn_blocking({
             let span = tracing::Span::current();
-            move || span.in_scope(|| executor.run_cancellable(&component, &input, &token))
+            move || span.in_scope(|| executor.run_streaming(&component, &input, &token, sink))
         });
         let mut reply = job.reply;
         // A requester that goes away (its connection closed, its request timed out) cancels
@@ -1068,6 +1084,10 @@ impl Agent {
             }
         };
         renew.abort();
+        // The answer goes after the last piece, so the requester has them all before it.
+        if let Some(forwarder) = forwarder {
+            let _ = forwarder.await;
+        }
         self.answer(id, reply, job.signed_ticket, finished, started)
             .await;
     }
@@ -1288,6 +1308,51 @@ async fn report_receipts(
         for (id, receipt) in batch {
             agent.report_done(id, receipt).await;
             agent.unreported.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Send what a job streams to its requester, in order, one piece in flight: what the job
+/// emits meanwhile goes out coalesced in the next piece (up to the piece cap), so a slow
+/// path gets fewer, larger pieces instead of a queue. Ends when the job's sink is dropped;
+/// a requester that refuses a piece or cannot be reached gets no more (the answer still
+/// carries the whole output).
+async fn forward_pieces(
+    node: Node,
+    requester: PeerId,
+    job: JobId,
+    mut taken: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    use mesh_proto::p2p::{PieceRequest, PieceResponse};
+    use mesh_proto::workload::MAX_PIECE_BYTES;
+    let mut seq = 0;
+    let mut next: Option<Vec<u8>> = None;
+    loop {
+        let mut bytes = match next.take() {
+            Some(bytes) => bytes,
+            None => match taken.recv().await {
+                Some(bytes) => bytes,
+                None => return,
+            },
+        };
+        while let Ok(more) = taken.try_recv() {
+            if bytes.len() + more.len() > MAX_PIECE_BYTES {
+                next = Some(more);
+                break;
+            }
+            bytes.extend_from_slice(&more);
+        }
+        match node
+            .send_piece(requester, PieceRequest { job, seq, bytes })
+            .await
+        {
+            Ok(PieceResponse::Taken) => seq += 1,
+            other => {
+                tracing::info!(%job, "the requester takes no more pieces: {other:?}");
+                // Drain until the job ends, so its sink never blocks or grows unread.
+                while taken.recv().await.is_some() {}
+                return;
+            }
         }
     }
 }

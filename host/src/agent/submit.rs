@@ -278,6 +278,7 @@ async fn run_one(
         Some(cert.clone()),
         4,
         deadline,
+        None,
         reassign,
     )
     .await?;

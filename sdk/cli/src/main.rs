@@ -487,8 +487,8 @@ struct ChatOptions {
 }
 
 async fn chat(ctx: Ctx, question: Option<String>, options: ChatOptions) -> Result<()> {
+    use std::io::Write;
     let network = ctx.network()?;
-    let workload = resolve_workload(&ctx, &network, &options.workload).await?;
     let mut messages: Vec<serde_json::Value> = options
         .system
         .iter()
@@ -514,36 +514,38 @@ async fn chat(ctx: Ctx, question: Option<String>, options: ChatOptions) -> Resul
             continue;
         }
         messages.push(serde_json::json!({"role": "user", "content": asked}));
-        let mut input = serde_json::json!({
+        let mut request = serde_json::json!({
+            "model": options.workload,
             "messages": messages,
             "max_tokens": options.max_tokens,
             "temperature": options.temperature,
+            "stream_options": {"include_usage": true},
         });
         if let Some(seed) = options.seed {
-            input["seed"] = serde_json::json!(seed);
+            request["seed"] = serde_json::json!(seed);
         }
-        let result = ctx
+        // Tokens are printed as they arrive (not with --json, which prints one document).
+        let json = ctx.json;
+        let answer = ctx
             .client
-            .run_job(
-                &network,
-                &mesh_proto::api::RunJobRequest {
-                    workload,
-                    input,
-                    idempotency_key: None,
-                },
-            )
+            .chat_stream(&network, &request, |text| {
+                if !json {
+                    print!("{text}");
+                    let _ = std::io::stdout().flush();
+                }
+            })
             .await?;
-        let text = result.output["text"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        if ctx.json {
-            println!("{}", serde_json::to_string(&result)?);
+        if json {
+            println!("{}", serde_json::to_string(&answer)?);
         } else {
-            println!("{text}");
-            eprintln!("{}", run_summary(&result));
+            println!();
+            let usage = answer.usage.clone().unwrap_or_default();
+            eprintln!(
+                "{} · {} prompt + {} generated tokens · {}",
+                answer.id, usage["prompt_tokens"], usage["completion_tokens"], answer.finish_reason
+            );
         }
-        messages.push(serde_json::json!({"role": "assistant", "content": text}));
+        messages.push(serde_json::json!({"role": "assistant", "content": answer.text}));
     }
 }
 

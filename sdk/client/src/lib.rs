@@ -52,6 +52,46 @@ pub enum ClientError {
     },
 }
 
+/// How a streamed chat answer ended ([`Client::chat_stream`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamedChat {
+    /// The completion's id (`chatcmpl-` and the job's id).
+    pub id: String,
+    /// The whole text.
+    pub text: String,
+    /// `stop` or `length`.
+    pub finish_reason: String,
+    /// Token counts, when asked for.
+    pub usage: Option<serde_json::Value>,
+}
+
+/// Splits a `text/event-stream` into the data of its events.
+#[derive(Default)]
+struct SseReader {
+    buffer: Vec<u8>,
+}
+
+impl SseReader {
+    /// The data of every event `bytes` completes.
+    fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.buffer.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        while let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = self.buffer.drain(..end + 2).collect();
+            let event = String::from_utf8_lossy(&event);
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if !data.is_empty() {
+                events.push(data.join("\n"));
+            }
+        }
+        events
+    }
+}
+
 impl ClientError {
     /// The HTTP status, for API errors.
     pub fn status(&self) -> Option<StatusCode> {
@@ -133,6 +173,10 @@ impl Client {
 
     async fn send<T: DeserializeOwned>(builder: reqwest::RequestBuilder) -> Result<T> {
         let response = builder.send().await.map_err(ClientError::Transport)?;
+        Self::decode(response).await
+    }
+
+    async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T> {
         let status = response.status();
         let bytes = response.bytes().await.map_err(ClientError::Transport)?;
         if !status.is_success() {
@@ -701,6 +745,69 @@ impl Client {
             .timeout(RUN_TIMEOUT)
             .json(request);
         Self::send(builder).await
+    }
+
+    /// `POST /v1/chat/completions` with `"stream": true` in `network`: `on_text` gets the
+    /// answer's text as it is generated; the end says how it finished and, when the request
+    /// asked (`stream_options.include_usage`), the token counts. An error the server sends
+    /// after the stream began is a [`ClientError::Api`] like any other.
+    pub async fn chat_stream(
+        &self,
+        network: &NetworkId,
+        request: &serde_json::Value,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<StreamedChat> {
+        let mut request = request.clone();
+        request["stream"] = serde_json::Value::Bool(true);
+        let response = self
+            .request(Method::POST, "/v1/chat/completions")
+            .header("Mesh-Network", network.to_string())
+            .timeout(RUN_TIMEOUT)
+            .json(&request)
+            .send()
+            .await
+            .map_err(ClientError::Transport)?;
+        if !response.status().is_success() {
+            let _: serde_json::Value = Self::decode(response).await?;
+            return Err(ClientError::Decode(
+                "an error status without an error".into(),
+            ));
+        }
+        let mut response = response;
+        let mut events = SseReader::default();
+        let mut end = StreamedChat::default();
+        while let Some(bytes) = response.chunk().await.map_err(ClientError::Transport)? {
+            for data in events.push(&bytes) {
+                if data == "[DONE]" {
+                    return Ok(end);
+                }
+                let chunk: serde_json::Value = serde_json::from_str(&data)
+                    .map_err(|e| ClientError::Decode(format!("a chunk that is not JSON: {e}")))?;
+                if let Some(error) = chunk.get("error") {
+                    return Err(ClientError::Api {
+                        status: StatusCode::BAD_GATEWAY,
+                        code: error["code"].as_str().unwrap_or("unknown").to_string(),
+                        message: error["message"].as_str().unwrap_or("").to_string(),
+                    });
+                }
+                end.id = chunk["id"].as_str().unwrap_or_default().to_string();
+                if let Some(choice) = chunk["choices"].get(0) {
+                    if let Some(text) = choice["delta"]["content"].as_str() {
+                        end.text.push_str(text);
+                        on_text(text);
+                    }
+                    if let Some(reason) = choice["finish_reason"].as_str() {
+                        end.finish_reason = reason.to_string();
+                    }
+                }
+                if chunk["usage"].is_object() {
+                    end.usage = Some(chunk["usage"].clone());
+                }
+            }
+        }
+        Err(ClientError::Decode(
+            "the stream ended before data: [DONE]".into(),
+        ))
     }
 
     /// `GET /v1/networks/{network}/audit` (admins): the newest page (100 entries).

@@ -2,7 +2,8 @@
 //!
 //! A workload is a WebAssembly component (wasm32-wasip2) of the `mesh:workload` world in `wit/`.
 //! It implements [`Workload`], exports it with [`export_workload!`], and runs inference through
-//! [`Model`], which loads host-owned models by name over `wasi:nn`:
+//! [`Model`], which loads host-owned models by name over `wasi:nn`; [`emit`] streams partial
+//! output to the requester while it runs:
 //!
 //! ```ignore
 //! struct Echo;
@@ -34,6 +35,13 @@ mod nn;
 pub use bindings::Guest as Workload;
 pub use bindings::mesh::workload::types::{Comparison, JobError, Metadata};
 pub use nn::{Model, NnError, TensorOutput};
+
+/// Stream `piece` to the requester now (a chat workload's next words). It previews the
+/// output [`Workload::run`] returns, which stays the job's result; a piece is at most 64 KiB
+/// and all of a job's pieces together at most its output cap, or the job stops.
+pub fn emit(piece: &[u8]) {
+    bindings::mesh::workload::output::emit(piece);
+}
 
 /// Export a type implementing [`Workload`] as this component's `mesh:workload` implementation.
 #[macro_export]

@@ -9,6 +9,7 @@ use mesh_proto::device::DeviceCert;
 use mesh_proto::p2p::{CancelResponse, JobRefusal, JobRequest, JobResponse};
 use mesh_proto::{RunReceipt, Signed};
 use std::future::Future;
+use tokio::sync::mpsc;
 
 /// Where to send a job: the control plane's ticket and the executor it names.
 #[derive(Debug, Clone)]
@@ -72,6 +73,15 @@ pub enum DispatchError {
         /// The last failure.
         last: String,
     },
+    /// The executor failed after streaming part of the output: the job is not sent again
+    /// (the pieces already went on), and failed at the control plane.
+    #[error("{executor} stopped after streaming part of the output: {reason}")]
+    Interrupted {
+        /// The executor that had it.
+        executor: PeerId,
+        /// What went wrong.
+        reason: String,
+    },
     /// The control plane has no device for it now.
     #[error("no device can take the job now ({0})")]
     NoExecutor(String),
@@ -98,6 +108,11 @@ pub type Reassigned = Result<Option<Assignment>, String>;
 /// away from `executor` (with `retryable` false it fails the job for good). At most
 /// `max_attempts` executors are tried. Past `deadline` the executor is told to cancel the job
 /// (over `/mesh/cancel/1`) and the job is failed for good.
+///
+/// With `pieces`, the executor is asked to stream: what it streams goes to `pieces` as it
+/// arrives. Once a piece went on, a failing executor is not replaced
+/// ([`DispatchError::Interrupted`]): another run would stream its own text after it.
+#[allow(clippy::too_many_arguments)]
 pub async fn dispatch<F, Fut>(
     node: &Node,
     first: Assignment,
@@ -105,6 +120,7 @@ pub async fn dispatch<F, Fut>(
     requester_cert: Option<Signed<DeviceCert>>,
     max_attempts: u32,
     deadline: Option<tokio::time::Instant>,
+    pieces: Option<&mpsc::UnboundedSender<Vec<u8>>>,
     mut reassign: F,
 ) -> Result<Completed, DispatchError>
 where
@@ -119,6 +135,7 @@ where
             ticket: assignment.ticket.clone(),
             requester_cert: requester_cert.clone(),
             input: input.to_vec(),
+            stream: pieces.is_some(),
         };
         let executor = assignment.executor;
         // Dropped unanswered (the caller went away: a gateway client that disconnected), the
@@ -128,34 +145,34 @@ where
             .peek()
             .ok()
             .map(|ticket| CancelOnDrop(Some((node.clone(), executor, ticket.job))));
+        let mut streamed = false;
+        let exchange = exchange(node, executor, request, pieces, &mut streamed);
         let answer = match deadline {
-            None => node.request_job(executor, request).await,
-            Some(at) => {
-                match tokio::time::timeout_at(at, node.request_job(executor, request)).await {
-                    Ok(answer) => answer,
-                    Err(_) => {
-                        if let Some(guard) = &mut guard {
-                            guard.0 = None;
-                        }
-                        let cancel = match assignment.ticket.peek() {
-                            Ok(ticket) => match node.cancel_job(executor, ticket.job).await {
-                                Ok(CancelResponse::Cancelled) => "cancelled".to_string(),
-                                Ok(other) => format!("{other:?}"),
-                                Err(e) => e.to_string(),
-                            },
-                            Err(e) => format!("unreadable ticket: {e}"),
-                        };
-                        tracing::info!(%executor, "deadline passed; cancel: {cancel}");
-                        let _ = reassign(
-                            executor,
-                            "cancelled: the requester's deadline passed".into(),
-                            false,
-                        )
-                        .await;
-                        return Err(DispatchError::DeadlineExceeded { executor, cancel });
+            None => exchange.await,
+            Some(at) => match tokio::time::timeout_at(at, exchange).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    if let Some(guard) = &mut guard {
+                        guard.0 = None;
                     }
+                    let cancel = match assignment.ticket.peek() {
+                        Ok(ticket) => match node.cancel_job(executor, ticket.job).await {
+                            Ok(CancelResponse::Cancelled) => "cancelled".to_string(),
+                            Ok(other) => format!("{other:?}"),
+                            Err(e) => e.to_string(),
+                        },
+                        Err(e) => format!("unreadable ticket: {e}"),
+                    };
+                    tracing::info!(%executor, "deadline passed; cancel: {cancel}");
+                    let _ = reassign(
+                        executor,
+                        "cancelled: the requester's deadline passed".into(),
+                        false,
+                    )
+                    .await;
+                    return Err(DispatchError::DeadlineExceeded { executor, cancel });
                 }
-            }
+            },
         };
         if let Some(mut guard) = guard {
             guard.0 = None;
@@ -195,6 +212,13 @@ where
             Err(e) => e.to_string(),
         };
         tracing::info!(attempt = attempts, "job not done: {failure}");
+        if streamed {
+            let _ = reassign(executor, failure.clone(), false).await;
+            return Err(DispatchError::Interrupted {
+                executor,
+                reason: failure,
+            });
+        }
         if attempts >= max_attempts {
             let _ = reassign(executor, failure.clone(), false).await;
             return Err(DispatchError::GaveUp {
@@ -206,6 +230,40 @@ where
             Ok(Some(next)) => assignment = next,
             Ok(None) => return Err(DispatchError::NoExecutor(failure)),
             Err(e) => return Err(DispatchError::Control(e)),
+        }
+    }
+}
+
+/// Send one request and wait for its answer, passing on what the executor streams
+/// meanwhile (and saying whether it streamed anything).
+async fn exchange(
+    node: &Node,
+    executor: PeerId,
+    request: JobRequest,
+    pieces: Option<&mpsc::UnboundedSender<Vec<u8>>>,
+    streamed: &mut bool,
+) -> Result<crate::JobAnswer, NetError> {
+    let Some(out) = pieces else {
+        return node.request_job(executor, request).await;
+    };
+    let (sender, mut received) = mpsc::unbounded_channel();
+    let answer = node.request_job_streaming(executor, request, sender);
+    tokio::pin!(answer);
+    loop {
+        tokio::select! {
+            biased;
+            Some(piece) = received.recv() => {
+                *streamed = true;
+                let _ = out.send(piece);
+            }
+            answer = &mut answer => {
+                // Every piece was queued before the answer was.
+                while let Ok(piece) = received.try_recv() {
+                    *streamed = true;
+                    let _ = out.send(piece);
+                }
+                return answer;
+            }
         }
     }
 }

@@ -1,6 +1,8 @@
-//! Messages of the peer-to-peer protocols: `/mesh/job/1` (run a job), `/mesh/cancel/1` (stop
-//! one) and `/mesh/blob/1` (fetch a component or model by BLAKE3 in chunks). Both travel as length-prefixed CBOR frames with
-//! the caps below, checked before anything is allocated.
+//! Messages of the peer-to-peer protocols: `/mesh/job/1` (run a job), `/mesh/piece/1` (the
+//! executor streams a job's partial output back to its requester while it runs),
+//! `/mesh/cancel/1` (stop one) and `/mesh/blob/1` (fetch a component or model by BLAKE3 in
+//! chunks). All travel as length-prefixed CBOR frames with the caps below, checked before
+//! anything is allocated.
 
 use crate::api::JobTicket;
 use crate::device::DeviceCert;
@@ -11,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub const JOB_PROTOCOL: &str = "/mesh/job/1";
 /// Protocol name of blob transfers.
 pub const BLOB_PROTOCOL: &str = "/mesh/blob/1";
+/// Protocol name of streamed partial output.
+pub const PIECE_PROTOCOL: &str = "/mesh/piece/1";
 /// Protocol name of job cancellations.
 pub const CANCEL_PROTOCOL: &str = "/mesh/cancel/1";
 
@@ -30,6 +34,14 @@ pub const MAX_BLOB_CHUNK_BYTES: usize = 1 << 20;
 pub const MAX_BLOB_REQUEST_FRAME: usize = ENVELOPE_BYTES;
 /// Largest `/mesh/blob/1` response frame.
 pub const MAX_BLOB_RESPONSE_FRAME: usize = MAX_BLOB_CHUNK_BYTES + ENVELOPE_BYTES;
+/// Most bytes of partial output one job streams, all pieces together (the executor stops a
+/// job that emits more; a requester refuses the rest).
+pub const MAX_STREAMED_BYTES: usize = 4 << 20;
+/// Largest `/mesh/piece/1` request frame: one piece of at most
+/// [`crate::workload::MAX_PIECE_BYTES`], coalesced, and its envelope.
+pub const MAX_PIECE_REQUEST_FRAME: usize = crate::workload::MAX_PIECE_BYTES + 1024;
+/// Largest `/mesh/piece/1` response frame.
+pub const MAX_PIECE_RESPONSE_FRAME: usize = 1 << 10;
 /// Largest `/mesh/cancel/1` frame either way.
 pub const MAX_CANCEL_FRAME: usize = 1 << 10;
 
@@ -45,6 +57,37 @@ pub struct JobRequest {
     /// The input bytes (their BLAKE3 must equal the ticket's input hash).
     #[serde(with = "serde_bytes")]
     pub input: Vec<u8>,
+    /// Stream the workload's partial output back over `/mesh/piece/1` as it comes. The
+    /// answer still carries the whole output, which the receipt pins.
+    #[serde(default)]
+    pub stream: bool,
+}
+
+/// Partial output of a running job, from its executor to its requester, in order: `seq`
+/// counts from 0, one piece in flight at a time (what the workload emits while one is on the
+/// way goes out coalesced in the next).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PieceRequest {
+    /// The job.
+    pub job: JobId,
+    /// Its place in the job's stream.
+    pub seq: u32,
+    /// The bytes, at most [`crate::workload::MAX_PIECE_BYTES`].
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// The requester's answer to a [`PieceRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PieceResponse {
+    /// Taken; send the next.
+    Taken,
+    /// Nobody here waits for this job's pieces from you (it asked for none, finished or went
+    /// away): send no more.
+    Unwanted,
+    /// Out of order, too large, or past the job's streaming cap: send no more.
+    Refused(String),
 }
 
 /// The answer to a [`JobRequest`].

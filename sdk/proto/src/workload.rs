@@ -21,11 +21,18 @@ pub struct WorkloadMetadata {
 /// The world's type-only interface (imported for `metadata` and `job-error`).
 pub const TYPES_INTERFACE: &str = "mesh:workload/types@0.1.0";
 
-/// Interfaces a workload component may import: the world's types, `wasi:nn`, and the parts
+/// The world's interface for streaming partial output (`emit`).
+pub const OUTPUT_INTERFACE: &str = "mesh:workload/output@0.1.0";
+
+/// Most bytes one streamed piece of output may hold (`mesh:workload/output.emit`).
+pub const MAX_PIECE_BYTES: usize = 64 << 10;
+
+/// Interfaces a workload component may import: the world's types and output, `wasi:nn`, and the parts
 /// of WASI 0.2 the Rust standard library needs to start. Anything else (sockets, http, ...)
 /// makes a component invalid for Mesh.
 pub const ALLOWED_IMPORT_PREFIXES: &[&str] = &[
     TYPES_INTERFACE,
+    OUTPUT_INTERFACE,
     "wasi:nn/",
     "wasi:cli/environment@",
     "wasi:cli/exit@",
@@ -52,6 +59,8 @@ mod tests {
     fn imports_outside_the_world_are_refused() {
         assert!(super::import_allowed("wasi:nn/graph@0.2.0-rc-2024-10-28"));
         assert!(super::import_allowed("wasi:cli/environment@0.2.6"));
+        assert!(super::import_allowed(super::OUTPUT_INTERFACE));
+        assert!(!super::import_allowed("mesh:workload/outputs@0.1.0"));
         assert!(!super::import_allowed("wasi:sockets/tcp@0.2.6"));
         assert!(!super::import_allowed("wasi:http/outgoing-handler@0.2.6"));
         assert!(!super::import_allowed("wasi:cli/environmentx"));

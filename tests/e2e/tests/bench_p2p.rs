@@ -241,6 +241,7 @@ async fn mesh_round_trips(
             ticket,
             requester_cert: Some(cert.clone()),
             input: input.to_vec(),
+            stream: false,
         };
         let request_bytes = mesh_proto::cbor::to_vec(&request).unwrap().len();
         let started = Instant::now();

@@ -1,9 +1,29 @@
 //! Chat over the mesh: `POST /v1/chat/completions` runs the chat workload on a host through
-//! the gateway and the relay, answers in OpenAI's shape, and is charged once; bad requests
-//! get OpenAI-shaped errors.
+//! the gateway and the relay, answers in OpenAI's shape, whole or streamed as server-sent
+//! events while it is generated, and is charged once; bad requests get OpenAI-shaped errors;
+//! a client that goes away mid-stream stops the generation at the host.
 
 use mesh_e2e::{MeshOptions, TestNet};
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// The data of each event of a `text/event-stream` body, with when it arrived.
+async fn read_events(mut response: reqwest::Response) -> Vec<(String, Instant)> {
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    while let Some(bytes) = response.chunk().await.unwrap() {
+        buffer.push_str(std::str::from_utf8(&bytes).unwrap());
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            for line in event.lines() {
+                if let Some(data) = line.strip_prefix("data: ") {
+                    events.push((data.to_string(), Instant::now()));
+                }
+            }
+        }
+    }
+    events
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_completions_run_on_a_host_and_answer_in_openais_shape() {
@@ -97,10 +117,11 @@ async fn chat_completions_run_on_a_host_and_answer_in_openais_shape() {
             "max_tokens",
         ),
         (
-            json!({"model": "smollm2-135m-instruct", "stream": true,
+            json!({"model": "smollm2-135m-instruct",
+                "stream_options": {"include_usage": true},
                 "messages": [{"role": "user", "content": "hi"}]}),
             400,
-            "stream",
+            "stream_options",
         ),
     ] {
         let (got, error) = post(body).await;
@@ -169,4 +190,174 @@ async fn chat_completions_run_on_a_host_and_answer_in_openais_shape() {
         "{conversation}"
     );
     assert!(answers.len() >= 2, "a second answer: {conversation}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_arrives_as_it_is_generated_and_is_the_signed_one() {
+    let mesh = TestNet::spawn(MeshOptions {
+        hosts: 1,
+        ..MeshOptions::default()
+    })
+    .await;
+    mesh.publish(mesh_test_artifacts::CHAT).await;
+    let http = reqwest::Client::new();
+    let ask = |body: Value| {
+        http.post(format!("{}/v1/chat/completions", mesh.url))
+            .bearer_auth(mesh.admin_token())
+            .json(&body)
+            .send()
+    };
+    let question = json!({
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "temperature": 0,
+        "max_tokens": 16,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    let response = ask(question.clone()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/event-stream",
+        "{:?}",
+        response.headers()
+    );
+    let events = read_events(response).await;
+    // (Receipt and settlement are the gateway's, as without stream.)
+    assert_eq!(events.last().unwrap().0, "[DONE]", "{events:?}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|(data, _)| serde_json::from_str(data).unwrap())
+        .collect();
+    let id = chunks[0]["id"].as_str().unwrap().to_string();
+    for chunk in &chunks {
+        assert_eq!(chunk["object"], "chat.completion.chunk", "{chunk}");
+        assert_eq!(chunk["id"], id.as_str(), "one id: {chunk}");
+    }
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "The capital of France is Paris.");
+    // Token by token, not all at once at the end.
+    let deltas = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
+        .count();
+    assert!(deltas >= 4, "{deltas} pieces of text: {chunks:?}");
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop", "{finish}");
+    assert!(finish["usage"].is_null(), "usage comes last: {finish}");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]), "{usage}");
+    assert_eq!(usage["usage"]["prompt_tokens"], 37, "{usage}");
+    assert_eq!(usage["usage"]["completion_tokens"], 7, "{usage}");
+    assert_eq!(usage["usage"]["total_tokens"], 44, "{usage}");
+    let job: mesh_proto::JobId = id.strip_prefix("chatcmpl-").unwrap().parse().unwrap();
+    assert_eq!(mesh.job_entries(job).await, (1, 1, 0), "charged once");
+    // The job's receipt pins the output the stream added up to.
+    let info = mesh.admin.job(&mesh.network_id(), &job).await.unwrap().job;
+    assert_eq!(info.state, mesh_proto::api::JobState::Done);
+
+    // Without include_usage no chunk carries usage; a failure before the first chunk is an
+    // error status, as without stream.
+    let mut plain = question.clone();
+    plain.as_object_mut().unwrap().remove("stream_options");
+    let events = read_events(ask(plain).await.unwrap()).await;
+    assert!(
+        events.iter().all(|(data, _)| !data.contains("usage")),
+        "{events:?}"
+    );
+    let mut long = question.clone();
+    long["messages"][0]["content"] = json!("word ".repeat(3000));
+    let refused = ask(long).await.unwrap();
+    assert_eq!(
+        refused.status(),
+        422,
+        "the prompt is too long for the model"
+    );
+    let error: Value = refused.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("over the model's limit"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_stream_stops_the_generation() {
+    let mesh = TestNet::spawn(MeshOptions {
+        hosts: 1,
+        ..MeshOptions::default()
+    })
+    .await;
+    mesh.publish(mesh_test_artifacts::CHAT).await;
+    // A thousand tokens take the host many seconds; the client reads two chunks and leaves.
+    let mut response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", mesh.url))
+        .bearer_auth(mesh.admin_token())
+        .json(&json!({
+            "model": "smollm2-135m-instruct",
+            "messages": [{"role": "user", "content": "Tell me a very long story."}],
+            "temperature": 1.0,
+            "seed": 3,
+            "max_tokens": 1000,
+            "stream": true,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut first = String::new();
+    while !first.contains("content\":\"") || first.matches("data:").count() < 3 {
+        let bytes = response.chunk().await.unwrap().expect("more chunks");
+        first.push_str(std::str::from_utf8(&bytes).unwrap());
+    }
+    let id: String = {
+        let data = first
+            .lines()
+            .next()
+            .unwrap()
+            .strip_prefix("data: ")
+            .unwrap();
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        chunk["id"].as_str().unwrap().to_string()
+    };
+    let job: mesh_proto::JobId = id.strip_prefix("chatcmpl-").unwrap().parse().unwrap();
+    drop(response);
+    let left = Instant::now();
+    let deadline = left + Duration::from_secs(20);
+    while !mesh.hosts[0]
+        .log
+        .text()
+        .contains("job failed: the job was cancelled")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the host kept generating for a client that left\n{}",
+            mesh.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "the host stopped {:?} after the client left",
+        left.elapsed()
+    );
+    let info = loop {
+        let info = mesh.admin.job(&mesh.network_id(), &job).await.unwrap().job;
+        if info.state == mesh_proto::api::JobState::Failed {
+            break info;
+        }
+        assert!(Instant::now() < deadline, "{info:?}\n{}", mesh.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(mesh.job_entries(info.id).await, (1, 0, 1), "refunded");
 }

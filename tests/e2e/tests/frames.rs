@@ -202,3 +202,229 @@ async fn outsiders_get_no_connection_and_members_reach_the_codec() {
         mesh.logs()
     );
 }
+
+/// A node of `key` that dials the mesh's relay and reserves on it, so others reach it.
+async fn reachable_node(
+    mesh: &Network,
+    key: &SigningKey,
+) -> (
+    mesh_net::Node,
+    tokio::sync::mpsc::Receiver<mesh_net::Inbound>,
+) {
+    let (node, inbound) = mesh_net::Node::spawn(
+        key,
+        mesh_net::NodeConfig {
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+            relays: vec![mesh.relay_addr.parse().unwrap()],
+            reserve: true,
+            ..mesh_net::NodeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        node.wait_for(Duration::from_secs(10), |s| !s.reserved_on.is_empty())
+            .await,
+        "no reservation"
+    );
+    (node, inbound)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_pieces_reach_only_their_job_in_order_and_within_caps() {
+    use mesh_proto::api::JobTicket;
+    use mesh_proto::p2p::{JobRefusal, JobRequest, JobResponse, PieceRequest, PieceResponse};
+    use mesh_proto::{Blake3Hash, JobId, SignDomain, Signed};
+    let mesh = TestNet::spawn(MeshOptions {
+        hosts: 0,
+        ..MeshOptions::default()
+    })
+    .await;
+    let network = mesh.network_id();
+    let admin = mesh.admin.me().await.unwrap().person.id;
+    // Three devices of the network: a requester, its executor, and a third member that
+    // tries to write into the requester's stream.
+    let (requester, executor, intruder) = (
+        mesh.rogue(&network).await,
+        mesh.rogue(&network).await,
+        mesh.rogue(&network).await,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await; // the relay's allow-list
+    let (requester_node, _) = reachable_node(&mesh, &requester.key).await;
+    let (executor_node, mut executor_inbound) = reachable_node(&mesh, &executor.key).await;
+    let (intruder_node, _) = reachable_node(&mesh, &intruder.key).await;
+    let executor_peer = executor_node.peer_id();
+    let requester_peer = requester_node.peer_id();
+    // (Nodes only read a ticket's job id; the executor's agent checks the rest.)
+    let request = |job: JobId| {
+        let ticket = JobTicket {
+            job,
+            network,
+            requester: admin,
+            executor: executor.device,
+            executor_peer: executor_peer.to_string(),
+            requester_peer: requester_peer.to_string(),
+            workload: Blake3Hash::of(b"w"),
+            input: Blake3Hash::of(b"in"),
+            price: 1,
+            expires_at_ms: mesh_net::verify::now_ms() as i64 + 60_000,
+            workload_name: None,
+            publisher: None,
+            requester_role: None,
+        };
+        JobRequest {
+            ticket: Signed::sign(&ticket, &requester.key, SignDomain::JobTicket, &network).unwrap(),
+            requester_cert: None,
+            input: b"in".to_vec(),
+            stream: true,
+        }
+    };
+    // The requester sends a job that streams; the executor holds it while it tries things.
+    let start = |job: JobId| {
+        let (pieces, received) = tokio::sync::mpsc::unbounded_channel();
+        let node = requester_node.clone();
+        let request = request(job);
+        let answer = tokio::spawn(async move {
+            node.request_job_streaming(executor_peer, request, pieces)
+                .await
+        });
+        (answer, received)
+    };
+    let job = JobId::from_bytes([1; 16]);
+    let (answer, mut received) = start(job);
+    let Some(mesh_net::Inbound::Job { reply, .. }) = executor_inbound.recv().await else {
+        panic!("the executor got no job");
+    };
+    let piece = |seq: u32, bytes: &[u8]| PieceRequest {
+        job,
+        seq,
+        bytes: bytes.to_vec(),
+    };
+    let from_executor = |p| executor_node.send_piece(requester_peer, p);
+    assert_eq!(
+        from_executor(piece(0, b"one")).await.unwrap(),
+        PieceResponse::Taken
+    );
+    // Another member's pieces for that job are not its executor's: nothing reaches the job.
+    intruder_node.connect(requester_peer).await.unwrap();
+    for seq in [1, 0] {
+        let response = intruder_node
+            .send_piece(requester_peer, piece(seq, b"forged"))
+            .await
+            .unwrap();
+        assert_eq!(response, PieceResponse::Unwanted);
+    }
+    assert_eq!(
+        from_executor(piece(1, b"two")).await.unwrap(),
+        PieceResponse::Taken
+    );
+    // Out of order: refused, and the stream takes nothing more from anyone.
+    assert!(matches!(
+        from_executor(piece(3, b"four")).await.unwrap(),
+        PieceResponse::Refused(why) if why.contains("piece 3 came where piece 2 was due")
+    ));
+    assert_eq!(
+        from_executor(piece(2, b"three")).await.unwrap(),
+        PieceResponse::Unwanted
+    );
+    let _ = reply.send(JobResponse::Refused(JobRefusal::Busy { queued: 0 }));
+    answer.await.unwrap().unwrap();
+    let mut got = Vec::new();
+    while let Some(piece) = received.recv().await {
+        got.push(piece);
+    }
+    assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
+
+    // Caps: a piece over 64 KiB, and more than 4 MiB in all, are refused.
+    let job = JobId::from_bytes([2; 16]);
+    let (answer, mut received) = start(job);
+    let Some(mesh_net::Inbound::Job { reply, .. }) = executor_inbound.recv().await else {
+        panic!("the executor got no job");
+    };
+    let big = vec![7u8; (64 << 10) + 1];
+    let response = executor_node
+        .send_piece(
+            requester_peer,
+            PieceRequest {
+                job,
+                seq: 0,
+                bytes: big,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&response, PieceResponse::Refused(why) if why.contains("over the 65536-byte cap")),
+        "{response:?}"
+    );
+    let _ = reply.send(JobResponse::Refused(JobRefusal::Busy { queued: 0 }));
+    answer.await.unwrap().unwrap();
+    assert!(received.recv().await.is_none());
+
+    let job = JobId::from_bytes([3; 16]);
+    let (answer, mut received) = start(job);
+    let Some(mesh_net::Inbound::Job { reply, .. }) = executor_inbound.recv().await else {
+        panic!("the executor got no job");
+    };
+    let full = vec![7u8; 64 << 10];
+    for seq in 0..64 {
+        let response = executor_node
+            .send_piece(
+                requester_peer,
+                PieceRequest {
+                    job,
+                    seq,
+                    bytes: full.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(response, PieceResponse::Taken, "piece {seq}");
+    }
+    let response = executor_node
+        .send_piece(
+            requester_peer,
+            PieceRequest {
+                job,
+                seq: 64,
+                bytes: vec![1],
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&response, PieceResponse::Refused(why) if why.contains("streamed over 4194304 bytes")),
+        "{response:?}"
+    );
+    let _ = reply.send(JobResponse::Refused(JobRefusal::Busy { queued: 0 }));
+    answer.await.unwrap().unwrap();
+    let mut total = 0;
+    while let Some(piece) = received.recv().await {
+        total += piece.len();
+    }
+    assert_eq!(total, 4 << 20);
+
+    // A job asked for without streaming takes no pieces at all.
+    let job = JobId::from_bytes([4; 16]);
+    let mut plain = request(job);
+    plain.stream = false;
+    let node = requester_node.clone();
+    let answer = tokio::spawn(async move { node.request_job(executor_peer, plain).await });
+    let Some(mesh_net::Inbound::Job { reply, .. }) = executor_inbound.recv().await else {
+        panic!("the executor got no job");
+    };
+    let response = executor_node
+        .send_piece(
+            requester_peer,
+            PieceRequest {
+                job,
+                seq: 0,
+                bytes: b"unasked".to_vec(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(response, PieceResponse::Unwanted);
+    let _ = reply.send(JobResponse::Refused(JobRefusal::Busy { queued: 0 }));
+    answer.await.unwrap().unwrap();
+}

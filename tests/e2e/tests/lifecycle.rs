@@ -354,6 +354,7 @@ async fn the_executor_is_paid_when_the_requester_never_reports() {
             ticket: assignment.ticket.clone().expect("assigned"),
             requester_cert: Some(requester.cert.clone()),
             input,
+            stream: false,
         };
         let answer = node.request_job(host, request).await.unwrap();
         assert!(

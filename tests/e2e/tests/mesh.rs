@@ -216,6 +216,7 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
             ticket: ticket.clone(),
             requester_cert: Some(cert.clone()),
             input: input.clone(),
+            stream: false,
         };
         async move { node.request_job(host, request).await.unwrap() }
     };
@@ -233,6 +234,7 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
         ticket: forged,
         requester_cert: Some(rogue.cert.clone()),
         input: input.clone(),
+        stream: false,
     })
     .await;
     assert!(
@@ -245,6 +247,7 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
         ticket: ticket.clone(),
         requester_cert: None,
         input: input.clone(),
+        stream: false,
     })
     .await;
     assert!(
@@ -255,6 +258,7 @@ async fn hostile_requests_are_refused_and_nothing_is_disturbed() {
         ticket: ticket.clone(),
         requester_cert: Some(rogue.cert.clone()),
         input: b"{\"texts\":[\"something else\"]}".to_vec(),
+        stream: false,
     })
     .await;
     assert_eq!(refusal, JobRefusal::InputMismatch);

@@ -69,6 +69,7 @@ async fn a_host_without_model_files_fetches_them_from_the_requester() {
                 ticket,
                 requester_cert: Some(rogue.cert.clone()),
                 input,
+                stream: false,
             },
         )
         .await

@@ -239,6 +239,7 @@ async fn a_host_refuses_a_ticket_its_terms_forbid_whoever_signed_it() {
             ticket: Signed::sign(&ticket, &key, SignDomain::JobTicket, &network).unwrap(),
             requester_cert: Some(rogue.cert.clone()),
             input: input.clone(),
+            stream: false,
         }
     };
     let ask = |host: usize, request: JobRequest| {

@@ -12,6 +12,8 @@
 //! seeded, so the same seed and input give the same tokens on the same engine), stop
 //! sequences and `max_tokens`. The host runs the model through `wasi:nn`, keeping the
 //! key/value cache between steps: each step sends one token id and gets the logits back.
+//! The text streams out as it is generated (`mesh_guest::emit`), whole characters only, and
+//! never a byte a stop sequence might still cut: the pieces add up to the output's `text`.
 //! Message contents are always plain text: `<|im_start|>` typed by a person is text, not a
 //! turn of the conversation.
 
@@ -116,7 +118,10 @@ impl Sampler {
             ranked.truncate(self.top_k);
         }
         let max = ranked[0].1;
-        let mut probs: Vec<f64> = ranked.iter().map(|&(_, l)| f64::from(l - max).exp()).collect();
+        let mut probs: Vec<f64> = ranked
+            .iter()
+            .map(|&(_, l)| f64::from(l - max).exp())
+            .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
         if self.top_p < 1.0 {
@@ -194,6 +199,22 @@ fn logits_of(outputs: Vec<mesh_guest::TensorOutput>) -> Result<Vec<f32>, JobErro
     Ok(logits.to_f32()?)
 }
 
+/// Bytes at the end of `text` that may be the start of a stop sequence, so are not streamed
+/// until the next tokens show whether it comes (the longest such suffix, on a character
+/// boundary).
+fn held_back(text: &str, stops: &[String]) -> usize {
+    stops
+        .iter()
+        .flat_map(|stop| {
+            (1..stop.len().min(text.len() + 1))
+                .rev()
+                .filter(|&n| stop.is_char_boundary(n) && text.ends_with(&stop[..n]))
+                .take(1)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 struct Chat;
 
 impl Workload for Chat {
@@ -221,7 +242,7 @@ impl Workload for Chat {
         }
         let temperature = input.temperature.unwrap_or(0.0);
         let top_p = input.top_p.unwrap_or(1.0);
-        if !(0.0..=2.0).contains(&temperature) || !(top_p > 0.0 && top_p <= 1.0) {
+        if !((0.0..=2.0).contains(&temperature) && top_p > 0.0 && top_p <= 1.0) {
             return Err(JobError::invalid_input(
                 "temperature is in [0, 2] and top_p in (0, 1]",
             ));
@@ -252,7 +273,10 @@ impl Workload for Chat {
         let mut tokens = Vec::new();
         let mut text = String::new();
         let mut stream = Utf8Stream::default();
+        // Text streamed so far: never a byte that a stop sequence could still cut.
+        let mut emitted = 0;
         let mut finish_reason = "length";
+        let mut stopped = false;
         while tokens.len() < max_tokens {
             let next = sampler.pick(&logits);
             if next == IM_END {
@@ -271,14 +295,25 @@ impl Workload for Chat {
             {
                 text.truncate(cut);
                 finish_reason = "stop";
+                stopped = true;
                 break;
+            }
+            let safe = text.len() - held_back(&text, &input.stop);
+            if safe > emitted {
+                mesh_guest::emit(&text.as_bytes()[emitted..safe]);
+                emitted = safe;
             }
             if tokens.len() == max_tokens {
                 break;
             }
             logits = logits_of(model.compute_i32(&[("tokens", &[1], &[next as i32])])?)?;
         }
-        text.push_str(&stream.finish());
+        if !stopped {
+            text.push_str(&stream.finish());
+        }
+        if text.len() > emitted {
+            mesh_guest::emit(&text.as_bytes()[emitted..]);
+        }
         let output = Output {
             text,
             completion_tokens: tokens.len(),

@@ -14,6 +14,8 @@
 //! - `llm-contexts:N`: open N generations of the chat model at once, each asking for the
 //!   longest cache (stopped by the job's memory allowance, which all of them share).
 //! - `llm-contexts-dropped:N`: the same one after another, each dropped before the next.
+//! - `emit-big`: stream one piece over the 64 KiB cap.
+//! - `emit-flood:N`: stream N pieces of 64 KiB (past the job's streaming cap when N > 64).
 //! - `ok`: succeed, to show the host keeps serving after the attacks.
 
 use mesh_guest::bindings::wasi::nn::graph::{self, ExecutionTarget, GraphEncoding};
@@ -54,6 +56,17 @@ impl Workload for Hostile {
             }
             "llm-contexts" => llm_contexts(arg, true),
             "llm-contexts-dropped" => llm_contexts(arg, false),
+            "emit-big" => {
+                mesh_guest::emit(&vec![7; (64 << 10) + 1]);
+                Ok(b"emitted".to_vec())
+            }
+            "emit-flood" => {
+                let piece = vec![7; 64 << 10];
+                for _ in 0..arg {
+                    mesh_guest::emit(&piece);
+                }
+                Ok(format!("emitted {arg}").into_bytes())
+            }
             "ok" => Ok(b"ok".to_vec()),
             other => Err(JobError::invalid_input(format!("unknown attack {other}"))),
         }

@@ -4,7 +4,7 @@
 use super::handle::{Command, MeshBehaviour, MeshBehaviourEvent};
 use super::paths::Paths;
 use super::relays::Relays;
-use super::requests::{PendingJob, Reply};
+use super::requests::{PendingJob, PieceStream, Reply};
 use super::{
     ConnectionInfo, Inbound, NetError, NodeConfig, NodeStatus, REDIAL_INTERVAL, is_relayed,
     relay_peer,
@@ -15,7 +15,8 @@ use libp2p::core::ConnectedPoint;
 use libp2p::request_response::OutboundRequestId;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{PeerId, Swarm, dcutr, identify, relay};
-use mesh_proto::p2p::{BlobResponse, CancelResponse};
+use mesh_proto::JobId;
+use mesh_proto::p2p::{BlobResponse, CancelResponse, PieceResponse};
 use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -30,6 +31,10 @@ pub(super) struct Driver {
         HashMap<OutboundRequestId, oneshot::Sender<Result<BlobResponse, NetError>>>,
     pub(super) pending_cancels:
         HashMap<OutboundRequestId, oneshot::Sender<Result<CancelResponse, NetError>>>,
+    pub(super) pending_pieces:
+        HashMap<OutboundRequestId, oneshot::Sender<Result<PieceResponse, NetError>>>,
+    /// Jobs sent out that stream, by executor and job: where their pieces go.
+    pub(super) streams: HashMap<(PeerId, JobId), PieceStream>,
     pending_dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetError>>>>,
     pub(super) inbound: mpsc::Sender<Inbound>,
     status: watch::Sender<NodeStatus>,
@@ -52,6 +57,8 @@ impl Driver {
             pending_jobs: HashMap::new(),
             pending_blobs: HashMap::new(),
             pending_cancels: HashMap::new(),
+            pending_pieces: HashMap::new(),
+            streams: HashMap::new(),
             pending_dials: HashMap::new(),
             inbound,
             status,
@@ -96,8 +103,17 @@ impl Driver {
             Command::Job {
                 peer,
                 request,
+                pieces,
                 reply,
             } => {
+                let stream = match (pieces, request.ticket.peek()) {
+                    (Some(pieces), Ok(ticket)) => {
+                        self.streams
+                            .insert((peer, ticket.job), PieceStream::new(pieces));
+                        Some((peer, ticket.job))
+                    }
+                    _ => None,
+                };
                 let addresses = self.relays.circuit_addresses(peer);
                 let id = self.swarm.behaviour_mut().job.send_request_with_addresses(
                     &peer,
@@ -110,6 +126,7 @@ impl Driver {
                     PendingJob {
                         peer,
                         resend: Some(request),
+                        stream,
                         reply,
                     },
                 );
@@ -127,6 +144,19 @@ impl Driver {
                     .send_request_with_addresses(&peer, *request, addresses);
                 self.paths.request_sent(peer);
                 self.pending_blobs.insert(id, reply);
+            }
+            Command::Piece {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .piece
+                    .send_request(&peer, *request);
+                self.paths.request_sent(peer);
+                self.pending_pieces.insert(id, reply);
             }
             Command::Cancel {
                 peer,
@@ -337,6 +367,7 @@ impl Driver {
             MeshBehaviourEvent::Job(event) => self.on_job(event, replies),
             MeshBehaviourEvent::Blob(event) => self.on_blob(event, replies),
             MeshBehaviourEvent::Cancel(event) => self.on_cancel(event, replies),
+            MeshBehaviourEvent::Piece(event) => self.on_piece(event),
             _ => {}
         }
     }

@@ -5,7 +5,7 @@ use super::relays::Relays;
 use super::{
     BlobCodec, CANCEL_TIMEOUT, CancelCodec, IDENTIFY_PROTOCOL, IDLE_CONNECTION_TIMEOUT,
     INBOUND_BUFFER, Inbound, JobAnswer, JobCodec, NetError, NodeConfig, NodeError, NodeStatus,
-    keypair, quic_config, relay_peer,
+    PIECE_TIMEOUT, PieceCodec, keypair, quic_config, relay_peer,
 };
 use futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
@@ -17,7 +17,8 @@ use mesh_proto::JobId;
 use mesh_proto::p2p::{
     BLOB_PROTOCOL, BlobRequest, BlobResponse, CANCEL_PROTOCOL, CancelRequest, CancelResponse,
     JOB_PROTOCOL, JobRequest, MAX_BLOB_REQUEST_FRAME, MAX_BLOB_RESPONSE_FRAME, MAX_CANCEL_FRAME,
-    MAX_JOB_REQUEST_FRAME, MAX_JOB_RESPONSE_FRAME,
+    MAX_JOB_REQUEST_FRAME, MAX_JOB_RESPONSE_FRAME, MAX_PIECE_REQUEST_FRAME,
+    MAX_PIECE_RESPONSE_FRAME, PIECE_PROTOCOL, PieceRequest, PieceResponse,
 };
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -29,7 +30,15 @@ pub(super) enum Command {
     Job {
         peer: PeerId,
         request: Box<JobRequest>,
+        /// Where the pieces the executor streams go, if the request asks for them.
+        pieces: Option<mpsc::UnboundedSender<Vec<u8>>>,
         reply: oneshot::Sender<Result<JobAnswer, NetError>>,
+    },
+    /// Send a piece of a job's streamed output to its requester.
+    Piece {
+        peer: PeerId,
+        request: Box<PieceRequest>,
+        reply: oneshot::Sender<Result<PieceResponse, NetError>>,
     },
     /// Ask for a piece of a blob.
     Blob {
@@ -63,6 +72,7 @@ pub struct MeshBehaviour {
     pub(super) job: request_response::Behaviour<JobCodec>,
     pub(super) blob: request_response::Behaviour<BlobCodec>,
     pub(super) cancel: request_response::Behaviour<CancelCodec>,
+    pub(super) piece: request_response::Behaviour<PieceCodec>,
 }
 
 /// A handle to a running node; the swarm task stops when every handle is dropped.
@@ -180,6 +190,44 @@ impl Node {
         self.send(Command::Job {
             peer,
             request: Box::new(request),
+            pieces: None,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// [`Node::request_job`] for a request that asks to stream (`request.stream`): the
+    /// pieces `peer` streams for the job arrive on `pieces`, in order, before the answer;
+    /// the sender is dropped when the answer comes. Pieces from anyone else, out of order or
+    /// past [`mesh_proto::p2p::MAX_STREAMED_BYTES`] are refused.
+    pub async fn request_job_streaming(
+        &self,
+        peer: PeerId,
+        request: JobRequest,
+        pieces: mpsc::UnboundedSender<Vec<u8>>,
+    ) -> Result<JobAnswer, NetError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Job {
+            peer,
+            request: Box::new(request),
+            pieces: Some(pieces),
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Send `peer`, the requester of a job this node runs, the next piece of its output.
+    pub async fn send_piece(
+        &self,
+        peer: PeerId,
+        request: PieceRequest,
+    ) -> Result<PieceResponse, NetError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Piece {
+            peer,
+            request: Box::new(request),
             reply,
         })
         .await?;
@@ -276,6 +324,11 @@ fn build_swarm(
                 CancelCodec::new(MAX_CANCEL_FRAME, MAX_CANCEL_FRAME),
                 [(StreamProtocol::new(CANCEL_PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(CANCEL_TIMEOUT),
+            ),
+            piece: request_response::Behaviour::with_codec(
+                PieceCodec::new(MAX_PIECE_REQUEST_FRAME, MAX_PIECE_RESPONSE_FRAME),
+                [(StreamProtocol::new(PIECE_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(PIECE_TIMEOUT),
             ),
         })
         .map_err(|e| NodeError::Transport(e.to_string()))?

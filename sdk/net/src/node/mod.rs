@@ -1,5 +1,6 @@
 //! [`Node`]: a libp2p swarm (TCP + QUIC, Noise, Yamux, Identify, relay client, DCUtR, Ping,
-//! and the `/mesh/job/1`, `/mesh/cancel/1` and `/mesh/blob/1` request-response protocols)
+//! and the `/mesh/job/1`, `/mesh/piece/1`, `/mesh/cancel/1` and `/mesh/blob/1`
+//! request-response protocols)
 //! driven by one task, with an async handle for sending requests and a channel of inbound ones.
 //!
 //! Hosts listen before they dial the relay (so hole punching can reuse the port), wait for
@@ -14,8 +15,9 @@
 //! - `relays`: each relay's state (disconnected, connected, reserving, reserved);
 //! - `paths`: the connections to each peer, requests in flight, and closing a relayed
 //!   connection once a direct one is up;
-//! - `requests`: the three request-response protocols, inbound requests handed to the
-//!   application and outbound ones waiting for their answers.
+//! - `requests`: the request-response protocols, inbound requests handed to the
+//!   application and outbound ones waiting for their answers; the pieces a job streams go
+//!   straight to whoever waits for that job from that executor.
 
 mod driver;
 mod handle;
@@ -28,6 +30,7 @@ use libp2p::request_response;
 use libp2p::{Multiaddr, PeerId, identity};
 use mesh_proto::p2p::{
     BlobRequest, BlobResponse, CancelRequest, CancelResponse, JobRequest, JobResponse,
+    PieceRequest, PieceResponse,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -68,6 +71,11 @@ pub type JobCodec = FramedCbor<JobRequest, JobResponse>;
 pub type BlobCodec = FramedCbor<BlobRequest, BlobResponse>;
 /// The cancel protocol's codec.
 pub type CancelCodec = FramedCbor<CancelRequest, CancelResponse>;
+/// The piece protocol's codec.
+pub type PieceCodec = FramedCbor<PieceRequest, PieceResponse>;
+
+/// Time allowed for a piece of streamed output to be taken.
+const PIECE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Time allowed for a cancel request.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,16 +1,20 @@
 //! The request-response protocols (`/mesh/job/1`, `/mesh/blob/1`, `/mesh/cancel/1`): inbound
 //! requests go to the application on the node's inbound channel and their answers come back
 //! as [`Reply`] futures; outbound requests wait in the driver's pending maps for their answer
-//! or failure.
+//! or failure. `/mesh/piece/1` is answered here: a piece goes to the job this node sent that
+//! executor, if it asked to stream, in order and within the caps.
 
 use super::driver::Driver;
 use super::{INBOUND_BUFFER, Inbound, JobAnswer, NetError, REQUESTER_POLL};
 use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use mesh_proto::JobId;
 use mesh_proto::p2p::{
     BlobRequest, BlobResponse, CancelRequest, CancelResponse, JobRequest, JobResponse,
+    MAX_STREAMED_BYTES, PieceRequest, PieceResponse,
 };
+use mesh_proto::workload::MAX_PIECE_BYTES;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -26,8 +30,56 @@ pub(super) struct PendingJob {
     pub(super) peer: PeerId,
     /// The request, to send again once.
     pub(super) resend: Option<Box<JobRequest>>,
+    /// Its entry in the driver's streams, if it streams.
+    pub(super) stream: Option<(PeerId, JobId)>,
     /// Where the answer goes.
     pub(super) reply: oneshot::Sender<Result<JobAnswer, NetError>>,
+}
+
+/// Where the pieces of one streaming job go, and how far its stream got.
+pub(super) struct PieceStream {
+    sender: mpsc::UnboundedSender<Vec<u8>>,
+    next_seq: u32,
+    bytes: usize,
+}
+
+impl PieceStream {
+    /// A stream that delivers to `sender`.
+    pub(super) fn new(sender: mpsc::UnboundedSender<Vec<u8>>) -> Self {
+        PieceStream {
+            sender,
+            next_seq: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Take the next piece, or say why not. Memory stays bounded: a stream holds at most
+    /// [`MAX_STREAMED_BYTES`] however slowly its receiver reads.
+    fn take(&mut self, piece: PieceRequest) -> PieceResponse {
+        if piece.seq != self.next_seq {
+            return PieceResponse::Refused(format!(
+                "piece {} came where piece {} was due",
+                piece.seq, self.next_seq
+            ));
+        }
+        if piece.bytes.len() > MAX_PIECE_BYTES {
+            return PieceResponse::Refused(format!(
+                "a piece of {} bytes is over the {MAX_PIECE_BYTES}-byte cap",
+                piece.bytes.len()
+            ));
+        }
+        if self.bytes + piece.bytes.len() > MAX_STREAMED_BYTES {
+            return PieceResponse::Refused(format!(
+                "the job streamed over {MAX_STREAMED_BYTES} bytes"
+            ));
+        }
+        self.next_seq += 1;
+        self.bytes += piece.bytes.len();
+        match self.sender.send(piece.bytes) {
+            Ok(()) => PieceResponse::Taken,
+            Err(_) => PieceResponse::Unwanted,
+        }
+    }
 }
 
 /// An inbound request's answer (or `None`: the application dropped it), with the channel
@@ -129,6 +181,9 @@ impl Driver {
             } => {
                 let relayed = self.paths.relayed(&peer, &connection_id);
                 if let Some(pending) = self.pending_jobs.remove(&request_id) {
+                    if let Some(key) = pending.stream {
+                        self.streams.remove(&key);
+                    }
                     let _ = pending.reply.send(Ok(JobAnswer { response, relayed }));
                 }
                 self.request_done(peer);
@@ -152,6 +207,9 @@ impl Driver {
                         return;
                     }
                     tracing::info!(peer = %pending.peer, "job request failed: {error}");
+                    if let Some(key) = pending.stream {
+                        self.streams.remove(&key);
+                    }
                     let _ = pending
                         .reply
                         .send(Err(NetError::from_outbound(peer, error)));
@@ -189,6 +247,69 @@ impl Driver {
             Handled::Unqueued(_) => {}
             Handled::Answered(peer) => self.request_done(peer),
             Handled::Nothing => {}
+        }
+    }
+
+    /// One event of the piece protocol: inbound pieces are taken here, for the job this
+    /// node sent the peer (nobody else's pieces reach it).
+    pub(super) fn on_piece(&mut self, event: request_response::Event<PieceRequest, PieceResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let key = (peer, request.job);
+                let answer = match self.streams.get_mut(&key) {
+                    Some(stream) => stream.take(request),
+                    None => PieceResponse::Unwanted,
+                };
+                if !matches!(answer, PieceResponse::Taken) {
+                    tracing::info!(%peer, "refused a streamed piece: {answer:?}");
+                    // A stream that broke the rules gets nothing more; the job's answer
+                    // still comes, and its receipt pins the whole output.
+                    self.streams.remove(&key);
+                }
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .piece
+                    .send_response(channel, answer);
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.pending_pieces.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+                self.request_done(peer);
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, "piece request failed: {error}");
+                if let Some(reply) = self.pending_pieces.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::from_outbound(peer, error)));
+                }
+                self.request_done(peer);
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::info!(%peer, "inbound piece failed: {error}");
+            }
+            Event::ResponseSent { .. } => {}
         }
     }
 
