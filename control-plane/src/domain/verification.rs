@@ -49,10 +49,25 @@ impl<'a> Output<'a> {
     }
 }
 
-/// Compare two results by `rule`, calibrated to their precisions.
-fn agree(rule: &Comparison, a: Output<'_>, b: Output<'_>) -> Result<(), mesh_proto::Mismatch> {
+/// Whether a judge's output upholds the executor's, by `rule` calibrated to their
+/// precisions: the same result, or (generation) a verdict that the executor's is consistent.
+fn agree(
+    rule: &Comparison,
+    original: Output<'_>,
+    judged: Output<'_>,
+) -> Result<(), mesh_proto::Mismatch> {
+    rule.calibrated(original.models, judged.models)
+        .judge_agrees(original.bytes, judged.bytes)
+}
+
+/// Whether two judges' outputs agree (the same result, or the same verdict).
+fn judges_agree(
+    rule: &Comparison,
+    a: Output<'_>,
+    b: Output<'_>,
+) -> Result<(), mesh_proto::Mismatch> {
     rule.calibrated(a.models, b.models)
-        .compare(a.bytes, b.bytes)
+        .judges_agree(a.bytes, b.bytes)
 }
 
 /// Who took part in a check.
@@ -269,7 +284,7 @@ pub fn decide(round: Round<'_>, rule: &Comparison) -> Decision {
             third,
         } => {
             let with_executor = agree(rule, original, third).is_ok();
-            let with_verifier = agree(rule, check, third).is_ok();
+            let with_verifier = judges_agree(rule, check, third).is_ok();
             let tiebreaker_paid = Payment {
                 to: Party::Tiebreaker,
                 round: PaidRound::Tiebreak,
@@ -567,5 +582,48 @@ mod tests {
         assert_eq!(state(&int8, &fp32), CheckState::Passed);
         // Receipts that do not say (older hosts) keep it too.
         assert_eq!(state(&[], &fp32), CheckState::Passed);
+    }
+
+    #[test]
+    fn generations_are_judged_by_the_judges_verdicts_never_by_the_executors_output() {
+        let rule = Comparison::Generation(0.5);
+        let answer = br#"{"text": "Paris.", "tokens": [7042, 30], "finish_reason": "stop"}"#;
+        let yes = br#"{"verdict": "consistent", "checked_tokens": 2, "worst_gap": 0.0}"#;
+        let no = br#"{"verdict": "inconsistent", "checked_tokens": 1, "reason": "token 0"}"#;
+        let first = |original: &'static [u8], check: &'static [u8]| {
+            decide(
+                Round::First {
+                    original: Output::new(original, &[]),
+                    check: Output::new(check, &[]),
+                },
+                &rule,
+            )
+            .outcome
+            .state()
+        };
+        assert_eq!(first(answer, yes), CheckState::Passed);
+        assert_eq!(first(answer, no), CheckState::Disputed);
+        // A judge that answers no verdict (its own generation, garbage) upholds nothing.
+        assert_eq!(first(answer, answer), CheckState::Disputed);
+        assert_eq!(first(answer, b"garbage"), CheckState::Disputed);
+        // An executor that answers with a verdict of its own instead of text gains nothing:
+        // its output is only ever the thing judged.
+        assert_eq!(first(no, no), CheckState::Disputed);
+        let tiebreak = |check: &'static [u8], third: &'static [u8]| {
+            decide(
+                Round::Tiebreak {
+                    original: Output::new(answer, &[]),
+                    check: Output::new(check, &[]),
+                    third: Output::new(third, &[]),
+                },
+                &rule,
+            )
+            .outcome
+            .state()
+        };
+        // The tie-breaker's verdict sides with the verifier's or with the executor.
+        assert_eq!(tiebreak(no, no), CheckState::Failed);
+        assert_eq!(tiebreak(no, yes), CheckState::Passed);
+        assert_eq!(tiebreak(no, b"garbage"), CheckState::Inconclusive);
     }
 }

@@ -121,8 +121,20 @@ async fn advance(state: &AppState, node: &mesh_net::Node, job_id: &JobId) -> Dom
         return Ok(());
     }
     let rule = comparison(state, &job.network, &job.workload).await?;
+    // A generation is judged by re-scoring the executor's tokens, not by generating again.
+    let judged_input = match rule {
+        Comparison::Generation(_) => match mesh_proto::compare::score_input(&input, &output) {
+            Ok(scoring) => scoring,
+            Err(e) => {
+                return Err(DomainError::internal(format!(
+                    "the input of a generation is not a document: {e}"
+                )));
+            }
+        },
+        _ => input.clone(),
+    };
     if round == CheckState::Selected {
-        let again = reexecute(state, node, &job, JobPurpose::Check, &input).await?;
+        let again = reexecute(state, node, &job, JobPurpose::Check, &judged_input).await?;
         let verifier = again.executor;
         let check_hash = store_payload(state, &job.id, &again.output).await?;
         checks::set_round_job(&state.db.pool, job_id, Reexecution::Check, &again.job).await?;
@@ -146,7 +158,8 @@ async fn advance(state: &AppState, node: &mesh_net::Node, job_id: &JobId) -> Dom
             tiebreaker: None,
         };
         apply(state, &job, &parties, &check_hash, &decision).await?;
-        if decision.outcome == Outcome::Passed && !own {
+        if decision.outcome == Outcome::Passed && !own && !matches!(rule, Comparison::Generation(_))
+        {
             crate::domain::ringers::harvest(state, &job, &input, &output, &[executor, verifier])
                 .await?;
         }
@@ -166,7 +179,7 @@ async fn advance(state: &AppState, node: &mesh_net::Node, job_id: &JobId) -> Dom
         let check_output = payload(state, &job.id, &check_output_hash)
             .await?
             .ok_or_else(|| DomainError::internal("the check output is gone"))?;
-        let third = reexecute(state, node, &job, JobPurpose::Tiebreak, &input).await?;
+        let third = reexecute(state, node, &job, JobPurpose::Tiebreak, &judged_input).await?;
         checks::set_round_job(&state.db.pool, job_id, Reexecution::Tiebreak, &third.job).await?;
         let decision = decide(
             Round::Tiebreak {
@@ -254,7 +267,8 @@ struct Reexecuted {
 }
 
 /// Run `job` again as a `purpose` job (price 0, the control plane as requester) on a judge's
-/// device.
+/// device, on `input`: the job's own, or for a generation the scoring input that asks the
+/// judge for its verdict on the executor's output.
 async fn reexecute(
     state: &AppState,
     node: &mesh_net::Node,
@@ -280,7 +294,7 @@ async fn reexecute(
                 network: job.network,
                 requester: job.requester,
                 workload: job.workload,
-                input: job.input,
+                input: mesh_proto::Blake3Hash::of(input),
                 input_size: input.len() as u64,
                 price: 0,
                 idempotency_key: &key,

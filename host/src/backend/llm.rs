@@ -241,7 +241,7 @@ impl LlmContext {
             tensor: Tensor {
                 dimensions: vec![rows as u32, vocab as u32],
                 ty: TensorType::Fp32,
-                data: logits.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                data: le_bytes(&logits),
             },
         }])
     }
@@ -290,4 +290,13 @@ impl BackendExecutionContext for LlmContext {
         (self.inputs, self.outputs) = (bound, outputs);
         result
     }
+}
+
+/// `values` as little-endian bytes, one copy (a generation step returns 49,152 of them).
+fn le_bytes(values: &[f32]) -> Vec<u8> {
+    let mut bytes = vec![0u8; values.len() * 4];
+    for (out, v) in bytes.chunks_exact_mut(4).zip(values) {
+        out.copy_from_slice(&v.to_le_bytes());
+    }
+    bytes
 }

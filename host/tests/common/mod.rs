@@ -60,6 +60,29 @@ pub fn executor_with(
     (executor, data)
 }
 
+/// An executor on `backend` whose inference calls use `threads` threads.
+pub fn executor_with_threads(
+    backend: BackendKind,
+    limits: Limits,
+    threads: usize,
+) -> (Executor, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let executor = Executor::new(ExecutorConfig {
+        limits,
+        backend: Some(backend),
+        data_dir: data.path().to_path_buf(),
+        backend_config: mesh_host::backend::BackendConfig {
+            threads,
+            ..Default::default()
+        },
+        ..ExecutorConfig::default()
+    })
+    .unwrap_or_else(|e| {
+        panic!("executor on {backend}: {e} (run scripts/setup.sh to prepare models)")
+    });
+    (executor, data)
+}
+
 /// One line of the reference corpus.
 pub struct Reference {
     pub id: u64,

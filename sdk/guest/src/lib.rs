@@ -80,6 +80,15 @@ impl Metadata {
         self
     }
 
+    /// Results are generated text, verified by re-scoring under teacher forcing: with
+    /// `score` (the claimed output) in its input, the workload must answer a verdict
+    /// (`{"verdict": "consistent" | "inconsistent", …}`), accepting tokens within `margin`
+    /// logits of what its sampling draws.
+    pub fn generation(mut self, margin: f32) -> Self {
+        self.comparison = Comparison::Generation(margin);
+        self
+    }
+
     /// Results are JSON; arrays of numbers must have cosine similarity of at least `min`.
     pub fn cosine(mut self, min: f32) -> Self {
         self.comparison = Comparison::Cosine(min);

@@ -19,6 +19,59 @@ pub enum Comparison {
     /// JSON of the same shape; every array of numbers has at least this cosine similarity with
     /// its counterpart, other numbers are equal.
     Cosine(f32),
+    /// Generated text: a judge does not run the job again but re-scores the executor's
+    /// tokens (the workload with the claimed output as `score`, see [`score_input`]) and
+    /// answers a [`ScoreVerdict`]; tokens within this many logits of what the declared
+    /// sampling draws are accepted. Two generations compare by their token ids.
+    Generation(f32),
+}
+
+/// A judge's answer to a scoring run of a [`Comparison::Generation`] workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreVerdict {
+    /// `consistent` when every claimed token (and how the text ended) is what the declared
+    /// sampling draws, within the margin; `inconsistent` otherwise.
+    pub verdict: ScoreOutcome,
+    /// Tokens scored.
+    #[serde(default)]
+    pub checked_tokens: u64,
+    /// The largest gap found between a claimed token and what the sampling draws, in logits.
+    #[serde(default)]
+    pub worst_gap: f64,
+    /// Why it is inconsistent (empty when consistent).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// The verdict of a scoring run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreOutcome {
+    /// The claimed generation is what this engine's model draws.
+    Consistent,
+    /// It is not.
+    Inconsistent,
+}
+
+/// The input of the scoring run that judges `output` as an answer to `input` (both JSON
+/// documents): `input` with the claimed output under `score`. An output that is not a
+/// document is scored as a string, which no generation workload accepts.
+pub fn score_input(input: &[u8], output: &[u8]) -> Result<Vec<u8>, Mismatch> {
+    let mut input = crate::document::parse(input).map_err(|e| Mismatch::NotJson(e.to_string()))?;
+    let claimed = crate::document::parse(output)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(output).into()));
+    let Some(fields) = input.as_object_mut() else {
+        return Err(Mismatch::Structure { path: "$".into() });
+    };
+    fields.insert("score".into(), claimed);
+    serde_json::to_vec(&input).map_err(|e| Mismatch::NotJson(e.to_string()))
+}
+
+impl ScoreVerdict {
+    /// A judge's output read as a verdict (anything else is no verdict).
+    pub fn parse(bytes: &[u8]) -> Option<ScoreVerdict> {
+        serde_json::from_slice(bytes).ok()
+    }
 }
 
 /// Why two outputs do not agree.
@@ -47,6 +100,12 @@ pub enum Mismatch {
         /// The declared tolerance.
         tolerance: f32,
     },
+    /// A judge found a generation inconsistent with the model's own scores.
+    #[error("the judge re-scored the generation: {0}")]
+    Rescored(String),
+    /// A judge's output is not a verdict.
+    #[error("the judge answered no verdict")]
+    NoVerdict,
     /// A vector's cosine similarity is below the declared minimum.
     #[error("vector at {path} has cosine {cosine} (minimum {minimum})")]
     Cosine {
@@ -83,10 +142,50 @@ impl Comparison {
         }
     }
 
+    /// Whether a judge's output says `original` stands. Under [`Comparison::Generation`]
+    /// the judge's output is its [`ScoreVerdict`] on `original`; under every other rule it
+    /// is the judge's own result, compared with `original`.
+    pub fn judge_agrees(&self, original: &[u8], judged: &[u8]) -> Result<(), Mismatch> {
+        match self {
+            Comparison::Generation(_) => match ScoreVerdict::parse(judged) {
+                Some(v) if v.verdict == ScoreOutcome::Consistent => Ok(()),
+                Some(v) => Err(Mismatch::Rescored(v.reason)),
+                None => Err(Mismatch::NoVerdict),
+            },
+            _ => self.compare(original, judged),
+        }
+    }
+
+    /// Whether two judges' outputs agree: the same verdict under
+    /// [`Comparison::Generation`], the same result (by the rule) otherwise.
+    pub fn judges_agree(&self, a: &[u8], b: &[u8]) -> Result<(), Mismatch> {
+        match self {
+            Comparison::Generation(_) => match (ScoreVerdict::parse(a), ScoreVerdict::parse(b)) {
+                (Some(x), Some(y)) if x.verdict == y.verdict => Ok(()),
+                (Some(_), Some(y)) => Err(Mismatch::Rescored(y.reason)),
+                _ => Err(Mismatch::NoVerdict),
+            },
+            _ => self.compare(a, b),
+        }
+    }
+
     /// Compare two outputs; `Ok(())` when they agree under this rule.
     pub fn compare(&self, a: &[u8], b: &[u8]) -> Result<(), Mismatch> {
         match self {
             Comparison::Exact => (a == b).then_some(()).ok_or(Mismatch::Bytes),
+            Comparison::Generation(_) => {
+                let tokens = |bytes: &[u8]| {
+                    crate::document::parse(bytes)
+                        .map(|doc| doc["tokens"].clone())
+                        .map_err(|e| Mismatch::NotJson(e.to_string()))
+                };
+                let (x, y) = (tokens(a)?, tokens(b)?);
+                (x.is_array() && x == y)
+                    .then_some(())
+                    .ok_or(Mismatch::Structure {
+                        path: "$.tokens".into(),
+                    })
+            }
             Comparison::FloatTolerance(_) | Comparison::Cosine(_) => {
                 let parse = |bytes: &[u8]| {
                     crate::document::parse(bytes).map_err(|e| Mismatch::NotJson(e.to_string()))

@@ -25,6 +25,7 @@ pub fn to_metadata(metadata: Metadata, component: Blake3Hash) -> WorkloadMetadat
             WitComparison::Exact => Comparison::Exact,
             WitComparison::FloatTolerance(t) => Comparison::FloatTolerance(t),
             WitComparison::Cosine(c) => Comparison::Cosine(c),
+            WitComparison::Generation(m) => Comparison::Generation(m),
         },
         component,
     }

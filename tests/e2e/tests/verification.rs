@@ -800,3 +800,128 @@ fn trust_summary<'a>(devices: impl Iterator<Item = &'a mesh_proto::api::DeviceIn
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Generated text is checked by re-scoring, not by generating again (two honest engines
+/// need not agree byte for byte): the judge runs the chat workload with the executor's answer
+/// as `score` and answers a verdict. Honest hosts' answers, greedy and seeded, pass every
+/// check; a host that answers each question with its previous answer (fluent text, another
+/// question's) is caught by re-execution, clawed back and quarantined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_answers_are_checked_by_rescoring_and_a_replaying_host_is_caught() {
+    let host = |owner: usize, fault: Option<&str>| HostSpec {
+        owner,
+        fault: fault.map(str::to_string),
+        ..HostSpec::default()
+    };
+    let mesh = TestNet::spawn(MeshOptions {
+        hosts: 4,
+        host_specs: vec![
+            host(1, None),
+            host(2, None),
+            host(3, None),
+            host(4, Some("replay")),
+        ],
+        ..MeshOptions::default()
+    })
+    .await;
+    let network = mesh.network_id();
+    let workload = mesh.publish(mesh_test_artifacts::CHAT).await;
+    let cheater = mesh.hosts[3].device;
+    let places = [
+        "France", "Japan", "Italy", "Spain", "Egypt", "Canada", "Kenya", "Peru", "Norway", "India",
+        "Chile", "Greece", "Brazil", "Poland", "Ghana", "Iran",
+    ];
+    let mut jobs = Vec::new();
+    for round in 0..25 {
+        let mut running = Vec::new();
+        for k in 0..mesh.hosts.len() {
+            let i = round * mesh.hosts.len() + k;
+            let question = format!("What is the capital of {}?", places[i % places.len()]);
+            let mut input = serde_json::json!({
+                "messages": [{"role": "user", "content": question}],
+                "max_tokens": 12,
+                "temperature": 0,
+            });
+            if i % 2 == 1 {
+                input["temperature"] = serde_json::json!(0.8);
+                input["seed"] = serde_json::json!(i);
+            }
+            let admin = mesh.admin.clone();
+            running.push(tokio::spawn(async move {
+                admin
+                    .run_job(
+                        &network,
+                        &RunJobRequest {
+                            workload,
+                            input,
+                            idempotency_key: None,
+                        },
+                    )
+                    .await
+            }));
+        }
+        for task in running {
+            let result = task
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{e}\n{}", mesh.logs()));
+            // (What the liar returns is whatever it answered last: text, or a verdict it gave
+            // as a judge.)
+            if result.executor != cheater {
+                assert!(result.output["text"].is_string(), "{}", result.output);
+            }
+            jobs.push((result.job.id, result.executor));
+        }
+        let devices = mesh.admin.devices(&network).await.unwrap();
+        if round >= 3
+            && devices
+                .iter()
+                .any(|d| d.id == cheater && d.quarantined_at_ms.is_some())
+        {
+            break;
+        }
+    }
+    let checks = settled_checks(&mesh, &jobs).await;
+    let devices = mesh.admin.devices(&network).await.unwrap();
+    let summary = trust_summary(devices.iter());
+    for d in &devices {
+        if d.id == cheater {
+            assert!(
+                d.quarantined_at_ms.is_some(),
+                "the replaying host was not quarantined after {} jobs\n{summary}",
+                jobs.len()
+            );
+        } else {
+            assert_eq!(d.checks.failed, 0, "{} was penalised\n{summary}", d.name);
+            assert!(d.quarantined_at_ms.is_none(), "{summary}");
+        }
+    }
+    let passed = checks
+        .iter()
+        .filter(|c| c.executor != cheater && c.state == CheckState::Passed)
+        .count();
+    assert!(
+        passed >= 2,
+        "honest answers were checked and passed: {passed}\n{summary}"
+    );
+    let caught: Vec<_> = checks
+        .iter()
+        .filter(|c| c.executor == cheater && c.state == CheckState::Failed)
+        .collect();
+    assert!(
+        !caught.is_empty(),
+        "no failed check of the replaying host\n{summary}"
+    );
+    for check in caught {
+        assert!(
+            check.detail.as_deref().is_some_and(|d| !d.is_empty()),
+            "{check:?}"
+        );
+    }
+    // The judges re-scored the lie, they did not generate answers of their own.
+    let logs = mesh.logs();
+    assert!(
+        logs.contains("the judge re-scored the generation"),
+        "no dispute says why\n{summary}"
+    );
+}

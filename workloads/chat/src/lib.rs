@@ -64,6 +64,30 @@ struct Input {
     seed: Option<u64>,
     #[serde(default)]
     stop: Vec<String>,
+    /// A claimed output of this input to judge (a verifier's run): answer a verdict instead
+    /// of generating.
+    #[serde(default)]
+    score: Option<serde_json::Value>,
+}
+
+/// An answer being judged, as the output it claims to be.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Claimed {
+    text: String,
+    tokens: Vec<u32>,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    finish_reason: String,
+}
+
+/// What a scoring run answers (`mesh_proto::compare::ScoreVerdict`).
+#[derive(Serialize)]
+struct Verdict {
+    verdict: &'static str,
+    checked_tokens: usize,
+    worst_gap: f64,
+    reason: String,
 }
 
 #[derive(Serialize)]
@@ -74,6 +98,17 @@ struct Output {
     completion_tokens: usize,
     finish_reason: &'static str,
 }
+
+/// Logits by which a claimed token may trail the token this engine's sampling would draw
+/// and still be accepted as another honest engine's choice ([`Sampler::judge`]). Measured
+/// (`host/tests/chat.rs`, `scoring_report`): `mesh-llm` judging itself on 1 or 2 threads,
+/// teacher-forced against token by token, differs by 0; llama.cpp's greedy answers to 79
+/// prompts (128 tokens each; 56 of them not Mesh's own tokens) trail by at most 0.444
+/// (median of each answer's largest gap 0.087). 1.0 leaves other engines more than twice
+/// the largest gap seen; a token further than that from the draw is not an honest one.
+const MARGIN: f32 = 1.0;
+/// Claimed tokens scored per `wasi:nn` call (their logits come back together).
+const SCORE_CHUNK: usize = 32;
 
 /// How the next token is drawn.
 struct Sampler {
@@ -97,17 +132,58 @@ impl SplitMix64 {
 }
 
 impl Sampler {
-    fn pick(&mut self, logits: &[f32]) -> u32 {
-        // Greedy: the highest logit, the lowest id among equals.
+    /// Judge `claimed` as the next token under this sampling, drawing as [`Sampler::pick`]
+    /// does (so the seeded draws stay in step): accepted when some token whose share of the
+    /// draw, widened for logits `MARGIN` apart, holds the draw is within `MARGIN` logits of
+    /// `claimed` (under greedy: when `claimed` is within `MARGIN` of the highest). The
+    /// widening covers a boundary that another engine's logits moved; the distance covers
+    /// near ties another engine ranks the other way. `Ok` is the gap, in logits.
+    fn judge(&mut self, logits: &[f32], claimed: u32) -> Result<f64, String> {
+        let Some(&own) = logits.get(claimed as usize) else {
+            return Err(format!("token {claimed} is outside the vocabulary"));
+        };
         if self.temperature <= 0.0 {
-            let mut best = 0;
-            for (i, &l) in logits.iter().enumerate() {
-                if l > logits[best] {
-                    best = i;
-                }
-            }
-            return best as u32;
+            let best = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let gap = f64::from(best - own);
+            return if gap <= f64::from(MARGIN) {
+                Ok(gap)
+            } else {
+                Err(format!(
+                    "greedy drew a token {gap:.3} logits above the claimed {claimed}"
+                ))
+            };
         }
+        let (ranked, probs) = self.distribution(logits);
+        let draw = self.rng.next_f64();
+        let widen = (f64::from(MARGIN / self.temperature)).exp() - 1.0;
+        let mut best: Option<f64> = None;
+        let mut low = 0.0;
+        for (i, p) in probs.iter().enumerate() {
+            let high = low + p;
+            if draw >= low - widen && draw < high + widen {
+                let gap =
+                    f64::from((ranked[i].1 - own / self.temperature).abs() * self.temperature);
+                best = Some(best.map_or(gap, |b: f64| b.min(gap)));
+            }
+            if low - widen > draw {
+                break;
+            }
+            low = high;
+        }
+        match best {
+            Some(gap) if gap <= f64::from(MARGIN) => Ok(gap),
+            Some(gap) => Err(format!(
+                "the seeded draw is {gap:.3} logits from the claimed token {claimed}"
+            )),
+            None => Err(format!(
+                "the seeded draw cannot be the claimed token {claimed}"
+            )),
+        }
+    }
+
+    /// The tokens sampling draws from, best first (logits over the temperature), and their
+    /// probabilities after top-k and top-p.
+    fn distribution(&self, logits: &[f32]) -> (Vec<(u32, f32)>, Vec<f64>) {
         let mut ranked: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
@@ -137,6 +213,21 @@ impl Sampler {
             let total: f64 = probs.iter().sum();
             probs.iter_mut().for_each(|p| *p /= total);
         }
+        (ranked, probs)
+    }
+
+    fn pick(&mut self, logits: &[f32]) -> u32 {
+        // Greedy: the highest logit, the lowest id among equals.
+        if self.temperature <= 0.0 {
+            let mut best = 0;
+            for (i, &l) in logits.iter().enumerate() {
+                if l > logits[best] {
+                    best = i;
+                }
+            }
+            return best as u32;
+        }
+        let (ranked, probs) = self.distribution(logits);
         let draw = self.rng.next_f64();
         let mut cumulative = 0.0;
         for (i, p) in probs.iter().enumerate() {
@@ -215,13 +306,161 @@ fn held_back(text: &str, stops: &[String]) -> usize {
         .unwrap_or(0)
 }
 
+/// Judge `claimed` as this engine's answer to `input` (a verifier's run): its counts and
+/// text must be what its tokens make, its end what the sampling and stop sequences make,
+/// and every token (and the end of turn, when it says it stopped there) what the declared
+/// sampling draws from this engine's logits, within `MARGIN` ([`Sampler::judge`]). The
+/// tokens are scored under teacher forcing: the prompt and then the claimed tokens go
+/// through the model `SCORE_CHUNK` at a time, each call returning the logits of every
+/// position, so the whole answer costs about one prompt's worth of work, not a generation.
+fn score(
+    tokenizer: &BpeTokenizer,
+    input: &Input,
+    prompt: &[u32],
+    max_tokens: usize,
+    mut sampler: Sampler,
+    claimed: &serde_json::Value,
+) -> Result<Verdict, JobError> {
+    let mut verdict = Verdict {
+        verdict: "inconsistent",
+        checked_tokens: 0,
+        worst_gap: 0.0,
+        reason: String::new(),
+    };
+    let refuse = |mut verdict: Verdict, reason: String| {
+        verdict.reason = reason;
+        Ok(verdict)
+    };
+    let claimed: Claimed = match serde_json::from_value(claimed.clone()) {
+        Ok(c) => c,
+        Err(e) => return refuse(verdict, format!("the output is not a chat answer: {e}")),
+    };
+    let tokens = &claimed.tokens;
+    if claimed.prompt_tokens != prompt.len() {
+        let reason = format!(
+            "it counts {} prompt tokens; the prompt is {}",
+            claimed.prompt_tokens,
+            prompt.len()
+        );
+        return refuse(verdict, reason);
+    }
+    if claimed.completion_tokens != tokens.len() || tokens.len() > max_tokens {
+        let reason = format!(
+            "{} tokens, counted as {}, for max_tokens {max_tokens}",
+            tokens.len(),
+            claimed.completion_tokens
+        );
+        return refuse(verdict, reason);
+    }
+    if let Some(bad) = tokens
+        .iter()
+        .find(|&&t| t == IM_END || t as usize >= tokenizer.vocab_size())
+    {
+        return refuse(verdict, format!("token {bad} cannot be generated"));
+    }
+    // The text its tokens make, cut where a stop sequence first appears.
+    let mut text = String::new();
+    let mut stream = Utf8Stream::default();
+    let mut cut_at = None;
+    for (i, &t) in tokens.iter().enumerate() {
+        if !tokenizer.is_special(t) {
+            text.push_str(&stream.push(&tokenizer.token_bytes(t).unwrap_or_default()));
+        }
+        if let Some(cut) = input
+            .stop
+            .iter()
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+        {
+            text.truncate(cut);
+            cut_at = Some(i);
+            break;
+        }
+    }
+    if cut_at.is_none() {
+        text.push_str(&stream.finish());
+    }
+    if cut_at.is_some_and(|i| i + 1 != tokens.len()) {
+        return refuse(verdict, "tokens go on after a stop sequence".into());
+    }
+    if text != claimed.text {
+        return refuse(verdict, "the text is not what its tokens say".into());
+    }
+    // How it must have ended; `true`: by the model ending its turn after the last token.
+    let ended_turn = match (cut_at, tokens.len() == max_tokens) {
+        (Some(_), _) => false,
+        (None, true) => false,
+        (None, false) => true,
+    };
+    let finish = if cut_at.is_some() || ended_turn {
+        "stop"
+    } else {
+        "length"
+    };
+    if claimed.finish_reason != finish {
+        let reason = format!(
+            "it says it ended by {:?}; its tokens end by {finish:?}",
+            claimed.finish_reason
+        );
+        return refuse(verdict, reason);
+    }
+    // Teacher forcing: the logits before each claimed token, then before the end of turn.
+    let model = Model::load(MODEL_NAME)?;
+    let prompt_ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
+    let capacity = [(prompt.len() + tokens.len()).max(1) as i32];
+    let vocab = tokenizer.vocab_size();
+    let mut rows = logits_of(model.compute_i32(&[
+        ("tokens", &[prompt_ids.len() as u32], &prompt_ids),
+        ("capacity", &[1], &capacity),
+    ])?)?;
+    let steps = tokens.len() + usize::from(ended_turn);
+    let mut step = 0;
+    let mut fed = 0;
+    while step < steps {
+        for row in rows.chunks(vocab) {
+            if step == steps {
+                break;
+            }
+            let want = tokens.get(step).copied().unwrap_or(IM_END);
+            match sampler.judge(row, want) {
+                Ok(gap) => verdict.worst_gap = verdict.worst_gap.max(gap),
+                Err(why) => {
+                    verdict.checked_tokens = step;
+                    let what = if step == tokens.len() {
+                        "the end of turn".to_string()
+                    } else {
+                        format!("token {step}")
+                    };
+                    return refuse(verdict, format!("{what}: {why}"));
+                }
+            }
+            step += 1;
+        }
+        if step == steps {
+            break;
+        }
+        let chunk: Vec<i32> = tokens[fed..(fed + SCORE_CHUNK).min(tokens.len())]
+            .iter()
+            .map(|&t| t as i32)
+            .collect();
+        fed += chunk.len();
+        rows = logits_of(model.compute_i32(&[
+            ("tokens", &[chunk.len() as u32], &chunk),
+            ("all_logits", &[1], &[1]),
+        ])?)?;
+    }
+    verdict.checked_tokens = steps;
+    verdict.verdict = "consistent";
+    Ok(verdict)
+}
+
 struct Chat;
 
 impl Workload for Chat {
     fn metadata() -> Metadata {
         Metadata::new("chat", env!("CARGO_PKG_VERSION"))
             .model(MODEL_NAME)
-            .exact()
+            .generation(MARGIN)
     }
 
     fn run(input: Vec<u8>) -> Result<Vec<u8>, JobError> {
@@ -263,6 +502,10 @@ impl Workload for Chat {
             top_k: input.top_k.unwrap_or(0),
             rng: SplitMix64(input.seed.unwrap_or(0)),
         };
+        if let Some(claimed) = &input.score {
+            let verdict = score(&tokenizer, &input, &prompt, max_tokens, sampler, claimed)?;
+            return serde_json::to_vec(&verdict).map_err(JobError::internal);
+        }
         let model = Model::load(MODEL_NAME)?;
         let prompt_ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
         let capacity = [needed as i32];
