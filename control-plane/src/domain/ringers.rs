@@ -152,6 +152,12 @@ pub async fn mix(
     if pool.is_empty() {
         return Ok(None);
     }
+    // Generated text has no known answer to compare item by item (and a conversation's
+    // messages are not a batch): generation workloads get no ringers, whatever is stored.
+    let rule = crate::domain::checks::comparison(state, network, workload).await?;
+    if matches!(rule, mesh_proto::Comparison::Generation(_)) {
+        return Ok(None);
+    }
     let mut planted = Vec::new();
     for _ in 0..count.min(pool.len()) {
         let (id, item, answer) = pool.swap_remove(random_below(pool.len()));

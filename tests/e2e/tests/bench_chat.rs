@@ -103,60 +103,75 @@ impl Timing {
     }
 }
 
-/// (a): the chat workload on a warm executor; the first streamed piece marks the first
-/// token.
-fn run_workload(inputs: &[Value], rounds: usize) -> Vec<Vec<Timing>> {
-    let data = tempfile::tempdir().unwrap();
-    let executor = mesh_host::Executor::new(mesh_host::ExecutorConfig {
-        data_dir: data.path().to_path_buf(),
-        backend_config: mesh_host::backend::BackendConfig {
-            threads: THREADS,
-            ..Default::default()
-        },
-        ..mesh_host::ExecutorConfig::default()
-    })
-    .unwrap();
-    let chat = executor
-        .add_component(&std::fs::read(mesh_test_artifacts::CHAT).unwrap())
-        .unwrap()
-        .component;
-    // Warm: the component compiled, the model loaded.
-    executor
-        .run(&chat, br#"{"prompt": "Hello", "max_tokens": 1}"#)
+/// (a): the chat workload on a warm executor (the component compiled, the model loaded).
+struct Workload {
+    executor: mesh_host::Executor,
+    chat: mesh_proto::Blake3Hash,
+    _data: tempfile::TempDir,
+}
+
+impl Workload {
+    fn new() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let executor = mesh_host::Executor::new(mesh_host::ExecutorConfig {
+            data_dir: data.path().to_path_buf(),
+            backend_config: mesh_host::backend::BackendConfig {
+                threads: THREADS,
+                ..Default::default()
+            },
+            ..mesh_host::ExecutorConfig::default()
+        })
         .unwrap();
+        let chat = executor
+            .add_component(&std::fs::read(mesh_test_artifacts::CHAT).unwrap())
+            .unwrap()
+            .component;
+        executor
+            .run(&chat, br#"{"prompt": "Hello", "max_tokens": 1}"#)
+            .unwrap();
+        Workload {
+            executor,
+            chat,
+            _data: data,
+        }
+    }
+
+    /// One generation; the first streamed piece marks the first token.
+    fn run(&self, input: &Value) -> Timing {
+        let first = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let sink: mesh_host::PieceSink = Box::new({
+            let first = first.clone();
+            move |_| {
+                first.lock().unwrap().get_or_insert_with(Instant::now);
+            }
+        });
+        let started = Instant::now();
+        let out = self
+            .executor
+            .run_streaming(
+                &self.chat,
+                &serde_json::to_vec(input).unwrap(),
+                &mesh_host::CancelToken::new(),
+                Some(sink),
+            )
+            .unwrap();
+        let ended = Instant::now();
+        let out: Value = serde_json::from_slice(&out.output).unwrap();
+        let first = first.lock().unwrap().expect("a piece");
+        Timing {
+            prompt_tokens: out["prompt_tokens"].as_u64().unwrap() as usize,
+            generated: out["completion_tokens"].as_u64().unwrap() as usize,
+            first_token: first - started,
+            rest: ended - first,
+        }
+    }
+}
+
+fn run_workload(inputs: &[Value], rounds: usize) -> Vec<Vec<Timing>> {
+    let workload = Workload::new();
     inputs
         .iter()
-        .map(|input| {
-            (0..rounds)
-                .map(|_| {
-                    let first = std::sync::Arc::new(std::sync::Mutex::new(None));
-                    let sink: mesh_host::PieceSink = Box::new({
-                        let first = first.clone();
-                        move |_| {
-                            first.lock().unwrap().get_or_insert_with(Instant::now);
-                        }
-                    });
-                    let started = Instant::now();
-                    let out = executor
-                        .run_streaming(
-                            &chat,
-                            &serde_json::to_vec(input).unwrap(),
-                            &mesh_host::CancelToken::new(),
-                            Some(sink),
-                        )
-                        .unwrap();
-                    let ended = Instant::now();
-                    let out: Value = serde_json::from_slice(&out.output).unwrap();
-                    let first = first.lock().unwrap().expect("a piece");
-                    Timing {
-                        prompt_tokens: out["prompt_tokens"].as_u64().unwrap() as usize,
-                        generated: out["completion_tokens"].as_u64().unwrap() as usize,
-                        first_token: first - started,
-                        rest: ended - first,
-                    }
-                })
-                .collect()
-        })
+        .map(|input| (0..rounds).map(|_| workload.run(input)).collect())
         .collect()
 }
 
@@ -452,20 +467,29 @@ async fn bench_chat() {
         );
     }
 
-    // Through the mesh: the first streamed token of the same request, against (a)'s.
-    let local = row(&timings_of(&workload, prompts.len()));
+    // Through the mesh: the first streamed token of the same request, against (a)'s, the
+    // two measured in turn in this process (whose cores the control plane, the relay and the
+    // host share), so both see the same machine.
+    let own_process = row(&timings_of(&workload, prompts.len()));
     let mesh = TestNet::spawn(MeshOptions {
         hosts: 1,
         ..MeshOptions::default()
     })
     .await;
     mesh.publish(mesh_test_artifacts::CHAT).await;
+    let local_workload =
+        std::sync::Arc::new(tokio::task::spawn_blocking(Workload::new).await.unwrap());
     let http = reqwest::Client::new();
     let mut request = question.clone();
     request["model"] = json!("smollm2-135m-instruct");
     request["stream"] = json!(true);
-    let mut firsts = Vec::new();
+    let (mut firsts, mut locals) = (Vec::new(), Vec::new());
     for round in 0..rounds + 1 {
+        let runner = local_workload.clone();
+        let input = question.clone();
+        let local = tokio::task::spawn_blocking(move || runner.run(&input))
+            .await
+            .unwrap();
         let started = Instant::now();
         let mut response = http
             .post(format!("{}/v1/chat/completions", mesh.url))
@@ -499,13 +523,15 @@ async fn bench_chat() {
         // The first round warms the host (component compiled, model loaded).
         if round > 0 {
             firsts.push(first.expect("a streamed token").as_secs_f64() * 1e3);
+            locals.push(local.first_token.as_secs_f64() * 1e3);
         }
     }
-    let through_mesh = median(firsts);
+    let (through_mesh, here) = (median(firsts), median(locals));
     println!(
         "first streamed token through the mesh (gateway, relay, host): {through_mesh:.1} ms; \
-         (a) on the same request: {:.1} ms; difference {:.1} ms (target <= 20)",
-        local.first_token_ms,
-        through_mesh - local.first_token_ms
+         (a) on the same request in turn with it: {here:.1} ms (in its own process: {:.1}); \
+         difference {:.1} ms (target <= 20)",
+        own_process.first_token_ms,
+        through_mesh - here
     );
 }

@@ -102,8 +102,8 @@ struct Output {
 /// Logits by which a claimed token may trail the token this engine's sampling would draw
 /// and still be accepted as another honest engine's choice ([`Sampler::judge`]). Measured
 /// (`host/tests/chat.rs`, `scoring_report`): `mesh-llm` judging itself on 1 or 2 threads,
-/// teacher-forced against token by token, differs by 0; llama.cpp's greedy answers to 79
-/// prompts (128 tokens each; 56 of them not Mesh's own tokens) trail by at most 0.444
+/// teacher-forced against token by token, differs by 0; llama.cpp's greedy answers to 80
+/// prompts (up to 128 tokens; 56 of them not Mesh's own tokens) trail by at most 0.444
 /// (median of each answer's largest gap 0.087). 1.0 leaves other engines more than twice
 /// the largest gap seen; a token further than that from the draw is not an honest one.
 const MARGIN: f32 = 1.0;
