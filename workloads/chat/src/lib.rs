@@ -290,6 +290,28 @@ fn logits_of(outputs: Vec<mesh_guest::TensorOutput>) -> Result<Vec<f32>, JobErro
     Ok(logits.to_f32()?)
 }
 
+/// Add `token`'s text to `text` (special tokens say nothing) and cut it where a stop
+/// sequence first appears: `true` when one did. Generating and judging both make the text
+/// this way, so a judge rebuilds exactly what a generation wrote.
+fn append_token(
+    tokenizer: &BpeTokenizer,
+    stream: &mut Utf8Stream,
+    text: &mut String,
+    token: u32,
+    stops: &[String],
+) -> bool {
+    if !tokenizer.is_special(token) {
+        text.push_str(&stream.push(&tokenizer.token_bytes(token).unwrap_or_default()));
+    }
+    match stops.iter().filter_map(|s| text.find(s.as_str())).min() {
+        Some(cut) => {
+            text.truncate(cut);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Bytes at the end of `text` that may be the start of a stop sequence, so are not streamed
 /// until the next tokens show whether it comes (the longest such suffix, on a character
 /// boundary).
@@ -363,16 +385,7 @@ fn score(
     let mut stream = Utf8Stream::default();
     let mut cut_at = None;
     for (i, &t) in tokens.iter().enumerate() {
-        if !tokenizer.is_special(t) {
-            text.push_str(&stream.push(&tokenizer.token_bytes(t).unwrap_or_default()));
-        }
-        if let Some(cut) = input
-            .stop
-            .iter()
-            .filter_map(|s| text.find(s.as_str()))
-            .min()
-        {
-            text.truncate(cut);
+        if append_token(tokenizer, &mut stream, &mut text, t, &input.stop) {
             cut_at = Some(i);
             break;
         }
@@ -527,16 +540,7 @@ impl Workload for Chat {
                 break;
             }
             tokens.push(next);
-            if !tokenizer.is_special(next) {
-                text.push_str(&stream.push(&tokenizer.token_bytes(next).unwrap_or_default()));
-            }
-            if let Some(cut) = input
-                .stop
-                .iter()
-                .filter_map(|s| text.find(s.as_str()))
-                .min()
-            {
-                text.truncate(cut);
+            if append_token(&tokenizer, &mut stream, &mut text, next, &input.stop) {
                 finish_reason = "stop";
                 stopped = true;
                 break;
