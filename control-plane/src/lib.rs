@@ -93,9 +93,9 @@ impl Server {
             .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
                 config.body_timeout,
             ))
-            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-                axum::http::StatusCode::REQUEST_TIMEOUT,
-                config.request_timeout,
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                http::request_deadline,
             ));
         let https = tls.is_some();
         let serve = tokio::spawn(

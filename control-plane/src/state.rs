@@ -91,11 +91,13 @@ pub struct Config {
     /// connection may sit idle between requests (default 10 s).
     #[serde(with = "secs")]
     pub header_timeout: Duration,
-    /// Time a client has to send a request's body (default 60 s).
+    /// Time a client has to send each next part of a request's body: a body that stops
+    /// arriving for this long gets 408 (default 60 s).
     #[serde(with = "secs")]
     pub body_timeout: Duration,
     /// Time a request may take in all, waiting for a job included (default 300 s; more
-    /// than `gateway_timeout`).
+    /// than `gateway_timeout`). A batch's upload is bounded by `max_batch_bytes` and
+    /// `body_timeout` instead.
     #[serde(with = "secs")]
     pub request_timeout: Duration,
     /// Items one batch may hold (default 1,000,000).

@@ -74,7 +74,15 @@ pub async fn create(
     Query(query): Query<CreateBatchQuery>,
     body: Body,
 ) -> ApiResult<Response> {
+    use futures::TryStreamExt;
     let workload = resolve_workload(&state, &member.network, &query.workload).await?;
+    // A body that stops arriving is the client's 408, not a bad request.
+    let stalled = std::sync::atomic::AtomicBool::new(false);
+    let input = body.into_data_stream().inspect_err(|e| {
+        if crate::http::error::body_timed_out(e) {
+            stalled.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
     let created = batches::create(
         &state,
         &member.network,
@@ -82,9 +90,16 @@ pub async fn create(
         workload,
         query.format.unwrap_or_default(),
         query.idempotency_key,
-        body.into_data_stream(),
+        input,
     )
-    .await?;
+    .await
+    .map_err(|e| {
+        if stalled.load(std::sync::atomic::Ordering::Relaxed) {
+            crate::http::error::body_timeout()
+        } else {
+            ApiError::from(e)
+        }
+    })?;
     Ok(match created {
         Created::New(info) => {
             crate::workers::batches::spawn(&state, info.id);

@@ -89,6 +89,15 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, code, message)
     }
 
+    /// 408: the request took longer than the control plane's `request_timeout`.
+    pub fn request_deadline() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request took longer than the control plane allows (request_timeout)",
+        )
+    }
+
     /// 403: authenticated but not allowed.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
@@ -255,7 +264,7 @@ impl IntoResponse for ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 /// Whether `error` (or what caused it) is the body timeout of the listener running out.
-fn body_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn body_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(e) = cause {
         if e.is::<tower_http::timeout::TimeoutError>() {
@@ -267,7 +276,7 @@ fn body_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// The 408 of a client that did not send its body in time.
-fn body_timeout() -> ApiError {
+pub(crate) fn body_timeout() -> ApiError {
     ApiError::new(
         StatusCode::REQUEST_TIMEOUT,
         "request_timeout",

@@ -125,6 +125,30 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Bound a request's whole time by `request_timeout`, except the upload of a batch's input:
+/// that may be large and its link slow, so it is bounded by the batch's byte cap instead,
+/// and by the body timeout, which cuts off a body that stops arriving.
+pub async fn request_deadline(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if is_batch_upload(&request) {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(state.config.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::request_deadline().into_response(),
+    }
+}
+
+/// `POST /v1/networks/{network}/batches`.
+fn is_batch_upload(request: &Request) -> bool {
+    let segments: Vec<&str> = request.uri().path().split('/').collect();
+    request.method() == axum::http::Method::POST
+        && matches!(segments.as_slice(), ["", "v1", "networks", network, "batches"] if !network.is_empty())
+}
+
 async fn no_route() -> ApiError {
     ApiError::no_route()
 }

@@ -3,10 +3,11 @@
 //! and match the reference, each piece is paid for once, and a batch survives a host dying
 //! and the control plane restarting.
 
+use futures::StreamExt;
 use mesh_e2e::{HostSpec, MeshOptions, TestNet, cosine, floats};
 use mesh_proto::batch::{BatchInfo, BatchState, InputFormat, PIECE_ITEMS, ResultFormat};
 use mesh_proto::{BatchId, Blake3Hash};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// `n` texts: the reference corpus, repeated, with its expected vectors.
 fn corpus(n: usize) -> Vec<(String, Vec<f32>)> {
@@ -648,4 +649,76 @@ async fn openai_embeddings_with_many_texts_split_across_hosts() {
         .collect();
     assert!(ids.contains(&"all-minilm-l6-v2"), "{models}");
     assert_eq!(models["data"][0]["object"], "model");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_outlasts_the_request_timeout_and_a_stalled_one_is_cut_off() {
+    let mesh = TestNet::spawn(MeshOptions {
+        hosts: 1,
+        control_plane_config: "request_timeout = 2.0\nbody_timeout = 1.5\n".into(),
+        ..MeshOptions::default()
+    })
+    .await;
+    let workload = mesh.publish(mesh_test_artifacts::EMBEDDINGS).await;
+    let texts = corpus(40);
+    let lines = lines(&texts);
+    // A line every 100 ms: about 4 s in all, twice the request timeout, never a gap of
+    // the body timeout.
+    let chunks: Vec<Vec<u8>> = lines
+        .lines()
+        .map(|l| format!("{l}\n").into_bytes())
+        .collect();
+    let slow = futures::stream::iter(chunks).then(|chunk| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let started = Instant::now();
+    let info = mesh
+        .admin
+        .create_batch(
+            &mesh.network_id(),
+            &workload.to_string(),
+            InputFormat::Jsonl,
+            None,
+            reqwest::Body::wrap_stream(slow),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", mesh.logs()));
+    assert!(started.elapsed() > Duration::from_secs(3));
+    assert_eq!(info.items, texts.len() as u64);
+    let done = wait_end(&mesh, &info.id, Duration::from_secs(120)).await;
+    assert_eq!(done.state, BatchState::Done, "{done:?}");
+    check_results(&mesh, &info.id, &texts).await;
+    check_ledger(&mesh, &done).await;
+
+    // A body that stops arriving gets 408, and the batch it began is not left running.
+    let stalled = futures::stream::iter([0u8, 1]).then(|i| async move {
+        if i == 1 {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        Ok::<_, std::io::Error>(b"\"first\"\n".to_vec())
+    });
+    let before = mesh.admin.balance(&mesh.network_id(), None).await.unwrap();
+    let err = mesh
+        .admin
+        .create_batch(
+            &mesh.network_id(),
+            &workload.to_string(),
+            InputFormat::Jsonl,
+            None,
+            reqwest::Body::wrap_stream(stalled),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(408), "{err}");
+    let after = mesh.admin.balance(&mesh.network_id(), None).await.unwrap();
+    assert_eq!(after.balance, before.balance);
+    let batches = mesh.admin.batches(&mesh.network_id()).await.unwrap();
+    assert!(
+        batches
+            .iter()
+            .filter(|b| b.id != info.id)
+            .all(|b| b.state == BatchState::Failed),
+        "{batches:?}"
+    );
 }
