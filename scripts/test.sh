@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every Mesh test on a fresh machine: installs what the tests need (wasm target, Python
-# wheels, models, native inference runtimes), starts PostgreSQL, then runs the workspace tests.
+# wheels, models, native inference runtimes, Chromium for the console), starts PostgreSQL, then
+# runs the workspace tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,12 @@ rustup target add wasm32-wasip2 >/dev/null
 if [ "$(id -u)" = 0 ] && ! command -v iptables >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables iproute2 >/dev/null \
     || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables iproute2 >/dev/null; }
+fi
+# The web console's tests drive Debian's headless Chromium through its chromedriver.
+if [ "$(id -u)" = 0 ] && ! { command -v chromium && command -v chromedriver; } >/dev/null; then
+  echo "installing chromium and chromium-driver for the console's browser tests (apt)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 fi
 bash scripts/setup.sh
 MESH_TEST_POSTGRES_URL="$(bash scripts/postgres.sh)"

@@ -1387,6 +1387,14 @@ async fn every_settled_job_gets_a_verifiable_selection_and_payloads_are_checked(
                     done.receipt.as_ref().unwrap(),
                 )
                 .unwrap();
+            // The control plane's own check, for clients that cannot run the VRF, agrees.
+            assert_eq!(
+                check.selection_check,
+                Some(mesh_proto::api::SelectionCheck {
+                    holds: true,
+                    detail: String::new()
+                })
+            );
             // A lie about the decision, or the proof of another job, does not verify.
             let mut lie = check.selection.clone();
             lie.selected = !lie.selected;
@@ -1412,6 +1420,29 @@ async fn every_settled_job_gets_a_verifiable_selection_and_payloads_are_checked(
         // At 50%, 24 jobs without both outcomes happen with probability 2^-23.
         assert!(not_selected > 0);
         let (job, done, input, output) = selected.expect("some job was selected");
+
+        // A stored decision that was flipped afterwards (a tampered database, say) is
+        // reported as not holding, with the reason.
+        let (tampered, _) = unselected.as_ref().unwrap();
+        sqlx::query("UPDATE checks SET selected = 1 WHERE job_id = $1")
+            .bind(tampered.id.to_string())
+            .execute(&plane.server.state().db.pool)
+            .await
+            .unwrap();
+        let verdict = plane
+            .admin
+            .job_check(&network.id, &tampered.id)
+            .await
+            .unwrap()
+            .selection_check
+            .unwrap();
+        assert!(!verdict.holds);
+        assert!(verdict.detail.contains("decision"), "{verdict:?}");
+        sqlx::query("UPDATE checks SET selected = 0 WHERE job_id = $1")
+            .bind(tampered.id.to_string())
+            .execute(&plane.server.state().db.pool)
+            .await
+            .unwrap();
 
         // The requester hands over input and output, by the hashes the receipt names.
         let admin = &plane.admin;

@@ -95,6 +95,21 @@ pub async fn check_info(state: &AppState, job: &JobId) -> DomainResult<Option<Ch
             None => None,
         })
     };
+    let selection_check = match jobs::get(&state.db.pool, &check.job).await? {
+        Some(job) => job.info.receipt.as_ref().map(|receipt| {
+            let verdict = check.selection.verify(
+                &state.vrf.public_key(),
+                &job.info.network,
+                &job.info.id,
+                receipt,
+            );
+            mesh_proto::api::SelectionCheck {
+                holds: verdict.is_ok(),
+                detail: verdict.err().map(|e| e.to_string()).unwrap_or_default(),
+            }
+        }),
+        None => None,
+    };
     Ok(Some(CheckInfo {
         job: check.job,
         executor: check.executor,
@@ -107,6 +122,7 @@ pub async fn check_info(state: &AppState, job: &JobId) -> DomainResult<Option<Ch
         tiebreaker: executor_of(check.tiebreak_job).await?,
         verified_output: check.verified_output,
         detail: check.detail,
+        selection_check,
     }))
 }
 

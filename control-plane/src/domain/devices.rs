@@ -250,6 +250,11 @@ pub async fn set_terms(
         .ok_or_else(|| DomainError::not_found("device"))
 }
 
+/// Remember how the gateway just reached `device` with a job: relayed or direct.
+pub async fn record_path(state: &AppState, device: &DeviceId, relayed: bool) -> DomainResult<()> {
+    Ok(devices::record_path(&state.db.pool, device, relayed, now_ms()).await?)
+}
+
 /// Peer ids of `network`'s approved devices and of the gateway: whom its hosts let connect
 /// (quarantined devices stay in: they may still ask for work, they are only given none).
 pub async fn network_peers(

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod batches;
 pub mod chat;
 pub mod checks;
+pub mod console;
 pub mod credits;
 pub mod devices;
 pub mod error;
@@ -112,11 +113,12 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     api_router().split_for_parts().1
 }
 
-/// The full router with its state: routes, body limits, metrics, and a JSON 404 for
-/// unknown paths.
+/// The full router with its state: routes, body limits, the web console, metrics, and a
+/// JSON 404 for unknown paths.
 pub fn router(state: AppState) -> Router {
     let (router, _) = api_router().split_for_parts();
     router
+        .merge(console::router())
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(
             state.clone(),

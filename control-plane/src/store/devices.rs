@@ -2,7 +2,7 @@
 //! batches, go through [`super::presence`]).
 
 use super::{StoreError, Tx, parse_column};
-use mesh_proto::api::{DeviceInfo, DeviceStatus};
+use mesh_proto::api::{ConnectionPath, DeviceInfo, DeviceStatus};
 use mesh_proto::device::{Capabilities, DeviceLoad};
 use mesh_proto::terms::{DeviceTerms, TermsLayer, TermsLayers};
 use mesh_proto::verification::CheckRecord;
@@ -13,7 +13,7 @@ use sqlx::any::AnyRow;
 /// Columns [`record`] reads.
 const COLUMNS: &str = "id, network_id, owner_id, name, public_key, peer_id, status, capabilities, online, \
      last_seen_at, load_running, load_queued, load_slots, trust, checks_passed, checks_failed, consecutive_passed, \
-     quarantined_at, load_others_busy, host_terms, owner_terms, admin_terms";
+     quarantined_at, load_others_busy, host_terms, owner_terms, admin_terms, path_relayed, path_at";
 
 fn status(text: String) -> Result<DeviceStatus, StoreError> {
     DeviceStatus::parse(&text).ok_or(StoreError::Corrupt {
@@ -75,6 +75,16 @@ fn record(row: &AnyRow) -> Result<DeviceInfo, StoreError> {
             device: terms(row, "host_terms")?,
             owner: terms(row, "owner_terms")?,
             admins: terms(row, "admin_terms")?,
+        },
+        path: match (
+            row.try_get::<Option<i64>, _>("path_relayed")?,
+            row.try_get::<Option<i64>, _>("path_at")?,
+        ) {
+            (Some(relayed), Some(at_ms)) => Some(ConnectionPath {
+                relayed: relayed != 0,
+                at_ms,
+            }),
+            _ => None,
         },
     })
 }
@@ -260,6 +270,22 @@ pub async fn set_terms(
         .bind(serde_json::to_string(terms).expect("terms serialise"))
         .bind(device.to_string())
         .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Remember how the gateway reached `device` (through a relay or directly) at `now`.
+pub async fn record_path(
+    db: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    device: &DeviceId,
+    relayed: bool,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE devices SET path_relayed = $1, path_at = $2 WHERE id = $3")
+        .bind(i64::from(relayed))
+        .bind(now)
+        .bind(device.to_string())
+        .execute(db)
         .await?;
     Ok(())
 }

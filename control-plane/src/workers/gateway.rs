@@ -543,7 +543,15 @@ pub(crate) async fn dispatch_submitted(
     )
     .await
     {
-        Ok(c) => c,
+        Ok(c) => {
+            if let Ok(claims) = c.ticket.peek()
+                && let Err(e) =
+                    crate::domain::devices::record_path(state, &claims.executor, c.relayed).await
+            {
+                tracing::warn!(%job, "recording the path to the executor: {e}");
+            }
+            c
+        }
         Err(e) => {
             if let DispatchError::NoExecutor(_) = e {
                 let _ = scheduling::fail_queued(state, &job, &e.to_string()).await;

@@ -14,7 +14,7 @@ use config::Config;
 use futures_util::StreamExt;
 use mesh_client::{Client, ClientError};
 use mesh_proto::api::*;
-use mesh_proto::{Blake3Hash, DeviceId, InviteId, JobId, NetworkId, PersonId};
+use mesh_proto::{Blake3Hash, DeviceId, InviteId, JobId, NetworkId, PersonId, TokenId};
 use serde::Serialize;
 use std::process::ExitCode;
 
@@ -57,6 +57,9 @@ enum Command {
     /// Credits.
     #[command(subcommand)]
     Credits(CreditsCommand),
+    /// Your API tokens (for scripts, or to sign in to the web console).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Jobs.
     #[command(subcommand)]
     Job(JobCommand),
@@ -277,6 +280,27 @@ enum CreditsCommand {
 }
 
 #[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token (it ends when the one you are logged in with does); prints its secret,
+    /// shown only this once.
+    Create {
+        /// What it is for.
+        #[arg(long, default_value = "console")]
+        label: String,
+        /// Lifetime in seconds (default: until revoked).
+        #[arg(long)]
+        expires_in: Option<u64>,
+    },
+    /// Your tokens, revoked and expired ones too.
+    List,
+    /// Revoke a token and every token made with it.
+    Revoke {
+        /// Token id (`tok_…`).
+        token: TokenId,
+    },
+}
+
+#[derive(Subcommand)]
 enum JobCommand {
     /// Recent jobs of the network.
     List,
@@ -394,6 +418,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Device(command) => device(ctx, command).await,
         Command::Workload(command) => workload(ctx, command).await,
         Command::Credits(command) => credits(ctx, command).await,
+        Command::Token(command) => token(ctx, command).await,
         Command::Job(command) => job(ctx, command).await,
         Command::Embed {
             texts,
@@ -936,6 +961,48 @@ async fn workload(ctx: Ctx, command: WorkloadCommand) -> Result<()> {
         WorkloadCommand::Yank { hash } => {
             let w = ctx.client.yank_workload(&network, &hash).await?;
             print(ctx.json, &w, workload_line)
+        }
+    }
+}
+
+async fn token(ctx: Ctx, command: TokenCommand) -> Result<()> {
+    match command {
+        TokenCommand::Create { label, expires_in } => {
+            let created = ctx
+                .client
+                .create_token(&CreateTokenRequest {
+                    label,
+                    expires_in_s: expires_in,
+                })
+                .await?;
+            print(ctx.json, &created, |t| t.token.clone())
+        }
+        TokenCommand::List => {
+            let tokens = ctx.client.list_tokens().await?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            print(ctx.json, &tokens, |list| {
+                list.iter()
+                    .map(|t| {
+                        let state = if t.revoked {
+                            "revoked"
+                        } else if t.expires_at_ms.is_some_and(|at| at <= now) {
+                            "expired"
+                        } else {
+                            "active"
+                        };
+                        format!("{}  {:<8} {}", t.id, state, t.label)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        TokenCommand::Revoke { token } => {
+            ctx.client.revoke_token(&token).await?;
+            print(ctx.json, &serde_json::json!({"revoked": token}), |_| {
+                format!("{token} revoked")
+            })
         }
     }
 }

@@ -155,6 +155,34 @@ async fn commands_drive_the_control_plane() {
     let history = ok(&env.mesh(&["credits", "history"]));
     assert!(history.contains("initial grant"));
 
+    // A token for the web console works until it is revoked.
+    let made = ok(&env.mesh(&["token", "create", "--label", "console"]));
+    let secret = made.trim();
+    assert!(secret.starts_with("mesh_"), "{made}");
+    let with_secret = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mesh"))
+            .args(args)
+            .env("MESH_CONFIG", env.config.path().join("config.toml"))
+            .env("MESH_TOKEN", secret)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(ok(&with_secret(&["credits", "balance"])).trim(), "1000");
+    let tokens: serde_json::Value =
+        serde_json::from_str(&ok(&env.mesh(&["token", "list", "--json"]))).unwrap();
+    let console = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["label"] == "console")
+        .unwrap();
+    let id = console["id"].as_str().unwrap();
+    assert!(ok(&env.mesh(&["token", "list"])).contains(&format!("{id}  active")));
+    ok(&env.mesh(&["token", "revoke", id]));
+    assert!(ok(&env.mesh(&["token", "list"])).contains(&format!("{id}  revoked")));
+    let refused = with_secret(&["credits", "balance"]);
+    assert!(!refused.status.success());
+
     // A second person joins with an invite and gets their own configuration.
     let other = tempfile::tempdir().unwrap();
     let joined = Command::new(env!("CARGO_BIN_EXE_mesh"))
@@ -252,6 +280,7 @@ fn help_is_available_everywhere() {
         vec!["device", "policy", "set", "--help"],
         vec!["workload", "publish", "--help"],
         vec!["credits", "grant", "--help"],
+        vec!["token", "create", "--help"],
         vec!["job", "show", "--help"],
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_mesh"))

@@ -481,6 +481,19 @@ pub struct DeviceInfo {
     /// The terms it works on: its own, its owner's and the admins' in this network.
     #[serde(default)]
     pub terms: crate::terms::TermsLayers,
+    /// How the control plane last reached it with a job, if it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<ConnectionPath>,
+}
+
+/// How the control plane's gateway reached a device with a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ConnectionPath {
+    /// Through a relay circuit (else over a direct connection, hole-punched or not).
+    pub relayed: bool,
+    /// When.
+    pub at_ms: i64,
 }
 
 /// Answer to a heartbeat.
@@ -756,6 +769,22 @@ pub struct CheckInfo {
     pub verified_output: Option<Blake3Hash>,
     /// What happened, in words.
     pub detail: Option<String>,
+    /// The control plane's own check of `selection` against its VRF key and the job's
+    /// receipt, as [`Selection::verify`] makes it, for clients that cannot run the VRF (the
+    /// web console). A client that can should verify for itself (`mesh job verify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection_check: Option<SelectionCheck>,
+}
+
+/// Whether a published VRF selection holds up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SelectionCheck {
+    /// The proof verifies, its output is the stated one, and the decision follows from it.
+    pub holds: bool,
+    /// Why it does not hold (empty when it does).
+    #[serde(default)]
+    pub detail: String,
 }
 
 /// Why a job runs: for a requester, or as the control plane's re-execution of another job.

@@ -754,6 +754,24 @@ impl Network {
         self.network.id
     }
 
+    /// A single-use person invite to the mesh's network for `role`, made by the admin.
+    pub async fn person_invite(
+        &self,
+        role: mesh_proto::api::Role,
+    ) -> mesh_proto::api::CreatedInvite {
+        self.admin
+            .create_invite(
+                &self.network.id,
+                &CreateInviteRequest {
+                    kind: InviteKind::Person,
+                    role: Some(role),
+                    expires_in_s: None,
+                },
+            )
+            .await
+            .unwrap()
+    }
+
     /// A single-use device invite for `network`, made by the admin.
     pub async fn device_invite(&self, network: &NetworkId) -> mesh_proto::api::CreatedInvite {
         self.admin
@@ -840,6 +858,24 @@ impl Network {
         mesh_proto::Signed<mesh_proto::device::DeviceCert>,
         mesh_proto::DeviceId,
     ) {
+        self.register_device_as(network, key, "in-process", Default::default())
+            .await
+    }
+
+    /// Register a device with `key` in `network` under `name`, claiming `capabilities`
+    /// (whatever a device says of itself, hostile strings included); returns its API client,
+    /// certificate and id.
+    pub async fn register_device_as(
+        &self,
+        network: &NetworkId,
+        key: &mesh_proto::SigningKey,
+        name: &str,
+        capabilities: mesh_proto::device::Capabilities,
+    ) -> (
+        Client,
+        mesh_proto::Signed<mesh_proto::device::DeviceCert>,
+        mesh_proto::DeviceId,
+    ) {
         use mesh_proto::api::RegisterDeviceRequest;
         use mesh_proto::device::RegistrationProof;
         let invite = self.device_invite(network).await;
@@ -853,14 +889,14 @@ impl Network {
             .register_device(&RegisterDeviceRequest {
                 invite: invite.code,
                 challenge: challenge.challenge,
-                name: "in-process".into(),
+                name: name.into(),
                 public_key: key.public_key(),
                 proof: key.sign(
                     mesh_proto::SignDomain::Registration,
                     &challenge.network,
                     &mesh_proto::cbor::to_vec(&proof).unwrap(),
                 ),
-                capabilities: Default::default(),
+                capabilities,
             })
             .await
             .unwrap();

@@ -241,6 +241,17 @@ impl TestNet {
             )
             .await
             .unwrap();
+        self.join_host(name, invite.code, options).await
+    }
+
+    /// Start a host that joins with `invite` (a device invite's code, made elsewhere: by a
+    /// test through the web console, say), with the settings `options` gives the next host.
+    pub async fn join_host(&self, name: &str, invite: String, options: &MeshOptions) -> TestHost {
+        let spec = options
+            .host_specs
+            .get(self.hosts.len())
+            .cloned()
+            .unwrap_or_default();
         let backend = spec.backend.unwrap_or_else(|| options.backend.clone());
         let listen = match options.transport {
             crate::Transport::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
@@ -250,7 +261,7 @@ impl TestNet {
         let (span, log) = capture::node_span(name);
         let config = join(
             JoinOptions {
-                invite: invite.code,
+                invite,
                 control_plane: self.url.clone(),
                 name: name.into(),
                 config_path: self.dir.path().join(format!("{name}.toml")),

@@ -29,19 +29,8 @@ fn lines(texts: &[(String, Vec<f32>)]) -> String {
 
 /// A new member of the network (not an admin).
 async fn member(mesh: &TestNet) -> mesh_client::Client {
-    use mesh_proto::api::{AcceptInviteRequest, CreateInviteRequest, InviteKind, Role};
-    let invite = mesh
-        .admin
-        .create_invite(
-            &mesh.network_id(),
-            &CreateInviteRequest {
-                kind: InviteKind::Person,
-                role: Some(Role::Member),
-                expires_in_s: None,
-            },
-        )
-        .await
-        .unwrap();
+    use mesh_proto::api::{AcceptInviteRequest, Role};
+    let invite = mesh.person_invite(Role::Member).await;
     let accepted = mesh
         .admin
         .with_token(None)
