@@ -2343,3 +2343,57 @@ async fn the_audit_log_pages_and_an_executor_cannot_flood_it() {
         assert_eq!(conflicts, 1, "{store:?}");
     }
 }
+
+/// A quarantined device gets no jobs until an admin other than its owner releases it; the
+/// release is audited, and a device that is not quarantined has nothing to release.
+#[tokio::test]
+async fn another_admin_releases_a_quarantined_device() {
+    for store in stores() {
+        let plane = TestPlane::spawn(store).await;
+        let network = plane
+            .network(NetworkPolicy {
+                require_device_approval: false,
+                ..NetworkPolicy::default()
+            })
+            .await;
+        let (owner, _) = plane.person(&network.id, Role::Admin, "host owner").await;
+        let device = register_device(&owner, &network.id, 21, embedding_capabilities()).await;
+        let err = plane
+            .admin
+            .release_device(&network.id, &device.id)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some("not_quarantined"), "{err}");
+
+        sqlx::query("UPDATE devices SET quarantined_at = 1 WHERE id = $1")
+            .bind(device.id.to_string())
+            .execute(&plane.server.state().db.pool)
+            .await
+            .unwrap();
+        // Its owner, an admin too, may not vouch for it.
+        let err = owner
+            .release_device(&network.id, &device.id)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(403), "{err}");
+        let released = plane
+            .admin
+            .release_device(&network.id, &device.id)
+            .await
+            .unwrap();
+        assert_eq!(released.quarantined_at_ms, None);
+        let audit = plane.admin.audit_log(&network.id).await.unwrap();
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == "device.released" && e.detail == device.id.to_string()),
+            "{audit:?}"
+        );
+        let err = plane
+            .admin
+            .release_device(&network.id, &device.id)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some("not_quarantined"), "{err}");
+    }
+}

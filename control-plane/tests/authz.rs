@@ -139,6 +139,12 @@ const EXPECTATIONS: &[(&str, &str, [u16; 6])] = &[
         "/v1/networks/{network}/devices/{device}/approve",
         [401, 404, 403, 403, 200, 403],
     ),
+    // The walk's device is not quarantined.
+    (
+        "post",
+        "/v1/networks/{network}/devices/{device}/release",
+        [401, 404, 403, 403, 409, 403],
+    ),
     (
         "post",
         "/v1/networks/{network}/devices/{device}/revoke",

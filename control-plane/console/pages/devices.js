@@ -74,7 +74,8 @@ export async function render(ctx) {
   async function act(device, verb) {
     try {
       await api.post(`/v1/networks/${n}/devices/${device.id}/${verb}`);
-      replace(status, notice("ok", `${device.name}: ${verb === "approve" ? "approved" : "revoked"}.`));
+      const done = { approve: "approved", release: "released from quarantine; its next failed check quarantines it again", revoke: "revoked" }[verb];
+      replace(status, notice("ok", `${device.name}: ${done}.`));
     } catch (e) {
       replace(status, notice("error", `${device.name}: ${e.message}`));
     }
@@ -88,6 +89,10 @@ export async function render(ctx) {
       { class: "actions" },
       d.status === "pending"
         ? h("button", { type: "button", "aria-label": `Approve ${d.name}`, onclick: () => act(d, "approve") }, "Approve")
+        : null,
+      // Another admin than the device's owner lifts a quarantine.
+      d.quarantined_at_ms && d.owner !== ctx.me.id
+        ? h("button", { type: "button", class: "secondary", "aria-label": `Release ${d.name}`, onclick: () => act(d, "release") }, "Release")
         : null,
       h(
         "button",

@@ -31,6 +31,8 @@ pub enum AuditAction {
     DeviceRevoke,
     /// A device failed enough checks to get no more jobs.
     DeviceQuarantine,
+    /// An admin lifted a device's quarantine.
+    DeviceRelease,
     /// A device's terms were set in the network.
     DeviceTerms,
     /// An admin granted credits.
@@ -64,6 +66,7 @@ impl AuditAction {
             AuditAction::DeviceApprove => "device.approved",
             AuditAction::DeviceRevoke => "device.revoked",
             AuditAction::DeviceQuarantine => "device_quarantined",
+            AuditAction::DeviceRelease => "device.released",
             AuditAction::DeviceTerms => "device.terms",
             AuditAction::CreditsGrant => "credits.grant",
             AuditAction::WorkloadPublish => "workload.publish",

@@ -189,6 +189,52 @@ pub async fn change_status(
         .ok_or_else(|| DomainError::not_found("device"))
 }
 
+/// Lift the quarantine of `device` in `network`, as the admin `person`: it gets jobs again, on
+/// probation (its failed checks still count, so its next failure quarantines it again).
+/// Nobody releases a device of their own: another admin must vouch for it, as judges are
+/// never the executor's owner.
+pub async fn release(
+    state: &AppState,
+    network: &NetworkId,
+    person: &PersonId,
+    device: &DeviceId,
+) -> DomainResult<DeviceInfo> {
+    let mut tx = state.db.pool.begin().await?;
+    let found = devices::get(&mut *tx, device)
+        .await?
+        .filter(|d| d.network == *network)
+        .ok_or_else(|| DomainError::not_found("device"))?;
+    if found.status != DeviceStatus::Approved || found.quarantined_at_ms.is_none() {
+        return Err(DomainError::conflict(
+            "not_quarantined",
+            format!("device is {} and not quarantined", found.status.as_str()),
+        ));
+    }
+    if found.owner == *person {
+        return Err(DomainError::forbidden(
+            "another admin must release a device of yours",
+        ));
+    }
+    if !devices::release_quarantine(&mut tx, device).await? {
+        return Err(DomainError::conflict(
+            "not_quarantined",
+            "device is not quarantined",
+        ));
+    }
+    audit::record(
+        &mut tx,
+        Some(network),
+        &person.to_string(),
+        AuditAction::DeviceRelease,
+        &device.to_string(),
+    )
+    .await?;
+    tx.commit().await?;
+    devices::get(&state.db.pool, device)
+        .await?
+        .ok_or_else(|| DomainError::not_found("device"))
+}
+
 /// Set one network layer of `device`'s terms, as `person` holding `role` in `network`. The
 /// owner's layer is the device owner's alone; the admins' layer is for admins (the device's
 /// owner among them, when an admin). Without a layer, the owner's for the device's owner and

@@ -140,6 +140,22 @@ pub async fn approve_device(
     .map(Json)
 }
 
+/// Lift a device's quarantine (admin, not the device's owner): it gets jobs again, on
+/// probation, so its next failed check quarantines it again.
+#[utoipa::path(post, path = "/v1/networks/{network}/devices/{device}/release", tag = "devices", security(("bearer" = [])),
+    params(("network" = String, Path, description = "Network id"), ("device" = String, Path, description = "Device id")),
+    responses((status = 200, body = DeviceInfo), Managing, Conflict))]
+pub async fn release_device(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path((_network, device)): Path<(String, String)>,
+) -> ApiResult<Json<DeviceInfo>> {
+    let device = device_id(&device)?;
+    Ok(Json(
+        crate::domain::devices::release(&state, &admin.network, &admin.person, &device).await?,
+    ))
+}
+
 /// Revoke a device (admin): its token, certificate renewals and heartbeats stop at once.
 #[utoipa::path(post, path = "/v1/networks/{network}/devices/{device}/revoke", tag = "devices", security(("bearer" = [])),
     params(("network" = String, Path, description = "Network id"), ("device" = String, Path, description = "Device id")),

@@ -82,6 +82,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(batches::results))
         .routes(routes!(devices::approve_device))
         .routes(routes!(devices::revoke_device))
+        .routes(routes!(devices::release_device))
         .routes(routes!(devices::set_terms))
         .routes(routes!(devices::certificate))
         .routes(routes!(devices::heartbeat))

@@ -274,6 +274,18 @@ pub async fn set_terms(
     Ok(())
 }
 
+/// Lift `device`'s quarantine; answers whether it was quarantined.
+pub async fn release_quarantine(tx: &mut Tx, device: &DeviceId) -> Result<bool, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE devices SET quarantined_at = NULL WHERE id = $1 AND quarantined_at IS NOT NULL",
+    )
+    .bind(device.to_string())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
 /// Remember how the gateway reached `device` (through a relay or directly) at `now`.
 pub async fn record_path(
     db: impl sqlx::Executor<'_, Database = sqlx::Any>,

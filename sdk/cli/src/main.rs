@@ -227,6 +227,12 @@ enum DeviceCommand {
         /// Device id.
         device: DeviceId,
     },
+    /// Lift a device's quarantine (another admin than its owner): it gets jobs again, and its
+    /// next failed check quarantines it again.
+    Release {
+        /// Device id.
+        device: DeviceId,
+    },
     /// The terms a device works on: which workloads, for whom, when and how much.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -896,6 +902,10 @@ async fn device(ctx: Ctx, command: DeviceCommand) -> Result<()> {
         }
         DeviceCommand::Revoke { device } => {
             let d = ctx.client.revoke_device(&network, &device).await?;
+            print(ctx.json, &d, line)
+        }
+        DeviceCommand::Release { device } => {
+            let d = ctx.client.release_device(&network, &device).await?;
             print(ctx.json, &d, line)
         }
         DeviceCommand::Policy(command) => {

@@ -434,6 +434,20 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/networks/{network}/devices/{device}/release`: lift a quarantine (an admin
+    /// other than the device's owner).
+    pub async fn release_device(
+        &self,
+        network: &NetworkId,
+        device: &DeviceId,
+    ) -> Result<DeviceInfo> {
+        self.post(
+            &format!("/v1/networks/{network}/devices/{device}/release"),
+            &(),
+        )
+        .await
+    }
+
     /// `GET /v1/devices/{device}/certificate` (as the device).
     pub async fn certificate(&self, device: &DeviceId) -> Result<CertificateResponse> {
         self.get(&format!("/v1/devices/{device}/certificate")).await

@@ -475,7 +475,8 @@ pub struct DeviceInfo {
     /// Checks of its results passed and failed.
     #[serde(default)]
     pub checks: CheckRecord,
-    /// When it was quarantined for failing checks (it gets no jobs until re-approved).
+    /// When it was quarantined for failing checks (it gets no jobs until an admin other than
+    /// its owner releases it).
     #[serde(default)]
     pub quarantined_at_ms: Option<i64>,
     /// The terms it works on: its own, its owner's and the admins' in this network.
