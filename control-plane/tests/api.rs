@@ -344,12 +344,7 @@ async fn presence_marks_silent_devices_offline() {
     for store in stores() {
         let plane =
             TestPlane::spawn_with(store, |c| c.offline_after = Duration::from_millis(500)).await;
-        let network = plane
-            .network(NetworkPolicy {
-                require_device_approval: false,
-                ..NetworkPolicy::default()
-            })
-            .await;
+        let network = plane.open_network().await;
         let mut device =
             register_device(&plane.admin, &network.id, 3, embedding_capabilities()).await;
         assert_eq!(device.registered.status, DeviceStatus::Approved);
@@ -1263,12 +1258,7 @@ async fn expiry_and_credit_policy() {
 async fn concurrent_heartbeats_keep_the_newest_and_refuse_replays() {
     for store in stores() {
         let plane = TestPlane::spawn(store).await;
-        let network = plane
-            .network(NetworkPolicy {
-                require_device_approval: false,
-                ..NetworkPolicy::default()
-            })
-            .await;
+        let network = plane.open_network().await;
         let mut device =
             register_device(&plane.admin, &network.id, 21, embedding_capabilities()).await;
         let signed: Vec<_> = (0..20)
@@ -1900,12 +1890,7 @@ async fn invites_hold_only_while_their_maker_may_grant_them() {
 async fn only_owners_revoke_an_owners_device() {
     for store in stores() {
         let plane = TestPlane::spawn(store).await;
-        let network = plane
-            .network(NetworkPolicy {
-                require_device_approval: false,
-                ..NetworkPolicy::default()
-            })
-            .await;
+        let network = plane.open_network().await;
         let owners_device =
             register_device(&plane.admin, &network.id, 21, embedding_capabilities()).await;
         let (admin, _) = plane.person(&network.id, Role::Admin, "an admin").await;
@@ -2350,12 +2335,7 @@ async fn the_audit_log_pages_and_an_executor_cannot_flood_it() {
 async fn another_admin_releases_a_quarantined_device() {
     for store in stores() {
         let plane = TestPlane::spawn(store).await;
-        let network = plane
-            .network(NetworkPolicy {
-                require_device_approval: false,
-                ..NetworkPolicy::default()
-            })
-            .await;
+        let network = plane.open_network().await;
         let (owner, _) = plane.person(&network.id, Role::Admin, "host owner").await;
         let device = register_device(&owner, &network.id, 21, embedding_capabilities()).await;
         let err = plane

@@ -317,12 +317,7 @@ async fn each_term_decides_where_the_scheduler_sends_jobs() {
 async fn owners_and_admins_set_their_layers_and_neither_widens_the_other() {
     for store in stores() {
         let plane = TestPlane::spawn(store).await;
-        let network = plane
-            .network(NetworkPolicy {
-                require_device_approval: false,
-                ..NetworkPolicy::default()
-            })
-            .await;
+        let network = plane.open_network().await;
         let workload = plane
             .admin
             .publish_workload(

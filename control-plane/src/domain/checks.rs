@@ -95,21 +95,6 @@ pub async fn check_info(state: &AppState, job: &JobId) -> DomainResult<Option<Ch
             None => None,
         })
     };
-    let selection_check = match jobs::get(&state.db.pool, &check.job).await? {
-        Some(job) => job.info.receipt.as_ref().map(|receipt| {
-            let verdict = check.selection.verify(
-                &state.vrf.public_key(),
-                &job.info.network,
-                &job.info.id,
-                receipt,
-            );
-            mesh_proto::api::SelectionCheck {
-                holds: verdict.is_ok(),
-                detail: verdict.err().map(|e| e.to_string()).unwrap_or_default(),
-            }
-        }),
-        None => None,
-    };
     Ok(Some(CheckInfo {
         job: check.job,
         executor: check.executor,
@@ -122,8 +107,24 @@ pub async fn check_info(state: &AppState, job: &JobId) -> DomainResult<Option<Ch
         tiebreaker: executor_of(check.tiebreak_job).await?,
         verified_output: check.verified_output,
         detail: check.detail,
-        selection_check,
+        selection_check: None,
     }))
+}
+
+/// The control plane's own check of `selection`, the published draw for `job`, against its
+/// VRF key and the job's receipt (`None` while the job has none): for clients that cannot run
+/// the VRF themselves.
+pub fn selection_check(
+    state: &AppState,
+    job: &JobInfo,
+    selection: &Selection,
+) -> Option<mesh_proto::api::SelectionCheck> {
+    let receipt = job.receipt.as_ref()?;
+    let verdict = selection.verify(&state.vrf.public_key(), &job.network, &job.id, receipt);
+    Some(mesh_proto::api::SelectionCheck {
+        holds: verdict.is_ok(),
+        detail: verdict.err().map(|e| e.to_string()).unwrap_or_default(),
+    })
 }
 
 /// Store a payload of `job` (its input or output, or a re-execution's output) by hash;

@@ -48,10 +48,11 @@ pub async fn show_check(
     Path((_network, job)): Path<(String, String)>,
 ) -> ApiResult<Json<CheckInfo>> {
     let job = find_job(&state, Some(&network), &job_id(&job)?).await?;
-    crate::domain::checks::check_info(&state, &job.id)
+    let mut info = crate::domain::checks::check_info(&state, &job.id)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found_with("not_settled", "the job has not settled yet"))
+        .ok_or_else(|| ApiError::not_found_with("not_settled", "the job has not settled yet"))?;
+    info.selection_check = crate::domain::checks::selection_check(&state, &job, &info.selection);
+    Ok(Json(info))
 }
 
 /// The requester uploads its job's input or output (by BLAKE3, as the receipt names them) so

@@ -111,6 +111,16 @@ impl TestPlane {
             .unwrap()
     }
 
+    /// Create a network owned by the admin whose devices join without approval, on the
+    /// default policy otherwise.
+    pub async fn open_network(&self) -> NetworkInfo {
+        self.network(NetworkPolicy {
+            require_device_approval: false,
+            ..NetworkPolicy::default()
+        })
+        .await
+    }
+
     /// Invite a new person into `network` with `role`; returns their client.
     pub async fn person(
         &self,

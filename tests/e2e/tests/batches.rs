@@ -44,16 +44,26 @@ async fn member(mesh: &TestNet) -> mesh_client::Client {
 }
 
 async fn create(mesh: &TestNet, workload: Blake3Hash, input: String) -> BatchInfo {
+    upload(mesh, workload, input.into())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", mesh.logs()))
+}
+
+/// Create a batch of JSON Lines from `body`, as the admin.
+async fn upload(
+    mesh: &TestNet,
+    workload: Blake3Hash,
+    body: reqwest::Body,
+) -> mesh_client::Result<BatchInfo> {
     mesh.admin
         .create_batch(
             &mesh.network_id(),
             &workload.to_string(),
             InputFormat::Jsonl,
             None,
-            input.into(),
+            body,
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", mesh.logs()))
 }
 
 /// Wait until the batch ends (or `timeout`); returns its last state.
@@ -662,15 +672,7 @@ async fn a_slow_upload_outlasts_the_request_timeout_and_a_stalled_one_is_cut_off
         Ok::<_, std::io::Error>(chunk)
     });
     let started = Instant::now();
-    let info = mesh
-        .admin
-        .create_batch(
-            &mesh.network_id(),
-            &workload.to_string(),
-            InputFormat::Jsonl,
-            None,
-            reqwest::Body::wrap_stream(slow),
-        )
+    let info = upload(&mesh, workload, reqwest::Body::wrap_stream(slow))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", mesh.logs()));
     assert!(started.elapsed() > Duration::from_secs(3));
@@ -688,15 +690,7 @@ async fn a_slow_upload_outlasts_the_request_timeout_and_a_stalled_one_is_cut_off
         Ok::<_, std::io::Error>(b"\"first\"\n".to_vec())
     });
     let before = mesh.admin.balance(&mesh.network_id(), None).await.unwrap();
-    let err = mesh
-        .admin
-        .create_batch(
-            &mesh.network_id(),
-            &workload.to_string(),
-            InputFormat::Jsonl,
-            None,
-            reqwest::Body::wrap_stream(stalled),
-        )
+    let err = upload(&mesh, workload, reqwest::Body::wrap_stream(stalled))
         .await
         .unwrap_err();
     assert_eq!(err.status().map(|s| s.as_u16()), Some(408), "{err}");
